@@ -1,0 +1,62 @@
+"""Every tunable default of the project, in one place.
+
+Modules take these dataclasses (or their fields) as arguments; nothing else in the
+package hard-codes a method default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+# --- Weights on the Hugging Face Hub ---------------------------------------------
+# The Hub repo the Space downloads from.  FALCO_WEIGHTS_REPO (or the CLI's
+# --weights) overrides it; a local folder path can stand in for the repo.
+DEFAULT_WEIGHTS_REPO = "falco-space/falco-weights"
+WEIGHTS_REPO_ENV = "FALCO_WEIGHTS_REPO"
+
+
+def weights_source() -> str:
+    return os.environ.get(WEIGHTS_REPO_ENV, DEFAULT_WEIGHTS_REPO)
+
+
+# --- Faces -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class FaceConfig:
+    aligned_size: int = 1024          # FFHQ resolution
+    detect_max_side: int = 1600       # photos are downscaled to this for detection
+    upsample: int = 1                 # dlib detector upsampling steps
+    use_cnn_detector: bool = False
+    min_face_size: int = 64           # eye-to-mouth scale in pixels below which a face is too small
+    max_image_pixels: int = 80_000_000  # larger inputs are refused (decompression bombs)
+
+
+# --- Optimisation (paper defaults) ------------------------------------------------
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 50
+    lr: float = 0.01
+    lr_decay: float = 0.8
+    lr_milestones: tuple[float, ...] = (0.75, 0.90)   # fractions of `steps`
+    lambda_id: float = 10.0
+    lambda_attr: float = 0.1
+    margin: float = 0.0                                 # m: target identity cosine
+    trained_rows: tuple[int, int] = (3, 8)              # W+ rows [start, stop) that are optimised
+    seed: int = 0
+    preview_every: int = 5                              # stream a preview every k steps
+    loss_on_skip256: bool = False                       # losses on the 256 skip output instead of 1024
+
+
+# --- Fake bank ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BankConfig:
+    truncation_psi: float = 0.7
+    size: int = 60_000                 # the paper's bank size
+    seed: int = 0
+    k_nearest: int = 1                 # >1: draw the fake among the k nearest ("another fake")
+
+
+# --- Network input sizes ----------------------------------------------------------------
+E4E_INPUT_SIZE = 256
+ARCFACE_INPUT_SIZE = 112
+FARL_INPUT_SIZE = 224

@@ -1,0 +1,12 @@
+"""Pretrained networks in pure PyTorch, layout-compatible with the official checkpoints."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Only latent codes are ever optimised: every network parameter is frozen."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
