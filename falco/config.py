@@ -42,7 +42,7 @@ class OptimConfig:
     lambda_attr: float = 0.1
     margin: float = 0.0                                 # m: target identity cosine
     trained_rows: tuple[int, int] = (3, 8)              # W+ rows [start, stop) that are optimised
-    seed: int = 0
+    seed: int = 0                                       # seeds everything random in a run (the fake draw)
     preview_every: int = 5                              # stream a preview every k steps
     loss_on_skip256: bool = False                       # losses on the 256 skip output instead of 1024
 
@@ -54,9 +54,36 @@ class BankConfig:
     size: int = 60_000                 # the paper's bank size
     seed: int = 0
     k_nearest: int = 1                 # >1: draw the fake among the k nearest ("another fake")
+    chunk_rows: int = 256              # rows per resumable part file while building
+    render_batch: int = 8              # images rendered per generator call while building
+
+
+# --- Batch command line ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CliConfig:
+    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+    jpeg_quality: int = 95
+
+
+# dlib's face-recognition model calls two faces the same person below this distance.
+DLIB_SAME_PERSON_DISTANCE = 0.6
 
 
 # --- Network input sizes ----------------------------------------------------------------
 E4E_INPUT_SIZE = 256
 ARCFACE_INPUT_SIZE = 112
 FARL_INPUT_SIZE = 224
+
+
+# --- Web app (app.py / falco/ui.py) ------------------------------------------------------
+@dataclass(frozen=True)
+class AppConfig:
+    queue_max_size: int = 16                     # runs waiting beyond this are refused ("queue full")
+    compare_margins: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    max_margins: int = 8                         # m values in one batch (GPU memory grows with it)
+    cpu_optim: OptimConfig = OptimConfig(steps=10, preview_every=1, loss_on_skip256=True)
+    another_fake_k: int = 8                      # "another fake" draws among this many nearest fakes
+    zerogpu_duration_s: int = 120                # ZeroGPU time slot asked for per run
+    max_upload_bytes: int = 25 * 1024 * 1024
+    cache_sweep_s: tuple[int, int] = (600, 3600)  # every 10 min, delete served files older than 1 h
+    preview_tile: int = 256                      # px per face in the live preview strip

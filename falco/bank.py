@@ -1,0 +1,209 @@
+"""The fake bank: StyleGAN2 samples and their FaRL embeddings, and nearest-neighbour pairing.
+
+Row i of a bank is fully determined by (networks, seed, psi, i): z_i is drawn on the CPU
+from ``torch.Generator().manual_seed(row_seed(seed, i))``, mapped to w, truncated toward
+the mean w with psi, rendered, and embedded by FaRL (L2-normalised).  That determinism
+is what makes the builder resumable and lets any N extend a smaller bank.
+
+File format (safetensors): ``w`` [N, 512] float32, ``embeddings`` [N, 512] float32,
+``seeds`` [N] int64; metadata ``config`` (JSON: psi, seed, generator config, ...).
+
+    python -m falco.bank build --out fake_bank.safetensors --n 60000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from falco.config import BankConfig
+from falco.errors import WeightsError
+from falco.models.farl import farl_preprocess
+
+BANK_FORMAT = "falco-fake-bank-v1"
+
+
+def row_seed(base_seed: int, index: int) -> int:
+    # Rows of banks with different base seeds never share a z.
+    return (base_seed << 32) + index
+
+
+@dataclass(frozen=True)
+class FakeBank:
+    w: torch.Tensor            # [N, D] truncated w of each fake
+    embeddings: torch.Tensor   # [N, E] FaRL image embeddings, L2-normalised
+    seeds: torch.Tensor        # [N] int64, the seed z was drawn with
+    config: dict
+
+    def __len__(self) -> int:
+        return self.w.shape[0]
+
+    @classmethod
+    def load(cls, path: str | Path) -> FakeBank:
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as err:
+            raise WeightsError(f"The fake bank {path.name} cannot be read ({err}).") from err
+        if meta.get("format") != BANK_FORMAT or not {"w", "embeddings", "seeds"} <= tensors.keys():
+            raise WeightsError(f"{path.name} is not a FALCO fake bank.")
+        return cls(tensors["w"], tensors["embeddings"], tensors["seeds"], json.loads(meta["config"]))
+
+    def save(self, path: str | Path) -> None:
+        _save_rows(Path(path), self.w, self.embeddings, self.seeds, self.config)
+
+    def nearest(self, query: torch.Tensor, k: int = 1, seed: int = 0) -> torch.Tensor:
+        return pair_nearest(query, self.embeddings, k=k, seed=seed)
+
+    def slice(self, stop: int) -> FakeBank:
+        return FakeBank(self.w[:stop], self.embeddings[:stop], self.seeds[:stop], self.config)
+
+
+def pair_nearest(query: torch.Tensor, embeddings: torch.Tensor, k: int = 1, seed: int = 0) -> torch.Tensor:
+    """Index [B] of the bank row closest in cosine to each query [B, E].
+
+    With k > 1 the row is drawn uniformly among the k nearest, from a generator seeded
+    with ``seed``, so a user can ask for another fake and get the same one again later.
+    """
+    sims = F.normalize(query.float(), dim=-1) @ F.normalize(embeddings.to(query.device).float(), dim=-1).T
+    k = max(1, min(k, embeddings.shape[0]))
+    if k == 1:
+        return sims.argmax(dim=1)
+    top = sims.topk(k, dim=1).indices
+    pick = torch.randint(k, (query.shape[0],), generator=torch.Generator().manual_seed(seed))
+    return top[torch.arange(query.shape[0]), pick.to(top.device)]
+
+
+@torch.no_grad()
+def sample_rows(generator, mean_w: torch.Tensor, farl, seeds: torch.Tensor, psi: float,
+                render_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w [n, D], embeddings [n, E]) for the given row seeds, on the networks' device."""
+    device = mean_w.device
+    style_dim = mean_w.shape[-1]
+    z = torch.stack([torch.randn(style_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    ws, embs = [], []
+    for zb in z.to(device).split(render_batch):
+        w = generator.truncate(generator.mapping(zb), psi, mean_w)
+        image = generator(w[:, None].expand(-1, generator.num_ws, -1))
+        ws.append(w)
+        embs.append(F.normalize(farl.embed(farl_preprocess(image, farl.config["image_size"])), dim=-1))
+    return torch.cat(ws).float(), torch.cat(embs).float()
+
+
+def bank_config(generator, config: BankConfig) -> dict:
+    return {"truncation_psi": config.truncation_psi, "seed": config.seed,
+            "generator": generator.config, "embedding": "farl"}
+
+
+def build_bank(out: str | Path, n: int, generator, mean_w: torch.Tensor, farl,
+               config: BankConfig = BankConfig(), progress: bool = True) -> FakeBank:
+    """Build (or extend, or finish) the bank at ``out`` up to ``n`` rows.
+
+    Finished chunks go to ``<out>.parts/`` as they complete; an interrupted build picks up
+    after the last complete chunk.  An existing bank at ``out`` made with the same settings
+    counts as done rows.  Before reusing any rows, one is recomputed and compared, so rows
+    from other networks or settings are never mixed in.
+    """
+    out = Path(out)
+    parts_dir = out.with_name(out.name + ".parts")
+    meta = bank_config(generator, config)
+    done = _existing_rows(out, parts_dir)
+    if done:
+        _check_compatible(done, meta, generator, mean_w, farl, config)
+    count = sum(len(b) for b in done)
+    bar = tqdm(total=n, initial=min(count, n), unit="face", desc="fake bank", disable=not progress)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    while count < n:
+        stop = min(count + config.chunk_rows, n)
+        seeds = torch.tensor([row_seed(config.seed, i) for i in range(count, stop)], dtype=torch.int64)
+        w, emb = sample_rows(generator, mean_w, farl, seeds, config.truncation_psi, config.render_batch)
+        part = FakeBank(w.cpu(), emb.cpu(), seeds, meta)
+        part.save(parts_dir / f"{count:010d}.safetensors")
+        done.append(part)
+        bar.update(stop - count)
+        count = stop
+    bar.close()
+    bank = FakeBank(torch.cat([b.w for b in done])[:n], torch.cat([b.embeddings for b in done])[:n],
+                    torch.cat([b.seeds for b in done])[:n], meta)
+    bank.save(out)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return bank
+
+
+def _existing_rows(out: Path, parts_dir: Path) -> list[FakeBank]:
+    # Parts are named by their first row; an existing final file holds rows 0.. already.
+    rows = [FakeBank.load(out)] if out.exists() else []
+    start = len(rows[0]) if rows else 0
+    for part in sorted(parts_dir.glob("*.safetensors")) if parts_dir.is_dir() else []:
+        first = int(part.stem)
+        bank = FakeBank.load(part)
+        if first + len(bank) <= start:
+            continue
+        if first != start:
+            break   # a gap: what follows is recomputed
+        rows.append(bank)
+        start += len(bank)
+    return rows
+
+
+def _check_compatible(done: list[FakeBank], meta: dict, generator, mean_w, farl, config: BankConfig) -> None:
+    first = done[0]
+    if json.loads(json.dumps(meta)) != first.config:
+        raise WeightsError("The existing fake bank was built with other settings; "
+                           "choose another --out or remove the old file.")
+    w, emb = sample_rows(generator, mean_w, farl, first.seeds[:1], config.truncation_psi, 1)
+    if not (torch.allclose(w.cpu(), first.w[:1], atol=1e-3, rtol=1e-3)
+            and torch.allclose(emb.cpu(), first.embeddings[:1], atol=1e-2)):
+        raise WeightsError("The existing fake bank was built with other network weights; "
+                           "choose another --out or remove the old file.")
+
+
+def _save_rows(path: Path, w, embeddings, seeds, config: dict) -> None:
+    # Write then rename, so an interruption never leaves a truncated file behind.
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"w": w.contiguous(), "embeddings": embeddings.contiguous(), "seeds": seeds.contiguous()},
+              str(tmp), metadata={"format": BANK_FORMAT, "config": json.dumps(config)})
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from falco.pipeline import load_networks, resolve_device
+
+    defaults = BankConfig()
+    parser = argparse.ArgumentParser(prog="python -m falco.bank", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or resume, or extend) a fake bank")
+    build.add_argument("--out", required=True, type=Path)
+    build.add_argument("--n", type=int, default=defaults.size)
+    build.add_argument("--psi", type=float, default=defaults.truncation_psi)
+    build.add_argument("--seed", type=int, default=defaults.seed)
+    build.add_argument("--chunk", type=int, default=defaults.chunk_rows, help="rows per resumable part")
+    build.add_argument("--batch", type=int, default=defaults.render_batch, help="images per generator call")
+    build.add_argument("--weights", default=None, help="Hub repo id or local folder of the networks")
+    build.add_argument("--device", default=None)
+    build.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    config = BankConfig(truncation_psi=args.psi, size=args.n, seed=args.seed,
+                        chunk_rows=args.chunk, render_batch=args.batch)
+    nets = load_networks(args.weights, resolve_device(args.device), names=("generator", "farl"))
+    bank = build_bank(args.out, args.n, nets.generator, nets.mean_w, nets.farl, config,
+                      progress=not args.no_progress)
+    print(f"{args.out}: {len(bank)} fakes")
+
+
+if __name__ == "__main__":
+    main()
