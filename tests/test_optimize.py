@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import falco.optimize as optimize_module
+from falco.config import OptimConfig
+from falco.models.arcface import ArcFace, identity_preprocess
+from falco.models.farl import FaRL, farl_preprocess
+from falco.models.random_weights import seeded_state_dict
+from falco.models.stylegan2 import Generator
+from falco.optimize import FalcoLoss, optimize_latents
+
+STEPS = 10
+MARGINS = (0.0, 0.3)
+
+
+class Counting:
+    """Wraps a callable and counts the images it was called on."""
+
+    def __init__(self, fn):
+        self.fn, self.batches = fn, []
+
+    def __call__(self, x, *args, **kwargs):
+        self.batches.append(x.shape[0])
+        return self.fn(x, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    generator = Generator(size=64, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8, 64: 8})
+    arcface = ArcFace(widths=(16, 16, 16, 16), units=(1, 1, 1, 1), embedding_dim=32)
+    farl = FaRL(image_size=32, patch_size=16, width=32, layers=1, heads=2, embed_dim=24)
+    for net, prefix in ((generator, "g_ema."), (arcface, ""), (farl, "")):
+        net.load_state_dict(seeded_state_dict(net.state_dict(), prefix))
+    return generator, FalcoLoss(arcface, farl, lambda_id=10.0, lambda_attr=0.1)
+
+
+@pytest.fixture(scope="module")
+def problem(fixtures_dir, nets):
+    generator, loss = nets
+    face = Image.open(fixtures_dir / "align" / "astronaut_face0_1024.png").convert("RGB").resize((128, 128))
+    real = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    gen = torch.Generator().manual_seed(0)
+    wplus_real = torch.randn(1, generator.num_ws, 32, generator=gen)
+    w_fake = torch.randn(1, 32, generator=gen)
+    return real, wplus_real, w_fake
+
+
+def run(nets, problem, margins, config=OptimConfig(steps=STEPS)):
+    generator, loss = nets
+    real, wplus_real, w_fake = problem
+    b = len(margins)
+    features = loss.real_features(real).select(torch.zeros(b, dtype=torch.long))
+    return list(optimize_latents(generator, loss, features, wplus_real.expand(b, -1, -1), w_fake.expand(b, -1),
+                                 torch.tensor(margins), config))
+
+
+@pytest.fixture(scope="module")
+def counted_run(nets, problem):
+    generator, loss = nets
+    arcface_calls, farl_calls = Counting(loss.arcface.forward), Counting(loss.farl.tokens)
+    loss.arcface.forward, loss.farl.tokens = arcface_calls, farl_calls
+    try:
+        steps = run(nets, problem, MARGINS)
+    finally:
+        del loss.arcface.forward, loss.farl.tokens
+    return steps, arcface_calls.batches, farl_calls.batches
+
+
+def test_loss_terms_follow_the_definition(nets, problem):
+    generator, loss = nets
+    real, wplus_real, _ = problem
+    with torch.no_grad():
+        anon = generator(wplus_real)
+        terms = loss(anon, loss.real_features(real), torch.tensor([0.25]))
+        e_anon = loss.arcface(identity_preprocess(anon))
+        e_real = loss.arcface(identity_preprocess(real))
+        t_anon = loss.farl.tokens(farl_preprocess(anon, 32))
+        t_real = loss.farl.tokens(farl_preprocess(real, 32))
+    cosine = F.cosine_similarity(e_anon, e_real)
+    # FALCO's attribute loss: one L1 loss (mean) per token, summed over the tokens.
+    attribute = sum(F.l1_loss(t_anon[:, i], t_real[:, i]) for i in range(t_real.shape[1]))
+    torch.testing.assert_close(terms.identity_cosine, cosine)
+    torch.testing.assert_close(terms.identity, (cosine - 0.25).abs())
+    torch.testing.assert_close(terms.attribute, attribute[None])
+    torch.testing.assert_close(terms.total, 10 * terms.identity + 0.1 * terms.attribute)
+    assert terms.attribute.item() > 0 and cosine.abs().item() < 0.999
+
+
+def test_real_face_against_itself_costs_only_the_margin(nets, problem):
+    # Both sides go through the same preprocessing: an image is identical to itself.
+    _, loss = nets
+    real = problem[0]
+    terms = loss(real, loss.real_features(real), torch.tensor([0.2]))
+    torch.testing.assert_close(terms.identity_cosine, torch.ones(1))
+    torch.testing.assert_close(terms.attribute, torch.zeros(1))
+    torch.testing.assert_close(terms.identity, torch.tensor([0.8]))
+
+
+def test_steps_are_streamed_with_finite_losses(counted_run):
+    steps = counted_run[0]
+    assert [s.step for s in steps] == list(range(1, STEPS + 1))
+    assert all(s.total_steps == STEPS for s in steps)
+    for s in steps:
+        for term in (s.terms.identity_cosine, s.terms.identity, s.terms.attribute, s.terms.total):
+            assert term.shape == (2,) and torch.isfinite(term).all()
+        assert s.image.shape == (2, 3, 64, 64)
+
+
+def test_only_rows_3_to_7_change(counted_run, problem):
+    _, wplus_real, w_fake = problem
+    final = counted_run[0][-1].wplus
+    for item in range(2):
+        assert torch.equal(final[item, :3], wplus_real[0, :3])
+        assert torch.equal(final[item, 8:], wplus_real[0, 8:])
+        moved = (final[item, 3:8] - w_fake[0]).abs().amax(dim=-1)
+        assert (moved > 1e-3).all()
+
+
+def test_identity_term_falls(counted_run):
+    steps = counted_run[0]
+    first, last = steps[0].terms.identity, steps[-1].terms.identity
+    assert (last < first).all(), (first, last)
+
+
+def test_real_features_are_computed_once(counted_run):
+    # The real face once (one face, shared by both margins), then one pass per step on
+    # the anonymized batch only.
+    _, arcface_batches, farl_batches = counted_run
+    assert arcface_batches == [1] + [2] * STEPS
+    assert farl_batches == [1] + [2] * STEPS
+
+
+def test_network_weights_get_no_gradients(counted_run, nets):
+    generator, loss = nets
+    for net in (generator, loss.arcface, loss.farl):
+        assert all(p.grad is None and not p.requires_grad for p in net.parameters())
+
+
+def test_learning_rate_drops_at_75_and_90_percent(counted_run):
+    lrs = [s.lr for s in counted_run[0]]
+    assert lrs == pytest.approx([0.01] * 7 + [0.008] * 2 + [0.0064])
+
+
+def test_a_batch_of_margins_equals_single_runs(nets, problem):
+    margins = (0.0, 0.5, 1.0)
+    config = OptimConfig(steps=4)
+    batch = run(nets, problem, margins, config)
+    for i, m in enumerate(margins):
+        single = run(nets, problem, (m,), config)
+        torch.testing.assert_close(batch[-1].wplus[i], single[-1].wplus[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch[-1].terms.total[i], single[-1].terms.total[0], atol=1e-5, rtol=1e-5)
+
+
+def test_same_inputs_same_result(nets, problem):
+    config = OptimConfig(steps=2)
+    assert torch.equal(run(nets, problem, (0.5,), config)[-1].wplus, run(nets, problem, (0.5,), config)[-1].wplus)
+
+
+def test_closing_the_stream_stops_the_work(nets, problem):
+    generator, loss = nets
+    real, wplus_real, w_fake = problem
+    calls = Counting(generator.forward)
+    generator.forward = calls
+    try:
+        stream = optimize_latents(generator, loss, loss.real_features(real), wplus_real, w_fake,
+                                  torch.tensor([0.0]), OptimConfig(steps=50))
+        next(stream), next(stream)
+        stream.close()
+        with pytest.raises(StopIteration):
+            next(stream)
+    finally:
+        del generator.forward
+    assert calls.batches == [1, 1]
+
+
+def test_skip_output_option_computes_losses_at_the_lower_resolution(nets, problem, monkeypatch):
+    generator, loss = nets
+    monkeypatch.setattr(optimize_module, "LOSS_RESOLUTION", 16)
+    steps = run(nets, problem, (0.0,), OptimConfig(steps=2, loss_on_skip256=True))
+    assert steps[0].image.shape[-1] == 16
+    real, wplus_real, w_fake = problem
+    start = optimize_module.compose_wplus(wplus_real, w_fake[:, None].expand(-1, 5, -1), (3, 8))
+    with torch.no_grad():
+        expected = loss(generator(start, resolution=16), loss.real_features(real), torch.zeros(1))
+    torch.testing.assert_close(steps[0].terms.total, expected.total)
+
+
+def test_trained_rows_must_fit_in_wplus(nets, problem):
+    with pytest.raises(ValueError, match="trained_rows"):
+        run(nets, problem, (0.0,), OptimConfig(steps=1, trained_rows=(3, 12)))
