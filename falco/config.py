@@ -24,11 +24,26 @@ def weights_source() -> str:
 @dataclass(frozen=True)
 class FaceConfig:
     aligned_size: int = 1024          # FFHQ resolution
-    detect_max_side: int = 1600       # photos are downscaled to this for detection
-    upsample: int = 1                 # dlib detector upsampling steps
+    # Long side of the image the detector scans, dlib's upsampling included: a photo whose
+    # long side * 2**upsample exceeds it is resized to it and scanned once (bounded cost).
+    detect_max_side: int = 2048
+    upsample: int = 1                 # dlib detector upsampling steps for photos that fit
     use_cnn_detector: bool = False
-    min_face_size: int = 64           # eye-to-mouth scale in pixels below which a face is too small
+    min_face_size: int = 64           # side of the FFHQ crop (quad) in photo pixels below which a face is too small
+    # Below this detector score a detection is reported but not usable: the HOG detector
+    # fires on round textured things (badges, patches) at 0..0.2, real frontal faces score ~1.
+    min_detector_score: float = 0.3
+    # The quad warp runs at this multiple of the output size, then LANCZOS-downscales.  FFHQ
+    # always uses 4 (4096 for 1024); None uses just enough not to alias, ceil(crop / output)
+    # capped at 4, which is 16x cheaper for faces smaller than the output and stays within
+    # ~0.5 grey levels RMS of FFHQ's result.
+    transform_oversample: int | None = None
     max_image_pixels: int = 80_000_000  # larger inputs are refused (decompression bombs)
+    # Paste-back mask, as fractions of the aligned image side: the landmark hull grows up by
+    # `paste_forehead` * eye-to-mouth, is dilated by `paste_dilate` and blurred by `paste_feather`.
+    paste_forehead: float = 0.5
+    paste_dilate: float = 0.04
+    paste_feather: float = 0.025
 
 
 # --- Optimisation (paper defaults) ------------------------------------------------

@@ -1,0 +1,1 @@
+"""Speed benchmarks: `python -m falco.benchmarks.<name>` prints timings (no pass/fail)."""
