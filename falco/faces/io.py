@@ -104,11 +104,8 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int | None) -> Image.Image:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise InputImageError(f"Expected an HxW, HxWx3 or HxWx4 image array, got shape {array.shape}.")
-    height, width = array.shape[:2]
-    if max_pixels is None:
-        _check_size((width, height), np.iinfo(np.int64).max)
-    else:
-        _check_size((width, height), max_pixels)
+    if max_pixels is not None:  # None: a decoded PIL image, already checked
+        _check_size((array.shape[1], array.shape[0]), max_pixels)
     pixels = _to_uint8(array)  # always a new array
     if pixels.ndim == 2:
         return Image.fromarray(pixels, "L").convert("RGB")
