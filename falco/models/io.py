@@ -1,0 +1,210 @@
+"""Checkpoint IO for the four networks: our safetensors files and the official checkpoints.
+
+Our format: one ``.safetensors`` file per network holding its state_dict (official key
+layout, prefix stripped) plus any extra tensor it needs (``latent_avg``); the metadata
+names the network and holds its constructor config as JSON, so ``Cls(**config)``
+rebuilds the exact architecture, tiny test configs included.
+
+Which reader runs is decided by the file name, never by the content: ``.safetensors``
+goes to safetensors alone, and only ``.pt``/``.pth``/``.ckpt`` files (the official
+releases, on the user's own disk) go to ``torch.load(weights_only=True)``.  Everything
+the Hub serves is ``.safetensors``, so nothing downloaded ever reaches an unpickler.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from falco.errors import WeightsError
+from falco.models.arcface import ArcFace
+from falco.models.e4e import Encoder4Editing
+from falco.models.farl import FaRL
+from falco.models.stylegan2 import Generator
+
+FORMAT = "falco-network-v1"
+NETWORKS = ("generator", "e4e", "arcface", "farl")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+MEAN_W_SAMPLES = 10_000   # z samples behind a mean w when a checkpoint lacks one (rosinality uses 4096+)
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _read(path: str | Path, network: str) -> tuple[StateDict | object, dict | None]:
+    """(tensors, config) of our safetensors file, or (unpickled object, None) of an official one."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"The {network} weights file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for a damaged header
+            raise WeightsError(f"{path.name} is not a readable safetensors file ({err}).") from err
+        if meta.get("format") != FORMAT or meta.get("network") != network:
+            found = meta.get("network") if meta.get("format") == FORMAT else "no FALCO network"
+            raise WeightsError(f"{path.name} holds {found}, not the {network} weights.")
+        return tensors, json.loads(meta["config"])
+    if path.suffix in TORCH_SUFFIXES:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), None
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WeightsError(f"{path.name} cannot be loaded as a plain tensor checkpoint ({reason}).") from err
+    raise WeightsError(f"{path.name}: expected a .safetensors file or an official "
+                       f"{'/'.join(TORCH_SUFFIXES)} checkpoint for the {network}.")
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _state_dict_of(obj: object, path: str | Path, *candidates: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in candidates:
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    raise WeightsError(f"{Path(path).name} has no {' or '.join(repr(c) for c in candidates)} entry; "
+                       "is it the right checkpoint?")
+
+
+def _build(cls: Callable[..., nn.Module], config: dict, state: Mapping[str, torch.Tensor],
+           path: str | Path) -> nn.Module:
+    try:
+        model = cls(**config)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{Path(path).name} has an invalid {cls.__name__} config ({err}).") from err
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise WeightsError(f"{Path(path).name} does not match the {cls.__name__} layout: {len(missing)} missing, "
+                           f"{len(unexpected)} unexpected, {len(reshaped)} reshaped keys (e.g. {example}).")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+@torch.no_grad()
+def estimate_mean_w(generator: Generator, samples: int = MEAN_W_SAMPLES, seed: int = 0) -> torch.Tensor:
+    """Mean of mapping(z) over fixed standard-normal z: the truncation centre."""
+    device = next(generator.parameters()).device
+    z = torch.randn(samples, generator.style_dim, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([generator.mapping(c.to(device)) for c in z.split(1000)]).mean(0)
+
+
+def _mean_w_from(latent_avg: torch.Tensor) -> torch.Tensor:
+    # e4e stores the generator's mean w once per style row; the rows are identical copies.
+    t = latent_avg.float().reshape(-1, latent_avg.shape[-1])
+    return t[0].clone() if torch.equal(t, t[:1].expand_as(t)) else t.mean(0)
+
+
+def _latent_avg_rows(latent_avg: torch.Tensor, n_styles: int, path: str | Path) -> torch.Tensor:
+    t = latent_avg.float().reshape(-1, latent_avg.shape[-1])
+    if t.shape[0] == 1:
+        t = t.expand(n_styles, -1)
+    if t.shape[0] != n_styles:
+        raise WeightsError(f"{Path(path).name}: latent_avg has {t.shape[0]} rows for {n_styles} styles.")
+    return t.clone()
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, torch.Tensor]:
+    """(Generator, mean w [style_dim]) from our file, ``stylegan2-ffhq-config-f.pt`` or ``e4e_ffhq_encode.pt``."""
+    payload, config = _read(path, "generator")
+    if config is not None:
+        state = dict(payload)
+        latent_avg = state.pop("latent_avg", None)
+    else:
+        config = {}
+        if isinstance(payload, dict) and "g_ema" in payload:
+            state = payload["g_ema"]
+        else:   # e4e's checkpoint carries the generator it was trained against
+            state = _strip(_state_dict_of(payload, path, "state_dict"), "decoder.")
+        latent_avg = payload.get("latent_avg")
+    model = _build(Generator, config, state, path)
+    mean_w = estimate_mean_w(model) if latent_avg is None else _mean_w_from(latent_avg)
+    return model.to(device), mean_w.to(device)
+
+
+def load_e4e(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder4Editing, torch.Tensor]:
+    """(Encoder4Editing, latent_avg [n_styles, style_dim]) from our file or ``e4e_ffhq_encode.pt``."""
+    payload, config = _read(path, "e4e")
+    if config is not None:
+        state = dict(payload)
+        latent_avg = state.pop("latent_avg", None)
+    else:
+        state = _strip(_state_dict_of(payload, path, "state_dict"), "encoder.")
+        styles = {int(k.split(".")[1]) for k in state if k.startswith("styles.")}
+        config = {"n_styles": max(styles) + 1} if styles else {}
+        latent_avg = payload.get("latent_avg")
+    if latent_avg is None:
+        raise WeightsError(f"{Path(path).name} has no latent_avg; e4e codes are offsets from it.")
+    model = _build(Encoder4Editing, config, state, path)
+    return model.to(device), _latent_avg_rows(latent_avg, model.config["n_styles"], path).to(device)
+
+
+def load_arcface(path: str | Path, device: str | torch.device = "cpu") -> ArcFace:
+    """ArcFace from our file or ``model_ir_se50.pth`` (a bare state dict)."""
+    payload, config = _read(path, "arcface")
+    if config is None:
+        if not isinstance(payload, dict):
+            raise WeightsError(f"{Path(path).name} is not a state dict.")
+        config = {}
+    return _build(ArcFace, config, payload, path).to(device)
+
+
+def load_farl(path: str | Path, device: str | torch.device = "cpu") -> FaRL:
+    """FaRL image tower from our file or the official ``FaRL-*.pth`` (CLIP layout under ``state_dict``)."""
+    payload, config = _read(path, "farl")
+    if config is None:
+        config = {}
+        # The official file also holds the text tower and pre-training heads: only visual.* is ours.
+        payload = {k: v for k, v in _state_dict_of(payload, path, "state_dict").items() if k.startswith("visual.")}
+    return _build(FaRL, config, payload, path).to(device)
+
+
+def save_network(path: str | Path, network: str, model: nn.Module,
+                 extras: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model``'s state_dict plus ``extras`` as our safetensors file for ``network``."""
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for key, value in (extras or {}).items():
+        if key in tensors:
+            raise ValueError(f"extra tensor {key!r} collides with a {network} parameter")
+        tensors[key] = value.detach().cpu().float().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "network": network,
+                                          "config": json.dumps(model.config)})
+    tmp.replace(path)
+    return path
+
+
+def convert(network: str, src: str | Path, dst: str | Path) -> Path:
+    """Official checkpoint (or our file) -> our safetensors file for ``network``.
+
+    The weights go through the network itself, so a checkpoint with the wrong layout
+    fails here, at publishing time, and not on a user's machine.
+    """
+    if network == "generator":
+        model, mean_w = load_generator(src)
+        return save_network(dst, network, model, {"latent_avg": mean_w})
+    if network == "e4e":
+        model, latent_avg = load_e4e(src)
+        return save_network(dst, network, model, {"latent_avg": latent_avg})
+    if network == "arcface":
+        return save_network(dst, network, load_arcface(src))
+    if network == "farl":
+        return save_network(dst, network, load_farl(src))
+    raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")

@@ -1,0 +1,179 @@
+"""Checkpoint IO: our safetensors files, the official checkpoint containers, and publishing."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from falco.errors import WeightsError
+from falco.models import io
+from falco.models.random_weights import seeded_state_dict, seeded_tensor
+from falco.weights import ARTIFACTS, MANIFEST_NAME, TINY_CONFIGS, Manifest, _packaged_dlib_model, publish, sha256_file
+
+TINY = {name: cls(**TINY_CONFIGS[name]) for name, cls in
+        (("generator", io.Generator), ("e4e", io.Encoder4Editing), ("arcface", io.ArcFace), ("farl", io.FaRL))}
+for _name, _model in TINY.items():
+    _model.load_state_dict(seeded_state_dict(_model.state_dict(), prefix=f"{_name}."), strict=True)
+
+LOADERS = {"generator": io.load_generator, "e4e": io.load_e4e, "arcface": io.load_arcface, "farl": io.load_farl}
+
+
+def assert_same_state(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == reference.keys()
+    for key, value in reference.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_safetensors_round_trip_keeps_config_and_tensors(name, tmp_path):
+    model = TINY[name]
+    extras = {}
+    if name == "generator":
+        extras = {"latent_avg": torch.randn(model.style_dim)}
+    elif name == "e4e":
+        extras = {"latent_avg": torch.randn(model.config["n_styles"], model.config["style_dim"])}
+    path = io.save_network(tmp_path / f"{name}.safetensors", name, model, extras)
+    loaded = LOADERS[name](path)
+    loaded_model, extra = loaded if isinstance(loaded, tuple) else (loaded, None)
+    assert type(loaded_model) is type(model)
+    assert json.loads(json.dumps(loaded_model.config)) == json.loads(json.dumps(model.config))
+    assert_same_state(loaded_model, model.state_dict())
+    assert not any(p.requires_grad for p in loaded_model.parameters())
+    if extras:
+        assert torch.equal(extra, extras["latent_avg"])
+
+
+def test_wrong_network_file_is_refused(tmp_path):
+    path = io.save_network(tmp_path / "arcface.safetensors", "arcface", TINY["arcface"])
+    with pytest.raises(WeightsError, match="holds arcface, not the farl"):
+        io.load_farl(path)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(1)}, str(foreign))
+    with pytest.raises(WeightsError, match="no FALCO network"):
+        io.load_arcface(foreign)
+
+
+class NotATensor:
+    pass
+
+
+def test_official_files_are_never_unpickled_beyond_tensors(tmp_path):
+    path = tmp_path / "model_ir_se50.pth"
+    torch.save({"payload": NotATensor()}, path)
+    with pytest.raises(WeightsError, match="cannot be loaded as a plain tensor checkpoint"):
+        io.load_arcface(path)
+    # A pickle with a .safetensors name goes to safetensors, which refuses it.
+    disguised = tmp_path / "arcface.safetensors"
+    disguised.write_bytes(path.read_bytes())
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        io.load_arcface(disguised)
+
+
+def test_unknown_and_missing_files(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(WeightsError, match="expected a .safetensors file"):
+        io.load_farl(tmp_path / "weights.bin")
+    with pytest.raises(WeightsError, match="does not exist"):
+        io.load_e4e(tmp_path / "nothing.pt")
+
+
+def test_layout_mismatch_is_one_clear_error(tmp_path):
+    path = tmp_path / "stylegan2-ffhq-config-f.pt"
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(3)}, "latent_avg": torch.zeros(512)}, path)
+    with pytest.raises(WeightsError, match=r"does not match the Generator layout: \d+ missing, 0 unexpected"):
+        io.load_generator(path)
+
+
+def test_missing_mean_w_is_estimated_from_the_mapping(tmp_path):
+    model = TINY["generator"]
+    path = io.save_network(tmp_path / "g.safetensors", "generator", model)   # no latent_avg
+    _, mean_w = io.load_generator(path)
+    assert torch.allclose(mean_w, io.estimate_mean_w(model))
+
+
+# --- Full size: official containers, as the original releases store them --------------------
+def official_tensors(fixtures_dir: Path, layout: str, seed_prefix: str = "") -> dict[str, torch.Tensor]:
+    keys = json.loads((fixtures_dir / "checkpoints" / f"{layout}.json").read_text())["keys"]
+    tensors = {}
+    for key, spec in keys.items():
+        dtype, dims = re.fullmatch(r"(\w+)\[([\d,]*)\]", spec).groups()
+        shape = tuple(int(d) for d in dims.split(",") if d)
+        tensors[key] = seeded_tensor(seed_prefix + key, shape, getattr(torch, dtype))
+    return tensors
+
+
+def assert_file_holds(path: Path, expected: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
+    stored = load_file(str(path))
+    assert stored.keys() == expected.keys() | extras.keys()
+    for key, value in (expected | extras).items():
+        assert stored[key].dtype == value.dtype and torch.equal(stored[key], value), key
+
+
+def test_generator_from_official_stylegan2_file(fixtures_dir, tmp_path):
+    g_ema = official_tensors(fixtures_dir, "stylegan2-ffhq-config-f", "g_ema.")
+    mean_w = torch.randn(512)
+    torch.save({"g_ema": g_ema, "latent_avg": mean_w, "g": {}, "d": {}}, tmp_path / "stylegan2-ffhq-config-f.pt")
+    path = io.convert("generator", tmp_path / "stylegan2-ffhq-config-f.pt", tmp_path / "generator.safetensors")
+    assert_file_holds(path, g_ema, {"latent_avg": mean_w})
+    model, loaded_mean_w = io.load_generator(path)
+    assert torch.equal(loaded_mean_w, mean_w)
+    assert_same_state(model, g_ema)
+
+
+@pytest.mark.slow
+def test_publish_dry_run_round_trips_the_official_files(fixtures_dir, tmp_path):
+    """Random full-size weights in the official containers -> publish --dry-run -> identical tensors."""
+    from falco.bank import build_bank
+    from falco.config import BankConfig
+
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    mean_w = torch.randn(512)
+    e4e_state = official_tensors(fixtures_dir, "e4e_ffhq_encode")
+    torch.save({"state_dict": e4e_state, "latent_avg": mean_w.expand(18, -1).clone(),
+                "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 1024, "start_from_latent_avg": True}},
+               originals / "e4e_ffhq_encode.pt")
+    del e4e_state
+    torch.save(official_tensors(fixtures_dir, "model_ir_se50"), originals / "model_ir_se50.pth")
+    clip = official_tensors(fixtures_dir, "farl_vit_b16")
+    clip["mim_head.weight"] = torch.randn(8, 8)   # pre-training extras the loaders ignore
+    torch.save({"state_dict": clip}, originals / "FaRL-Base-Patch16-LAIONFace20M-ep64.pth")
+    del clip
+
+    generator, bank_mean_w = io.load_generator(originals / "e4e_ffhq_encode.pt")
+    farl = io.load_farl(originals / "FaRL-Base-Patch16-LAIONFace20M-ep64.pth")
+    build_bank(originals / "bank.safetensors", 1, generator, bank_mean_w, farl,
+               BankConfig(size=1, chunk_rows=1, render_batch=1), progress=False)
+    del generator, farl
+
+    out = tmp_path / "hub"
+    manifest = publish("someone/falco-weights", e4e=originals / "e4e_ffhq_encode.pt",
+                       arcface=originals / "model_ir_se50.pth",
+                       farl=originals / "FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
+                       landmarks=_packaged_dlib_model(ARTIFACTS["dlib_landmarks"]),
+                       recognition=_packaged_dlib_model(ARTIFACTS["dlib_recognition"]),
+                       bank=originals / "bank.safetensors", out=out, dry_run=True)
+
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS.values(), MANIFEST_NAME, "README.md"])
+    assert manifest == Manifest.load(out / MANIFEST_NAME)
+    assert manifest.repo_id == "someone/falco-weights" and manifest.revision is None
+    for artifact in manifest.artifacts.values():
+        assert artifact.size == (out / artifact.filename).stat().st_size
+        assert artifact.sha256 == sha256_file(out / artifact.filename)
+    card = (out / "README.md").read_text()
+    assert "NVIDIA" in card and all(a.sha256 in card for a in manifest.artifacts.values())
+
+    e4e_state = official_tensors(fixtures_dir, "e4e_ffhq_encode")
+    assert_file_holds(out / ARTIFACTS["e4e"], {k[8:]: v for k, v in e4e_state.items() if k.startswith("encoder.")},
+                      {"latent_avg": mean_w.expand(18, -1)})
+    assert_file_holds(out / ARTIFACTS["generator"],
+                      {k[8:]: v for k, v in e4e_state.items() if k.startswith("decoder.")}, {"latent_avg": mean_w})
+    del e4e_state
+    assert_file_holds(out / ARTIFACTS["arcface"], official_tensors(fixtures_dir, "model_ir_se50"), {})
+    clip = official_tensors(fixtures_dir, "farl_vit_b16")
+    assert_file_holds(out / ARTIFACTS["farl"], {k: v for k, v in clip.items() if k.startswith("visual.")}, {})
+    assert (out / ARTIFACTS["fake_bank"]).read_bytes() == (originals / "bank.safetensors").read_bytes()

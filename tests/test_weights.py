@@ -1,0 +1,364 @@
+"""Weights: manifest, pinned + verified Hub downloads against a local Hub, random sets.
+
+The download tests run ``python -m falco.weights fetch`` in a subprocess with HF_ENDPOINT
+pointing at a local server that answers like the Hub's /resolve endpoint (small files
+served directly, LFS files redirected to a CDN on another origin), and HF_HOME in a tmp
+dir: the real huggingface_hub code path, configured the way a user configures it.
+"""
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from types import SimpleNamespace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from falco.errors import WeightsError
+from falco.weights import (ARTIFACTS, MANIFEST_NAME, PROJECT_MANIFEST, Manifest, _copy_dlib_model, fetch_weights,
+                           make_random_weights, parse_source, upload_weights)
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = "test-user/falco-tiny"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+SERVED = ("generator", "arcface", "farl")   # enough to exercise every path, cheap to build and serve
+RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")
+
+
+class FakeHub:
+    """Serves one repo at one commit the way huggingface.co does for hf_hub_download.
+
+    HEAD/GET /{repo}/resolve/{revision}/{file}: small files answer 200 with ETag,
+    X-Repo-Commit and Content-Length; LFS files (.safetensors, .dat) answer 302 with
+    X-Linked-Etag (their sha256), X-Linked-Size, X-Repo-Commit and a Location on the CDN,
+    which is another origin (port), so the client stops there and GETs the CDN URL.
+    Errors carry the X-Error-Code header the client maps to its exceptions.
+    """
+
+    def __init__(self, folder: Path):
+        self.files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        self.corrupt: set[str] = set()
+        self.requests: list[tuple[str, str, str]] = []   # (origin, method, path)
+        self.lock = threading.Lock()
+        self.hub = self._serve("hub")
+        self.cdn = self._serve("cdn")
+        self.endpoint = f"http://127.0.0.1:{self.hub.server_port}"
+
+    def _serve(self, origin: str) -> ThreadingHTTPServer:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                hub.handle(self, origin, body=False)
+
+            def do_GET(self):
+                hub.handle(self, origin, body=True)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def content(self, filename: str) -> bytes:
+        data = self.files[filename]
+        if filename in self.corrupt:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+        return data
+
+    def gets(self, origin: str | None = None) -> list[str]:
+        with self.lock:
+            return [p for o, m, p in self.requests if m == "GET" and origin in (None, o)]
+
+    def handle(self, request: BaseHTTPRequestHandler, origin: str, body: bool) -> None:
+        with self.lock:
+            self.requests.append((origin, request.command, request.path))
+        if origin == "cdn":
+            by_hash = {hashlib.sha256(self.content(f)).hexdigest(): f for f in self.files}
+            filename = by_hash.get(request.path.rsplit("/", 1)[-1])
+            if filename is None:
+                return self.reply(request, 404, {}, b"", body)
+            return self.reply(request, 200, {}, self.content(filename), body)
+        match = RESOLVE.match(request.path)
+        if match is None or unquote(match["repo"]) != REPO:
+            # The Hub answers 401 for a repo that does not exist (or is private) to anonymous users.
+            return self.reply(request, 401, {"X-Error-Code": "RepoNotFound"}, b"", body)
+        if unquote(match["revision"]) not in ("main", COMMIT):
+            return self.reply(request, 404, {"X-Error-Code": "RevisionNotFound"}, b"", body)
+        filename = unquote(match["filename"])
+        if filename not in self.files:
+            return self.reply(request, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, b"", body)
+        data = self.content(filename)
+        if filename.endswith((".safetensors", ".dat")):
+            sha = hashlib.sha256(data).hexdigest()
+            cdn = f"http://127.0.0.1:{self.cdn.server_port}/blobs/{sha}"
+            return self.reply(request, 302, {"Location": cdn, "X-Linked-Etag": f'"{sha}"', "X-Repo-Commit": COMMIT,
+                                             "X-Linked-Size": str(len(data)), "ETag": '"git-pointer"'}, b"", body)
+        etag = hashlib.sha1(data).hexdigest()
+        return self.reply(request, 200, {"ETag": f'"{etag}"', "X-Repo-Commit": COMMIT}, data, body)
+
+    @staticmethod
+    def reply(request, status: int, headers: dict, data: bytes, body: bool) -> None:
+        request.send_response(status)
+        for key, value in headers.items():
+            request.send_header(key, value)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        if body:
+            request.wfile.write(data)
+
+    def close(self) -> None:
+        for server in (self.hub, self.cdn):
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-weights")
+    make_random_weights(folder, tiny=True, names=SERVED)
+    return folder
+
+
+@pytest.fixture
+def hub(tiny_folder):
+    server = FakeHub(tiny_folder)
+    yield server
+    server.close()
+
+
+def fetch(hub_endpoint: str, hf_home: Path, *args: str, offline: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "FALCO_"))}
+    env.update(HF_ENDPOINT=hub_endpoint, HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY="1",
+               HF_HUB_OFFLINE="1" if offline else "0")
+    command = [sys.executable, "-m", "falco.weights", "fetch", "--no-progress", "--names", *SERVED, *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def fetched_paths(result: subprocess.CompletedProcess) -> dict[str, Path]:
+    assert result.returncode == 0, result.stderr
+    return {name: Path(path) for name, path in (line.split(": ", 1) for line in result.stdout.splitlines())}
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+def pinned_manifest(tiny_folder: Path, path: Path) -> Path:
+    manifest = Manifest.load(tiny_folder / MANIFEST_NAME)
+    return replace(manifest, repo_id=REPO, revision=COMMIT).write(path)
+
+
+def test_first_download_then_cache_hit(hub, tiny_folder, tmp_path):
+    manifest = Manifest.load(tiny_folder / MANIFEST_NAME)
+    paths = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
+    assert set(paths) == set(SERVED)
+    for name, path in paths.items():
+        # The standard cache layout, pinned to the commit the repo's manifest was read from.
+        assert path.parent == tmp_path / "hub" / "models--test-user--falco-tiny" / "snapshots" / COMMIT
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest.artifacts[name].sha256
+    assert len(hub.gets("cdn")) == len(SERVED)
+    gets_before = len(hub.gets())
+
+    again = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
+    assert again == paths
+    assert len(hub.gets()) == gets_before, "a cached file was transferred again"
+
+
+def test_pinned_manifest_downloads_at_its_revision_and_then_needs_no_request(hub, tiny_folder, tmp_path):
+    pinned = pinned_manifest(tiny_folder, tmp_path / "pinned.json")
+    paths = fetched_paths(fetch(hub.endpoint, tmp_path / "hf", "--weights", REPO, "--manifest", str(pinned)))
+    assert not any(MANIFEST_NAME in p for _, _, p in hub.requests), "pinned hashes come from the project"
+    assert all(f"/resolve/{COMMIT}/" in p for o, _, p in hub.requests if o == "hub")
+    assert all(p.parent.name == COMMIT for p in paths.values())
+    count = len(hub.requests)
+    assert fetched_paths(fetch(hub.endpoint, tmp_path / "hf", "--weights", REPO, "--manifest", str(pinned))) == paths
+    assert len(hub.requests) == count
+
+
+def test_corrupted_download_is_detected_and_removed(hub, tiny_folder, tmp_path):
+    expected = Manifest.load(tiny_folder / MANIFEST_NAME).artifacts["arcface"].sha256
+    hub.corrupt.add("arcface.safetensors")
+    actual = hashlib.sha256(hub.content("arcface.safetensors")).hexdigest()
+    error = one_line_error(fetch(hub.endpoint, tmp_path, "--weights", REPO))
+    assert "arcface.safetensors" in error and expected in error and actual in error
+    blobs = tmp_path / "hub" / "models--test-user--falco-tiny" / "blobs"
+    assert not (blobs / actual).exists()
+    assert not (blobs.parent / "snapshots" / COMMIT / "arcface.safetensors").exists()
+
+    hub.corrupt.clear()   # the next run downloads the file anew
+    paths = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
+    assert hashlib.sha256(paths["arcface"].read_bytes()).hexdigest() == expected
+
+
+def test_missing_file_is_reported(hub, tmp_path):
+    del hub.files["farl.safetensors"]
+    error = one_line_error(fetch(hub.endpoint, tmp_path, "--weights", REPO))
+    assert "farl.safetensors is missing" in error and REPO in error
+
+
+def test_missing_repo_is_reported(hub, tmp_path):
+    error = one_line_error(fetch(hub.endpoint, tmp_path, "--weights", "nobody/no-such-weights"))
+    assert "nobody/no-such-weights was not found" in error
+
+
+@pytest.mark.slow   # huggingface_hub retries with backoff for about 25 s before giving up
+def test_unreachable_endpoint_is_reported(tmp_path):
+    with socket.socket() as sock:   # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    error = one_line_error(fetch(closed, tmp_path, "--weights", REPO))
+    assert "Cannot reach" in error and closed in error
+
+
+def test_offline_mode_is_served_from_the_cache(hub, tmp_path):
+    paths = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
+    count = len(hub.requests)
+    assert fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO, offline=True)) == paths
+    assert len(hub.requests) == count
+
+    error = one_line_error(fetch(hub.endpoint, tmp_path / "empty", "--weights", REPO, offline=True))
+    assert "HF_HUB_OFFLINE" in error
+    assert len(hub.requests) == count
+
+
+def test_no_disk_space_is_reported_before_downloading(tiny_folder, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import huggingface_hub.constants
+
+    import falco.weights
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(falco.weights.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    pinned = pinned_manifest(tiny_folder, tmp_path / "pinned.json")
+    with pytest.raises(WeightsError, match="Not enough disk space for generator.safetensors"):
+        fetch_weights(REPO, names=["generator"], progress=False, manifest=pinned)
+
+
+def test_local_folder_stands_in_for_the_repo(tiny_folder, tmp_path):
+    paths = fetch_weights(str(tiny_folder), names=SERVED)
+    assert all(paths[name] == tiny_folder / ARTIFACTS[name] for name in SERVED)
+    with pytest.raises(KeyError):
+        paths["fake_bank"]
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (*(ARTIFACTS[n] for n in SERVED), MANIFEST_NAME):
+        (copy / name).write_bytes((tiny_folder / name).read_bytes())
+    damaged = bytearray((copy / "farl.safetensors").read_bytes())
+    damaged[-1] ^= 0xFF
+    (copy / "farl.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(WeightsError, match="does not match its manifest"):
+        fetch_weights(str(copy), names=["farl"])
+    assert (copy / "farl.safetensors").exists(), "a user's own folder is never modified"
+    with pytest.raises(WeightsError, match="lists no fake_bank"):
+        fetch_weights(str(copy), names=["fake_bank"])
+    (copy / "generator.safetensors").unlink()
+    with pytest.raises(WeightsError, match="has no generator.safetensors"):
+        fetch_weights(str(copy), names=["generator"])
+
+
+def test_upload_pins_the_manifest_to_the_new_commit(tiny_folder, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload_folder", repo_id, Path(folder_path)))
+            return SimpleNamespace(oid=COMMIT)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    pinned = upload_weights(tiny_folder, REPO, manifest_path=tmp_path / "manifest.json")
+    assert calls == [("create_repo", REPO, False, True), ("upload_folder", REPO, tiny_folder)]
+    assert Manifest.load(tmp_path / "manifest.json") == pinned
+    assert (pinned.repo_id, pinned.revision) == (REPO, COMMIT) and pinned.pins(SERVED)
+
+    copy = tmp_path / "damaged"
+    copy.mkdir()
+    for path in tiny_folder.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    (copy / "arcface.safetensors").write_bytes(b"not the manifest's bytes")
+    with pytest.raises(WeightsError, match="does not match its manifest"):
+        upload_weights(copy, REPO, manifest_path=tmp_path / "other.json")
+    assert len(calls) == 2 and not (tmp_path / "other.json").exists()
+
+
+def test_dlib_models_are_decompressed_when_bz2(tmp_path):
+    import bz2
+    payload = bytes(range(256)) * 100
+    (tmp_path / "model.dat.bz2").write_bytes(bz2.compress(payload))
+    _copy_dlib_model(tmp_path / "model.dat.bz2", tmp_path / "model.dat")
+    assert (tmp_path / "model.dat").read_bytes() == payload
+
+
+def test_source_parsing():
+    assert parse_source("user/name@v1.0").repo_id == "user/name"
+    assert parse_source("user/name@v1.0").revision == "v1.0"
+    assert parse_source("user/name").revision is None
+    with pytest.raises(WeightsError, match="does not exist"):
+        parse_source("./no/such/folder")
+    with pytest.raises(WeightsError, match="neither a weights folder nor a Hub repo id"):
+        parse_source("not a repo")
+
+
+def test_source_defaults_to_config_and_env(monkeypatch):
+    from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV
+    monkeypatch.delenv(WEIGHTS_REPO_ENV, raising=False)
+    assert parse_source(None).repo_id == DEFAULT_WEIGHTS_REPO
+    monkeypatch.setenv(WEIGHTS_REPO_ENV, "someone/their-weights@abc")
+    assert (parse_source(None).repo_id, parse_source(None).revision) == ("someone/their-weights", "abc")
+
+
+def test_project_manifest_lists_every_artifact():
+    manifest = Manifest.load(PROJECT_MANIFEST)
+    assert {n: a.filename for n, a in manifest.artifacts.items()} == ARTIFACTS
+    parse_source(manifest.repo_id)
+    if manifest.revision is not None:   # once published, the pins must be complete
+        assert manifest.pins(ARTIFACTS)
+
+
+def test_complete_tiny_set_loads(tiny_weights):
+    import dlib
+    import torch
+
+    from falco.bank import FakeBank
+    from falco.models import io
+
+    manifest = Manifest.load(tiny_weights / MANIFEST_NAME)
+    assert set(manifest.artifacts) == set(ARTIFACTS) and manifest.revision is None
+    assert "noise" in (tiny_weights / "README.md").read_text().lower()
+    paths = fetch_weights(str(tiny_weights))   # checks every hash of the folder's manifest
+    generator, mean_w = io.load_generator(paths.generator)
+    e4e, latent_avg = io.load_e4e(paths.e4e)
+    arcface, farl = io.load_arcface(paths.arcface), io.load_farl(paths.farl)
+    assert latent_avg.shape == (generator.num_ws, generator.style_dim) == (e4e.config["n_styles"], mean_w.shape[0])
+    assert torch.equal(latent_avg[0], mean_w)
+    bank = FakeBank.load(paths.fake_bank)
+    assert bank.w.shape[1] == generator.style_dim
+    assert bank.embeddings.shape[1] == farl.config["embed_dim"]
+    with torch.no_grad():
+        image = generator(latent_avg[None])
+        codes = e4e(torch.nn.functional.interpolate(image, size=256))
+        assert codes.shape == (1, generator.num_ws, generator.style_dim)
+        assert arcface(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
+    dlib.shape_predictor(str(paths.dlib_landmarks))
+    dlib.face_recognition_model_v1(str(paths.dlib_recognition))
