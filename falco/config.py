@@ -59,6 +59,7 @@ class OptimConfig:
     trained_rows: tuple[int, int] = (3, 8)              # W+ rows [start, stop) that are optimised
     seed: int = 0                                       # seeds everything random in a run (the fake draw)
     preview_every: int = 5                              # stream a preview every k steps
+    preview_size: int = 256                             # previews are downscaled to this side
     loss_on_skip256: bool = False                       # losses on the 256 skip output instead of 1024
 
 

@@ -90,6 +90,11 @@ def compose_wplus(wplus_real: torch.Tensor, trained: torch.Tensor, rows: tuple[i
     return torch.cat([wplus_real[:, :start], trained, wplus_real[:, stop:]], dim=1)
 
 
+def start_wplus(wplus_real: torch.Tensor, w_fake: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+    """Where the optimisation starts: the fake's w in the trained rows, the real inversion elsewhere."""
+    return compose_wplus(wplus_real, w_fake[:, None].expand(-1, rows[1] - rows[0], -1), rows)
+
+
 def loss_resolution(generator, config: OptimConfig) -> int | None:
     """Resolution the generator stops at for the losses; None renders the full image."""
     if config.loss_on_skip256 and generator.size > LOSS_RESOLUTION:

@@ -19,3 +19,19 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A complete tiny random weight set in Hub layout (falco.weights), built once per session."""
+    from falco.weights import make_random_weights
+    folder = tmp_path_factory.mktemp("tiny-weights")
+    make_random_weights(folder, tiny=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_weights):
+    """FalcoPipeline on the tiny random weights, on the CPU."""
+    from falco.pipeline import FalcoPipeline
+    return FalcoPipeline.from_pretrained(str(tiny_weights), device="cpu", progress=False)

@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from falco.config import OptimConfig
+from falco.errors import FalcoError, NoFaceError
+from falco.pipeline import AnonymizationResult, StepEvent
+
+STEPS = 6
+MARGINS = (0.0, 0.5, 1.0)
+OPTIM = OptimConfig(steps=STEPS, preview_every=3)
+
+
+@pytest.fixture(scope="module")
+def photo_path(fixtures_dir):
+    return fixtures_dir / "align" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def events(tiny_pipeline, photo_path):
+    return list(tiny_pipeline.anonymize(photo_path, margins=MARGINS, optim=OPTIM))
+
+
+@pytest.fixture(scope="module")
+def result(events) -> AnonymizationResult:
+    return events[-1]
+
+
+def test_detect_finds_the_face_first(tiny_pipeline, photo_path):
+    faces = tiny_pipeline.detect(photo_path)
+    assert len(faces) == 2 and faces[0].usable and not faces[1].usable   # face, then the mission patch
+
+
+def test_events_stream_every_step_then_the_result(events):
+    steps, final = events[:-1], events[-1]
+    assert all(isinstance(e, StepEvent) for e in steps) and isinstance(final, AnonymizationResult)
+    assert [e.step for e in steps] == list(range(1, STEPS + 1))
+    assert all(e.total_steps == STEPS for e in steps)
+    assert [len(e.previews) for e in steps] == [0, 0, 3, 0, 0, 3]
+    assert all(isinstance(p, Image.Image) for p in steps[2].previews)
+    assert steps[0].items == [(0, 0.0), (0, 0.5), (0, 1.0)]
+
+
+def test_loss_terms_are_finite(events):
+    for e in events[:-1]:
+        assert set(e.losses) == {"identity", "attribute", "total"}
+        values = [v for vs in e.losses.values() for v in vs] + e.identity_cosine
+        assert len(values) == 4 * 3 and all(math.isfinite(v) for v in values)
+
+
+def test_identity_term_falls_over_the_steps(events):
+    identity = [e.losses["identity"] for e in events[:-1]]
+    for item in range(len(MARGINS)):
+        assert identity[-1][item] < identity[0][item], [step[item] for step in identity]
+
+
+def test_only_rows_3_to_7_change(result):
+    for face in result.faces:
+        assert torch.equal(face.wplus[:3], face.wplus_inversion[:3])
+        assert torch.equal(face.wplus[8:], face.wplus_inversion[8:])
+        assert not torch.allclose(face.wplus[3:8], face.wplus_inversion[3:8])
+
+
+def test_result_holds_every_image_and_measure(result, tiny_pipeline):
+    assert [(f.face_index, f.margin) for f in result.faces] == [(0, m) for m in MARGINS]
+    assert result.margins == MARGINS and len(result.photos) == 3 and result.photo is result.photos[0]
+    for face in result.faces:
+        for image in (face.aligned, face.inversion, face.fake, face.anonymized):
+            assert image.size == (1024, 1024)
+        assert -1 <= face.identity_cosine <= 1 and face.recognizer_distance > 0
+        assert face.fake_index == result.params["fake_rows"][0]
+        assert face.fake_seed == int(tiny_pipeline.bank.seeds[face.fake_index])
+        torch.testing.assert_close(face.wplus[3:8], face.wplus[3:8])
+    assert result.params["optim"]["steps"] == STEPS and result.params["margins"] == list(MARGINS)
+    # Margins pull the identity apart: the final cosines are ordered like m.
+    cosines = [f.identity_cosine for f in result.faces]
+    assert cosines == sorted(cosines)
+
+
+def test_pasted_photo_keeps_every_pixel_outside_the_face(result, tiny_pipeline, photo_path):
+    original = np.asarray(Image.open(photo_path).convert("RGB"))
+    quad = tiny_pipeline.detect(photo_path)[0].quad
+    x0, y0 = np.floor(quad.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
+    for photo in result.photos:
+        pasted = np.asarray(photo)
+        assert pasted.shape == original.shape
+        outside = np.ones(original.shape[:2], bool)
+        outside[max(y0, 0):y1, max(x0, 0):x1] = False
+        assert np.array_equal(pasted[outside], original[outside])
+        assert (pasted[~outside] != original[~outside]).any(axis=-1).mean() > 0.1
+
+
+def test_a_batch_of_margins_equals_single_runs(tiny_pipeline, photo_path, result):
+    for batched in result.faces:
+        single = list(tiny_pipeline.anonymize(photo_path, margins=(batched.margin,), optim=OPTIM))[-1].faces[0]
+        torch.testing.assert_close(single.wplus, batched.wplus, atol=1e-5, rtol=1e-5)
+        assert single.identity_cosine == pytest.approx(batched.identity_cosine, abs=1e-5)
+        diff = np.abs(np.asarray(single.anonymized, np.int16) - np.asarray(batched.anonymized, np.int16))
+        assert diff.max() <= 1
+
+
+def test_same_seed_same_result_and_faces_batch_together(tiny_pipeline, photo_path):
+    optim = OptimConfig(steps=2, seed=5)
+
+    def run(seed_optim):
+        return list(tiny_pipeline.anonymize(photo_path, faces=[0, 1], margins=(0.5,), optim=seed_optim, fake_k=8))[-1]
+
+    first, again = run(optim), run(optim)
+    assert [(f.face_index, f.margin) for f in first.faces] == [(0, 0.5), (1, 0.5)]
+    assert first.params["fake_rows"] == again.params["fake_rows"]
+    for a, b in zip(first.faces, again.faces):
+        assert torch.equal(a.wplus, b.wplus)
+        assert np.array_equal(np.asarray(a.anonymized), np.asarray(b.anonymized))
+    assert np.array_equal(np.asarray(first.photo), np.asarray(again.photo))
+    # The seed chooses among the 8 nearest fakes: some seed gives another fake.
+    draws = {tuple(tiny_pipeline.bank.nearest(torch.randn(2, tiny_pipeline.bank.embeddings.shape[1]), k=8,
+                                              seed=s).tolist()) for s in range(10)}
+    assert len(draws) > 1
+
+
+def test_closing_the_stream_stops_the_work(tiny_pipeline, photo_path, monkeypatch):
+    generator = tiny_pipeline.nets.generator
+    calls = []
+    original_forward = generator.forward
+    monkeypatch.setattr(generator, "forward", lambda *a, **k: calls.append(1) or original_forward(*a, **k))
+    stream = tiny_pipeline.anonymize(photo_path, optim=OptimConfig(steps=50))
+    next(stream), next(stream)
+    before = len(calls)   # inversions and fakes in one render, then two steps
+    stream.close()
+    with pytest.raises(StopIteration):
+        next(stream)
+    assert before == 3 and len(calls) == before
+
+
+def test_user_errors_are_one_line_messages(tiny_pipeline, photo_path):
+    with pytest.raises(NoFaceError):
+        next(tiny_pipeline.anonymize(Image.new("RGB", (200, 200), "gray")))
+    with pytest.raises(FalcoError, match="no face 3"):
+        next(tiny_pipeline.anonymize(photo_path, faces=[2]))
