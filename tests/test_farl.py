@@ -101,3 +101,15 @@ def test_preprocess_centre_crops_non_square():
     x[..., 56:280] = 1.0
     y = farl_preprocess(x)
     assert torch.allclose(y, farl_preprocess(torch.ones(1, 3, 224, 224)))
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    model = FaRL(**SMALL)
+    model.load_state_dict(seeded_state_dict(model.state_dict()), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model.embed(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.embed(x)
+    assert torch.isfinite(low).all()
+    assert (low.float() - reference).abs().max() <= 5e-2 * reference.abs().max()
