@@ -135,3 +135,15 @@ def test_draw_among_k_nearest_is_seeded_and_stays_in_the_top_k():
     bank = FakeBank(torch.zeros(300, 8), embeddings, torch.arange(300), {})
     assert torch.equal(bank.nearest(query, k=5, seed=7), draws[7])
     assert torch.equal(bank.nearest(query), top5[:, 0])
+
+
+def test_build_command_matches_the_published_bank(tmp_path, tiny_weights, capsys):
+    # The random weight set's bank was built with the defaults: the command reproduces its rows.
+    out = tmp_path / "bank.safetensors"
+    bank_module.main(["build", "--out", str(out), "--n", "5", "--chunk", "2", "--weights", str(tiny_weights),
+                      "--device", "cpu"])
+    assert "5/5" in capsys.readouterr().err   # the progress bar
+    built, published = FakeBank.load(out), FakeBank.load(tiny_weights / "fake_bank.safetensors")
+    assert len(built) == 5 and torch.equal(built.seeds, published.seeds[:5])
+    torch.testing.assert_close(built.w, published.w[:5])
+    torch.testing.assert_close(built.embeddings, published.embeddings[:5])

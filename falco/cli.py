@@ -1,0 +1,218 @@
+"""Anonymize a folder tree of photos into a mirror tree.
+
+    python -m falco.cli anonymize IN_DIR OUT_DIR [--margin 0 0.5] [--shard 0/4] [--weights SRC]
+
+For IN_DIR/a/b/x.jpg it writes OUT_DIR/a/b/x.jpg (every usable face anonymized; with
+several margins x.m0.5.jpg, one per m), x.jpg.latents.safetensors (the W+ codes) and,
+last, x.jpg.json, the record of the run.  An image with a record is done and skipped,
+so a run that was interrupted picks up where it stopped; a failed image gets a record
+with the error (retried with --retry-failed) and the run goes on.  ``--shard i/n`` takes
+the files whose path hashes to i modulo n, so n machines given 0/n .. n-1/n split a
+dataset without talking to each other and every file lands in exactly one shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, CliConfig, OptimConfig
+from falco.errors import FalcoError, WeightsError
+
+log = logging.getLogger("falco.cli")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {text}: i must be in 0..n-1")
+        return cls(index, count)
+
+    def holds(self, relative: str) -> bool:
+        # A hash of the path, not a position in a listing: machines that list the tree at
+        # different times (or see a few more files) still agree on every file's shard.
+        return zlib.crc32(relative.encode("utf-8")) % self.count == self.index
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def list_images(root: Path, extensions: Sequence[str], exclude: Path | None = None) -> list[str]:
+    """Relative POSIX paths of the images under root, sorted; nothing under ``exclude``."""
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix.lower() not in extensions or not path.is_file():
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude):
+            continue
+        found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def output_paths(out_dir: Path, relative: str, margins: Sequence[float]) -> tuple[list[Path], Path, Path]:
+    """(images, latents, record) for one input image."""
+    target = out_dir / relative
+    if len(margins) == 1:
+        images = [target]
+    else:
+        images = [target.with_name(f"{target.stem}.m{m:g}{target.suffix}") for m in margins]
+    return images, target.with_name(target.name + ".latents.safetensors"), target.with_name(target.name + ".json")
+
+
+def is_done(record: Path, retry_failed: bool) -> bool:
+    try:
+        status = json.loads(record.read_text()).get("status")
+    except (OSError, ValueError):
+        return False   # no record, or a damaged one: do it again
+    return status == "ok" or (status == "failed" and not retry_failed)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _save_image(image: Image.Image, path: Path, config: CliConfig) -> None:
+    # Fresh images carry no metadata: EXIF (GPS, names, thumbnails) can identify people too.
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    options = {"quality": config.jpeg_quality} if fmt == "JPEG" else {}
+    _write_atomic(path, lambda tmp: image.save(tmp, format=fmt, **options))
+
+
+def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float],
+                  optim: OptimConfig, fake_k: int, config: CliConfig) -> dict:
+    """Anonymize one photo and write its images, latents and (last) record; returns the record."""
+    started = time.monotonic()
+    images, latents, record = output_paths(out_dir, relative, margins)
+    result = None
+    for event in pipeline.anonymize(source, margins=margins, optim=optim, fake_k=fake_k):
+        result = event
+    record.parent.mkdir(parents=True, exist_ok=True)
+    for photo, path in zip(result.photos, images):
+        _save_image(photo, path, config)
+    n = len(margins)
+    faces = result.faces[::n]
+    tensors = {
+        "wplus": torch.stack([f.wplus for f in result.faces]).unflatten(0, (len(faces), n)).contiguous(),
+        "wplus_inversion": torch.stack([f.wplus_inversion for f in faces]).contiguous(),
+        "face_index": torch.tensor([f.face_index for f in faces]),
+        "margin": torch.tensor(margins, dtype=torch.float32),
+        "fake_row": torch.tensor([f.fake_index for f in faces]),
+    }
+    _write_atomic(latents, lambda tmp: save_file(tensors, str(tmp), metadata={
+        "what": "FALCO W+ codes (latent_avg included): wplus [faces, margins, rows, dim]"}))
+    entry = {"source": relative, "status": "ok",
+             "outputs": [p.relative_to(out_dir).as_posix() for p in (*images, latents)],
+             "faces": [{"face": f.face_index, "margin": f.margin, "identity_cosine": f.identity_cosine,
+                        "recognizer_distance": f.recognizer_distance,
+                        "same_person_for_dlib": f.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
+                        "fake_row": f.fake_index, "fake_seed": f.fake_seed} for f in result.faces],
+             "params": result.params, "seconds": round(time.monotonic() - started, 3)}
+    _write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+    return entry
+
+
+def record_failure(out_dir: Path, relative: str, margins: Sequence[float], err: Exception) -> None:
+    _, _, record = output_paths(out_dir, relative, margins)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"source": relative, "status": "failed", "error": str(err) or type(err).__name__,
+             "error_type": type(err).__name__}
+    _write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+
+
+def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[float] = (0.0,),
+                   optim: OptimConfig = OptimConfig(), fake_k: int = BankConfig().k_nearest,
+                   shard: Shard = Shard(0, 1), retry_failed: bool = False, progress: bool = True,
+                   config: CliConfig = CliConfig()) -> Summary:
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
+    summary = Summary(total=len(files))
+    bar = tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress)
+    for relative in bar:
+        if is_done(output_paths(out_dir, relative, margins)[2], retry_failed):
+            summary.skipped += 1
+            continue
+        try:
+            anonymize_one(pipeline, in_dir / relative, relative, out_dir, margins, optim, fake_k, config)
+            summary.done += 1
+        except WeightsError:
+            raise   # every other image would fail the same way
+        except Exception as err:   # one bad photo must not stop a dataset run
+            log.warning("%s: %s", relative, err)
+            record_failure(out_dir, relative, margins, err)
+            summary.failed += 1
+        bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = OptimConfig()
+    parser = argparse.ArgumentParser(prog="python -m falco.cli", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("anonymize", help="anonymize a folder tree into a mirror tree",
+                         description=__doc__.split("\n\n", 1)[1])
+    run.add_argument("in_dir", type=Path)
+    run.add_argument("out_dir", type=Path)
+    run.add_argument("--margin", type=float, nargs="+", default=[defaults.margin],
+                     help="m values (several run as one batch per photo)")
+    run.add_argument("--shard", type=str, default="0/1", help="i/n: this run's share of the files, 0 <= i < n")
+    run.add_argument("--weights", default=None, help="Hub repo id[@revision] or local weights folder")
+    run.add_argument("--device", default=None, help="e.g. cuda:1 (default: CUDA when available)")
+    run.add_argument("--steps", type=int, default=defaults.steps)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--fake-k", type=int, default=BankConfig().k_nearest,
+                     help="draw the fake among the k nearest (with --seed)")
+    run.add_argument("--loss-on-skip256", action="store_true", help="losses on the generator's 256 output")
+    run.add_argument("--retry-failed", action="store_true", help="run again the images whose record is a failure")
+    run.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        shard = Shard.parse(args.shard)
+    except ValueError as err:
+        parser.error(str(err))
+    if not args.in_dir.is_dir():
+        parser.error(f"{args.in_dir} is not a folder")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    optim = replace(defaults, steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
+
+    from falco.pipeline import FalcoPipeline
+    try:
+        pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
+        summary = anonymize_tree(pipeline, args.in_dir, args.out_dir, tuple(args.margin), optim, args.fake_k,
+                                 shard, args.retry_failed, progress=not args.no_progress)
+    except FalcoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from falco.cli import Shard, anonymize_tree, list_images, main
+from falco.config import CliConfig, OptimConfig
+from falco.errors import FalcoError
+
+QUICK = OptimConfig(steps=1)
+
+
+@pytest.fixture
+def tree(tmp_path, fixtures_dir):
+    """in/ with two photos in nested folders, a file that is not an image and a photo without a face."""
+    src = fixtures_dir / "align" / "astronaut.png"
+    root = tmp_path / "in"
+    (root / "a").mkdir(parents=True)
+    (root / "b" / "c").mkdir(parents=True)
+    shutil.copy(src, root / "a" / "astronaut.png")
+    Image.open(src).convert("RGB").save(root / "b" / "c" / "astronaut.JPG", quality=95)
+    (root / "b" / "broken.jpg").write_bytes(b"not an image at all")
+    Image.new("RGB", (160, 120), "gray").save(root / "b" / "blank.png")
+    (root / "notes.txt").write_text("not a photo")
+    return root
+
+
+class Interrupting:
+    """A pipeline whose run of one chosen photo is interrupted (Ctrl-C); counts the runs."""
+
+    def __init__(self, pipeline, interrupt_on: str | None = None):
+        self.pipeline, self.interrupt_on, self.calls = pipeline, interrupt_on, []
+
+    def anonymize(self, photo, **kwargs):
+        self.calls.append(photo.name)
+        for event in self.pipeline.anonymize(photo, **kwargs):
+            if self.interrupt_on == photo.name and getattr(event, "step", 0) == 1:
+                raise KeyboardInterrupt
+            yield event
+
+
+def test_every_file_is_in_exactly_one_shard():
+    files = [f"dir{i % 7}/img_{i:05d}.jpg" for i in range(2000)]
+    for n in (1, 2, 3, 8):
+        shards = [{f for f in files if Shard(i, n).holds(f)} for i in range(n)]
+        assert sum(len(s) for s in shards) == len(files)
+        assert set().union(*shards) == set(files)
+        assert all(len(s) > len(files) / n / 2 for s in shards)   # no shard is starved
+
+
+def test_shard_parsing():
+    assert Shard.parse("2/5") == Shard(2, 5)
+    for bad in ("5/5", "-1/3", "1", "a/b", "1/0"):
+        with pytest.raises(ValueError):
+            Shard.parse(bad)
+
+
+def test_listing_finds_images_and_skips_the_output_tree(tree):
+    (tree / "out").mkdir()
+    Image.new("RGB", (8, 8)).save(tree / "out" / "old_result.png")
+    assert list_images(tree, CliConfig().image_extensions, exclude=(tree / "out").resolve()) == [
+        "a/astronaut.png", "b/blank.png", "b/broken.jpg", "b/c/astronaut.JPG"]
+
+
+def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, tiny_weights, capsys):
+    out = tmp_path / "out"
+    code = main(["anonymize", str(tree), str(out), "--weights", str(tiny_weights), "--steps", "2",
+                 "--margin", "0", "0.5", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["failed"] == 2
+
+    for relative, suffix in (("a/astronaut.png", ".png"), ("b/c/astronaut.JPG", ".JPG")):
+        record = json.loads((out / (relative + ".json")).read_text())
+        assert record["status"] == "ok" and record["source"] == relative
+        assert [(f["face"], f["margin"]) for f in record["faces"]] == [(0, 0.0), (0, 0.5)]
+        assert all(f["recognizer_distance"] > 0 for f in record["faces"])
+        assert record["params"]["optim"]["steps"] == 2
+        for name in record["outputs"][:2]:
+            assert name.endswith(suffix)
+            with Image.open(out / name) as image:
+                assert image.size == (512, 512) and not image.getexif()
+        latents = load_file(out / (relative + ".latents.safetensors"))
+        assert latents["wplus"].shape == (1, 2, 10, 64) and latents["margin"].tolist() == [0.0, 0.5]
+
+    broken = json.loads((out / "b" / "broken.jpg.json").read_text())
+    blank = json.loads((out / "b" / "blank.png.json").read_text())
+    assert broken["status"] == "failed" and broken["error_type"] == "InputImageError"
+    assert blank["status"] == "failed" and blank["error_type"] == "NoFaceError"
+    assert not (out / "notes.txt.json").exists()
+
+
+def test_bad_shard_is_a_usage_error(tree, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["anonymize", str(tree), str(tmp_path / "out"), "--shard", "3/3"])
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tree, tmp_path, tiny_pipeline):
+    out = tmp_path / "out"
+    first = Interrupting(tiny_pipeline, interrupt_on="astronaut.JPG")
+    with pytest.raises(KeyboardInterrupt):
+        anonymize_tree(first, tree, out, optim=QUICK, progress=False)
+    assert first.calls == ["astronaut.png", "blank.png", "broken.jpg", "astronaut.JPG"]
+    assert json.loads((out / "a" / "astronaut.png.json").read_text())["status"] == "ok"
+    assert not (out / "b" / "c").exists() or not list((out / "b" / "c").iterdir())   # nothing half-written
+
+    done_before = (out / "a" / "astronaut.png").stat().st_mtime_ns
+    second = Interrupting(tiny_pipeline)
+    summary = anonymize_tree(second, tree, out, optim=QUICK, progress=False)
+    assert second.calls == ["astronaut.JPG"]
+    assert (summary.total, summary.done, summary.skipped, summary.failed) == (4, 1, 3, 0)
+    assert json.loads((out / "b" / "c" / "astronaut.JPG.json").read_text())["status"] == "ok"
+    assert (out / "a" / "astronaut.png").stat().st_mtime_ns == done_before
+
+    third = Interrupting(tiny_pipeline)
+    summary = anonymize_tree(third, tree, out, optim=QUICK, retry_failed=True, progress=False)
+    assert sorted(third.calls) == ["blank.png", "broken.jpg"] and summary.failed == 2
+
+
+class Refusing:
+    """A pipeline that turns every photo down at once: the split is all that is under test."""
+
+    def __init__(self):
+        self.calls = []
+
+    def anonymize(self, photo, **kwargs):
+        self.calls.append(photo.name)
+        raise FalcoError("refused")
+
+
+def test_shards_split_the_work_between_runs(tree, tmp_path):
+    out = tmp_path / "out"
+    runs = [Refusing() for _ in range(3)]
+    for i, run in enumerate(runs):
+        summary = anonymize_tree(run, tree, out, shard=Shard(i, 3), progress=False)
+        assert summary.total == len(run.calls) == summary.failed
+    calls = [name for run in runs for name in run.calls]
+    assert sorted(calls) == sorted(["astronaut.png", "astronaut.JPG", "blank.png", "broken.jpg"])
+    assert len(list(out.rglob("*.json"))) == 4
