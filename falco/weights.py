@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, weights_source
+from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, BankConfig, weights_source
 from falco.errors import FalcoError, WeightsError
 
 # Artifact name -> filename, in the Hub repo and in a local folder alike.
@@ -408,7 +408,6 @@ def make_random_weights(out_dir: str | Path, tiny: bool, names: Iterable[str] | 
             shutil.copyfile(_packaged_dlib_model(ARTIFACTS[name]), out / ARTIFACTS[name])
     if "fake_bank" in names:
         from falco.bank import build_bank
-        from falco.config import BankConfig
         n = bank_size or RANDOM_BANK_SIZE[tiny]
         build_bank(out / ARTIFACTS["fake_bank"], n, models["generator"], mean_w, models["farl"],
                    BankConfig(size=n, chunk_rows=n), progress=progress)
@@ -527,19 +526,24 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 def build_hub_folder(folder: str | Path, repo_id: str, *, e4e: str | Path, arcface: str | Path, farl: str | Path,
-                     landmarks: str | Path, recognition: str | Path, bank: str | Path,
-                     generator: str | Path | None = None) -> Manifest:
+                     landmarks: str | Path, recognition: str | Path, bank: str | Path | None = None,
+                     generator: str | Path | None = None, bank_size: int | None = None,
+                     device: str = "cpu") -> Manifest:
     """Convert the official files into the Hub layout in ``folder``, with manifest and model card.
 
     ``generator`` defaults to the decoder inside the e4e checkpoint, the generator e4e was
     trained to invert.  Every network goes through its loader (strict layout check), the
-    dlib files through dlib, and the bank is checked against the generator and FaRL.
+    dlib files through dlib, and the bank is checked against the generator and FaRL.  Without
+    ``bank`` the bank is built here from the converted networks (``bank_size`` rows, default
+    the paper's 60,000; resumable, so an interrupted publish picks up where it stopped).
     """
     from falco.models import io
 
     _check_repo_id(repo_id)
     inputs = {"generator": generator or e4e, "e4e": e4e, "arcface": arcface, "farl": farl,
               "dlib_landmarks": landmarks, "dlib_recognition": recognition, "fake_bank": bank}
+    if bank is None:
+        del inputs["fake_bank"]
     for name, path in inputs.items():
         if not Path(path).is_file():
             raise WeightsError(f"The {name} file {path} does not exist.")
@@ -551,14 +555,26 @@ def build_hub_folder(folder: str | Path, repo_id: str, *, e4e: str | Path, arcfa
     for name in ("dlib_landmarks", "dlib_recognition"):
         _copy_dlib_model(Path(inputs[name]), folder / ARTIFACTS[name])
     _check_dlib_models(folder / ARTIFACTS["dlib_landmarks"], folder / ARTIFACTS["dlib_recognition"])
-    _check_bank(Path(bank), folder / ARTIFACTS["generator"], folder / ARTIFACTS["farl"])
-    shutil.copyfile(bank, folder / ARTIFACTS["fake_bank"])
+    if bank is None:
+        _build_bank_from_folder(folder, bank_size or BankConfig().size, device)
+    else:
+        _check_bank(Path(bank), folder / ARTIFACTS["generator"], folder / ARTIFACTS["farl"])
+        shutil.copyfile(bank, folder / ARTIFACTS["fake_bank"])
 
     manifest = describe_folder(folder, repo_id, note="Hashes of this folder; the pinned revision is recorded in "
                                                       "the FALCO project's weights/manifest.json.")
     manifest.write(folder / MANIFEST_NAME)
     (folder / MODEL_CARD_NAME).write_text(model_card(manifest))
     return manifest
+
+
+def _build_bank_from_folder(folder: Path, n: int, device: str) -> None:
+    from falco.bank import build_bank
+    from falco.models import io
+
+    generator, mean_w = io.load_generator(folder / ARTIFACTS["generator"], device)
+    farl = io.load_farl(folder / ARTIFACTS["farl"], device)
+    build_bank(folder / ARTIFACTS["fake_bank"], n, generator, mean_w.to(device), farl)
 
 
 def upload_weights(folder: str | Path, repo_id: str, private: bool = False,
@@ -586,7 +602,8 @@ def upload_weights(folder: str | Path, repo_id: str, private: bool = False,
 
 
 def publish(repo_id: str, *, e4e: str | Path, arcface: str | Path, farl: str | Path, landmarks: str | Path,
-            recognition: str | Path, bank: str | Path, generator: str | Path | None = None,
+            recognition: str | Path, bank: str | Path | None = None, generator: str | Path | None = None,
+            bank_size: int | None = None, device: str = "cpu",
             out: str | Path | None = None, dry_run: bool = False, private: bool = False,
             manifest_path: str | Path = PROJECT_MANIFEST) -> Manifest:
     """build_hub_folder into ``out`` (default: a temp folder), then upload_weights unless ``dry_run``.
@@ -596,7 +613,8 @@ def publish(repo_id: str, *, e4e: str | Path, arcface: str | Path, farl: str | P
     """
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="falco-weights-"))
     manifest = build_hub_folder(folder, repo_id, e4e=e4e, arcface=arcface, farl=farl, landmarks=landmarks,
-                                recognition=recognition, bank=bank, generator=generator)
+                                recognition=recognition, bank=bank, generator=generator,
+                                bank_size=bank_size, device=device)
     return manifest if dry_run else upload_weights(folder, repo_id, private, manifest_path)
 
 
@@ -625,7 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--farl", type=Path, required=True, help="FaRL-Base-Patch16-LAIONFace20M-ep64.pth")
     pub.add_argument("--landmarks", type=Path, required=True, help="shape_predictor_68_face_landmarks.dat[.bz2]")
     pub.add_argument("--recognition", type=Path, required=True, help="dlib_face_recognition_resnet_model_v1.dat[.bz2]")
-    pub.add_argument("--bank", type=Path, required=True, help="fake_bank.safetensors (python -m falco.bank build)")
+    pub.add_argument("--bank", type=Path, default=None,
+                     help="a fake_bank.safetensors built from these networks (default: build one here)")
+    pub.add_argument("--bank-size", type=int, default=None, help="rows of the bank built here (default 60000)")
+    pub.add_argument("--device", default="cpu", help="device for building the bank (cuda is much faster)")
     pub.add_argument("--generator", type=Path, default=None,
                      help="stylegan2-ffhq-config-f.pt (default: the decoder inside the e4e file)")
     pub.add_argument("--out", type=Path, default=None, help="write the Hub folder here (default: a temp folder)")
@@ -648,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--dry-run needs --out")
             manifest = publish(args.repo, e4e=args.e4e, arcface=args.arcface, farl=args.farl,
                                landmarks=args.landmarks, recognition=args.recognition, bank=args.bank,
-                               generator=args.generator, out=args.out, dry_run=args.dry_run,
+                               generator=args.generator, bank_size=args.bank_size, device=args.device,
+                               out=args.out, dry_run=args.dry_run,
                                private=args.private, manifest_path=args.manifest)
             if args.dry_run:
                 print(f"Hub folder written to {args.out} (not uploaded)")

@@ -177,3 +177,19 @@ def test_publish_dry_run_round_trips_the_official_files(fixtures_dir, tmp_path):
     clip = official_tensors(fixtures_dir, "farl_vit_b16")
     assert_file_holds(out / ARTIFACTS["farl"], {k: v for k, v in clip.items() if k.startswith("visual.")}, {})
     assert (out / ARTIFACTS["fake_bank"]).read_bytes() == (originals / "bank.safetensors").read_bytes()
+
+
+def test_publish_builds_the_bank_from_the_converted_networks(tiny_weights, tmp_path):
+    """Without --bank, publishing builds the bank from the networks it just converted."""
+    import shutil
+
+    from falco.bank import FakeBank
+    from falco.weights import _build_bank_from_folder, _check_bank
+
+    folder = tmp_path / "hub"
+    shutil.copytree(tiny_weights, folder)
+    (folder / ARTIFACTS["fake_bank"]).unlink()
+    _build_bank_from_folder(folder, 5, "cpu")
+    bank = FakeBank.load(folder / ARTIFACTS["fake_bank"])
+    assert len(bank) == 5
+    _check_bank(folder / ARTIFACTS["fake_bank"], folder / ARTIFACTS["generator"], folder / ARTIFACTS["farl"])
