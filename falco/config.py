@@ -61,6 +61,7 @@ class OptimConfig:
     preview_every: int = 5                              # stream a preview every k steps
     preview_size: int = 256                             # previews are downscaled to this side
     loss_on_skip256: bool = False                       # losses on the 256 skip output instead of 1024
+    deterministic: bool = True                          # bit-identical reruns on CUDA too (see falco.optimize)
 
 
 # --- Fake bank ----------------------------------------------------------------------

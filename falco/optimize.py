@@ -7,21 +7,30 @@ the batch loss is the sum of the item losses, so with Adam (elementwise) a batch
 the same steps as B separate runs.
 
 Both the anonymized image and the real face go through the same preprocessing ([-1, 1]
-in, resized and normalised by the model modules), and the real face's features are
+in, resized and normalised as the model modules do), and the real face's features are
 computed once, before the loop.
+
+Same inputs, same device, same result: on CUDA the backward passes of antialiased
+``interpolate`` and of ``adaptive_avg_pool2d`` add with atomics and cuDNN may pick
+non-deterministic algorithms, so two identical runs drift apart and Adam amplifies the
+drift (on an H100, W+ differed by 0.02 after 10 steps).  With ``OptimConfig.deterministic``
+the resampling runs as matrix products (the same linear maps) and cuDNN is made
+deterministic during the steps; on an H100 that made runs bit-identical at no measurable cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from falco.config import OptimConfig
-from falco.models.arcface import identity_preprocess
-from falco.models.farl import farl_preprocess
+from falco.models.arcface import ID_CROP_COLS, ID_CROP_ROWS, ID_INPUT_SIZE, ID_RESIZE, identity_preprocess
+from falco.models.farl import CLIP_MEAN, CLIP_STD, farl_preprocess
 
 # The losses only look at 256 (ArcFace) and 224 (FaRL) pixels.
 LOSS_RESOLUTION = 256
@@ -52,16 +61,84 @@ class LossTerms:
                 "total": self.total.tolist()}
 
 
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] float64: one axis of F.interpolate's bilinear resize (antialiased when shrinking)."""
+    if n_in == n_out:
+        return torch.eye(n_in, dtype=torch.float64)
+    basis = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]
+    return F.interpolate(basis, size=(1, n_out), mode="bilinear", align_corners=False,
+                         antialias=n_in > n_out)[:, 0, 0].T
+
+
+def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] float64: one axis of F.adaptive_avg_pool2d."""
+    basis = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]
+    return F.adaptive_avg_pool2d(basis, (1, n_out))[:, 0, 0].T
+
+
+class MatrixPreprocess:
+    """identity_preprocess and farl_preprocess of square faces as products with resampling matrices.
+
+    The same linear maps (tests hold them to the model modules' functions), but with
+    deterministic backward passes on CUDA.  Matrices are built once per input size and device.
+    """
+
+    def __init__(self, farl_size: int):
+        self.farl_size = farl_size
+        self._matrices: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+
+    def matrices(self, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (size, str(device))
+        if key not in self._matrices:
+            resize = resize_matrix(size, ID_RESIZE)
+            rows = pool_matrix(ID_CROP_ROWS[1] - ID_CROP_ROWS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_ROWS)]
+            cols = pool_matrix(ID_CROP_COLS[1] - ID_CROP_COLS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_COLS)]
+            farl = resize_matrix(size, self.farl_size)
+            self._matrices[key] = tuple(m.float().to(device) for m in (rows, cols, farl))
+        return self._matrices[key]
+
+    def identity(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols, _ = self.matrices(_square_side(x), x.device)
+        return rows @ x @ cols.T
+
+    def attribute(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, farl = self.matrices(_square_side(x), x.device)
+        mean, std = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1), x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+        return ((farl @ x @ farl.T + 1) / 2 - mean) / std
+
+
+def _square_side(x: torch.Tensor) -> int:
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"expected square faces [B, 3, S, S], got {tuple(x.shape)}")
+    return x.shape[-1]
+
+
+@contextmanager
+def deterministic_cudnn(enabled: bool):
+    """cuDNN's deterministic algorithms for the duration (a process-wide flag)."""
+    previous = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = previous or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic = previous
+
+
 class FalcoLoss(nn.Module):
-    def __init__(self, arcface: nn.Module, farl: nn.Module, lambda_id: float, lambda_attr: float):
+    def __init__(self, arcface: nn.Module, farl: nn.Module, lambda_id: float, lambda_attr: float,
+                 deterministic: bool = True):
         super().__init__()
         self.arcface, self.farl = arcface, farl
         self.lambda_id, self.lambda_attr = lambda_id, lambda_attr
+        self.matrix = MatrixPreprocess(farl.config["image_size"]) if deterministic else None
 
     def identity_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        return self.arcface(identity_preprocess(images))
+        x = self.matrix.identity(images) if self.matrix else identity_preprocess(images)
+        return self.arcface(x)
 
     def attribute_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        if self.matrix:
+            return self.farl.tokens(self.matrix.attribute(images))
         return self.farl.tokens(farl_preprocess(images, self.farl.config["image_size"]))
 
     @torch.no_grad()
@@ -123,7 +200,7 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     for step in range(1, config.steps + 1):
         # Grad mode is thread state: enable it around the work only, never across the yield.
         lr = optimizer.param_groups[0]["lr"]
-        with torch.enable_grad():
+        with torch.enable_grad(), deterministic_cudnn(config.deterministic):
             image = generator(compose_wplus(wplus_real, trained, config.trained_rows), resolution=resolution)
             terms = loss(image, real, margins)
             optimizer.zero_grad(set_to_none=True)

@@ -224,7 +224,7 @@ class FalcoPipeline:
             raise FalcoError("Give at least one value of m.")
         photo = load_photo(photo, self.face_config)
         detections = self.analyzer.detect(photo) if detections is None else detections
-        loss = FalcoLoss(self.nets.arcface, self.nets.farl, optim.lambda_id, optim.lambda_attr)
+        loss = FalcoLoss(self.nets.arcface, self.nets.farl, optim.lambda_id, optim.lambda_attr, optim.deterministic)
         prepared = self._prepare(photo, detections, self._choose(detections, faces), loss,
                                  fake_k or BankConfig().k_nearest, optim.seed)
 

@@ -10,7 +10,7 @@ from falco.models.arcface import ArcFace, identity_preprocess
 from falco.models.farl import FaRL, farl_preprocess
 from falco.models.random_weights import seeded_state_dict
 from falco.models.stylegan2 import Generator
-from falco.optimize import FalcoLoss, optimize_latents
+from falco.optimize import FalcoLoss, MatrixPreprocess, optimize_latents
 
 STEPS = 10
 MARGINS = (0.0, 0.3)
@@ -70,7 +70,8 @@ def counted_run(nets, problem):
 
 
 def test_loss_terms_follow_the_definition(nets, problem):
-    generator, loss = nets
+    generator, deterministic_loss = nets
+    loss = FalcoLoss(deterministic_loss.arcface, deterministic_loss.farl, 10.0, 0.1, deterministic=False)
     real, wplus_real, _ = problem
     with torch.no_grad():
         anon = generator(wplus_real)
@@ -87,6 +88,22 @@ def test_loss_terms_follow_the_definition(nets, problem):
     torch.testing.assert_close(terms.attribute, attribute[None])
     torch.testing.assert_close(terms.total, 10 * terms.identity + 0.1 * terms.attribute)
     assert terms.attribute.item() > 0 and cosine.abs().item() < 0.999
+
+
+@pytest.mark.parametrize("size, farl_size", [(64, 32), (1024, 224), (224, 224)])
+def test_matrix_preprocessing_is_the_model_modules_preprocessing(size, farl_size):
+    gen = torch.Generator().manual_seed(size)
+    x = (torch.rand(2, 3, size, size, generator=gen) * 2 - 1).requires_grad_(True)
+    matrix = MatrixPreprocess(farl_size)
+    for ours, theirs in ((matrix.identity, identity_preprocess), (matrix.attribute, lambda t: farl_preprocess(t, farl_size))):
+        a, b = ours(x), theirs(x)
+        # float32 rounding of two summation orders, times 1/std (~3.7) for FaRL's normalisation
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-5)
+        # Same linear map, so the same gradients for any upstream gradient.
+        weight = torch.randn(a.shape, generator=gen)
+        grad_a, = torch.autograd.grad((a * weight).sum(), x)
+        grad_b, = torch.autograd.grad((b * weight).sum(), x)
+        assert (grad_a - grad_b).abs().max() <= 1e-4 * grad_b.abs().max()
 
 
 def test_real_face_against_itself_costs_only_the_margin(nets, problem):
