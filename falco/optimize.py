@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -76,33 +77,31 @@ def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(basis, (1, n_out))[:, 0, 0].T
 
 
+@lru_cache(maxsize=16)
+def resampling_matrices(size: int, farl_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows [112, size], cols [112, size], farl [farl_size, size]) float32 on ``device``."""
+    resize = resize_matrix(size, ID_RESIZE)
+    rows = pool_matrix(ID_CROP_ROWS[1] - ID_CROP_ROWS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_ROWS)]
+    cols = pool_matrix(ID_CROP_COLS[1] - ID_CROP_COLS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_COLS)]
+    return tuple(m.float().to(device) for m in (rows, cols, resize_matrix(size, farl_size)))
+
+
 class MatrixPreprocess:
     """identity_preprocess and farl_preprocess of square faces as products with resampling matrices.
 
     The same linear maps (tests hold them to the model modules' functions), but with
-    deterministic backward passes on CUDA.  Matrices are built once per input size and device.
+    deterministic backward passes on CUDA.
     """
 
     def __init__(self, farl_size: int):
         self.farl_size = farl_size
-        self._matrices: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
-
-    def matrices(self, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (size, str(device))
-        if key not in self._matrices:
-            resize = resize_matrix(size, ID_RESIZE)
-            rows = pool_matrix(ID_CROP_ROWS[1] - ID_CROP_ROWS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_ROWS)]
-            cols = pool_matrix(ID_CROP_COLS[1] - ID_CROP_COLS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_COLS)]
-            farl = resize_matrix(size, self.farl_size)
-            self._matrices[key] = tuple(m.float().to(device) for m in (rows, cols, farl))
-        return self._matrices[key]
 
     def identity(self, x: torch.Tensor) -> torch.Tensor:
-        rows, cols, _ = self.matrices(_square_side(x), x.device)
+        rows, cols, _ = resampling_matrices(_square_side(x), self.farl_size, str(x.device))
         return rows @ x @ cols.T
 
     def attribute(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, farl = self.matrices(_square_side(x), x.device)
+        _, _, farl = resampling_matrices(_square_side(x), self.farl_size, str(x.device))
         mean, std = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1), x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
         return ((farl @ x @ farl.T + 1) / 2 - mean) / std
 
