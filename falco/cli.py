@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m falco.cli", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("anonymize", help="anonymize a folder tree into a mirror tree",
-                         description=__doc__.split("\n\n", 1)[1])
+                         description=__doc__.split("\n\n", 1)[1],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("in_dir", type=Path)
     run.add_argument("out_dir", type=Path)
     run.add_argument("--margin", type=float, nargs="+", default=[defaults.margin],
