@@ -95,7 +95,8 @@ def test_matrix_preprocessing_is_the_model_modules_preprocessing(size, farl_size
     gen = torch.Generator().manual_seed(size)
     x = (torch.rand(2, 3, size, size, generator=gen) * 2 - 1).requires_grad_(True)
     matrix = MatrixPreprocess(farl_size)
-    for ours, theirs in ((matrix.identity, identity_preprocess), (matrix.attribute, lambda t: farl_preprocess(t, farl_size))):
+    for ours, theirs in ((matrix.identity, identity_preprocess),
+                         (matrix.attribute, lambda t: farl_preprocess(t, farl_size))):
         a, b = ours(x), theirs(x)
         # float32 rounding of two summation orders, times 1/std (~3.7) for FaRL's normalisation
         torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-5)

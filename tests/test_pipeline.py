@@ -73,7 +73,6 @@ def test_result_holds_every_image_and_measure(result, tiny_pipeline):
         assert -1 <= face.identity_cosine <= 1 and face.recognizer_distance > 0
         assert face.fake_index == result.params["fake_rows"][0]
         assert face.fake_seed == int(tiny_pipeline.bank.seeds[face.fake_index])
-        torch.testing.assert_close(face.wplus[3:8], face.wplus[3:8])
     assert result.params["optim"]["steps"] == STEPS and result.params["margins"] == list(MARGINS)
     # Margins pull the identity apart: the final cosines are ordered like m.
     cosines = [f.identity_cosine for f in result.faces]
