@@ -1,0 +1,177 @@
+"""The real app (`python app.py`) in headless Chromium: upload, run, streamed previews,
+results, Stop.  Needs Debian's chromium (apt-get install chromium); Playwright never
+downloads a browser here."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("FALCO_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+# Without the networking flags Chromium keeps dialling Google's hosts from a closed network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian chromium not installed at {CHROMIUM} "
+                                                              "(apt-get install chromium)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gradio_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gradio-cache")
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_weights, tmp_path_factory, gradio_cache):
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    # GRADIO_IS_E2E_TEST: Gradio drops a closed tab's state after 1 s instead of an hour.
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "GRADIO_TEMP_DIR": str(gradio_cache), "GRADIO_IS_E2E_TEST": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "app.py", "--weights", str(tiny_weights), "--device", "cpu",
+                                    "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):   # imports take a while on a busy machine
+            if process.poll() is not None:
+                pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"app.py did not serve {url}:\n{log.read_text()}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.set_default_timeout(180_000)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    page = open_page(browser, app_url)
+    yield page
+    page.close()
+
+
+def set_steps(page, steps: int) -> None:
+    box = page.locator("#falco-steps input[type=number]")
+    box.fill(str(steps))
+    box.press("Enter")
+
+
+def start_run(page) -> None:
+    """Click Run until a run starts: a click that lands while the previous run is still
+    closing is ignored by the page (each button runs one job at a time)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    before = page.locator("#falco-progress-box").inner_text()
+    for _ in range(5):
+        page.locator("#falco-run").click()
+        try:
+            page.wait_for_function("before => document.querySelector('#falco-progress-box').innerText !== before",
+                                   arg=before, timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    pytest.fail("clicking Run did not start a run")
+
+
+def test_upload_run_stream_and_results(page, fixtures_dir):
+    page.locator("#falco-status").get_by_text("The networks are loaded").wait_for()
+    page.locator("#falco-photo input[type=file]").set_input_files(str(fixtures_dir / "align" / "astronaut.png"))
+    page.locator("#falco-faces-text").get_by_text("usable").wait_for()
+    assert page.locator("#falco-picked input[type=checkbox]:checked").count() == 1
+    page.get_by_text("Advanced").click()
+    set_steps(page, 4)
+    # Every distinct image the live preview shows while the run streams.
+    page.evaluate("""() => { window.falcoPreviews = new Set();
+        new MutationObserver(() => document.querySelectorAll('#falco-live img')
+            .forEach(img => window.falcoPreviews.add(img.src)))
+          .observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']}); }""")
+    start_run(page)
+    page.locator("#falco-progress").get_by_text("Done").wait_for()
+    assert page.evaluate("() => window.falcoPreviews.size") >= 2
+    # The results render as they arrive: wait for each rather than count at once.
+    for caption in ("Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour", "Face 1: anonymized"):
+        page.locator("#falco-gallery").get_by_text(caption).first.wait_for()
+    page.locator("#falco-result img").wait_for()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_results.png"), full_page=True)
+    # Table cells and file rows are laid out lazily: attached is what counts, not "visible".
+    page.locator("#falco-metrics").get_by_text("person").first.wait_for(state="attached")   # recogniser's verdict
+    page.wait_for_function("() => document.querySelector('#falco-downloads')?.innerText.includes('wplus')")
+    downloads = page.locator("#falco-downloads").inner_text()
+    assert all(name in downloads for name in ("photo_m0", "wplus", "safetensors", "run", "json"))
+    assert page.locator("#falco-gallery img").count() >= 4
+    assert (ARTIFACTS / "app_results.png").stat().st_size > 0
+
+
+def progress_value(page) -> int:
+    return int(page.locator("#falco-progress progress").get_attribute("value"))
+
+
+def test_stop_ends_a_run(page):
+    page.locator("#falco-status").get_by_text("The networks are loaded").wait_for()
+    set_steps(page, 200)
+    start_run(page)
+    page.wait_for_function("() => Number(document.querySelector('#falco-progress progress')?.value) >= 2")
+    page.locator("#falco-stop").click()
+    page.wait_for_timeout(1000)   # updates already on their way land
+    stopped_at = progress_value(page)
+    page.wait_for_timeout(3000)   # several steps' worth of time, were the run still going
+    assert progress_value(page) == stopped_at < 200
+    assert page.locator("#falco-progress").get_by_text("Done").count() == 0
+    # The GPU slot is free again: a short run goes through.
+    set_steps(page, 2)
+    start_run(page)
+    page.locator("#falco-progress").get_by_text("Done").wait_for()
+
+
+def test_uploads_are_removed_when_the_session_ends(browser, app_url, gradio_cache, fixtures_dir, tmp_path):
+    photo = tmp_path / "only-this-session.png"
+    photo.write_bytes((fixtures_dir / "align" / "astronaut.png").read_bytes())
+    page = open_page(browser, app_url)
+    page.locator("#falco-photo input[type=file]").set_input_files(str(photo))
+    page.locator("#falco-faces-text").get_by_text("usable").wait_for()
+    uploaded = list(gradio_cache.rglob(photo.name))
+    assert uploaded
+    page.close()
+    for _ in range(240):
+        if not any(p.exists() for p in uploaded):
+            break
+        time.sleep(0.25)
+    assert not any(p.exists() for p in uploaded)

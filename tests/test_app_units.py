@@ -1,0 +1,194 @@
+"""The app's pieces without a server: settings parsing, error messages, loading, pictures."""
+
+import json
+import logging
+import sys
+import threading
+import types
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from falco import ui
+from falco.config import AppConfig, OptimConfig
+from falco.errors import FalcoError, NoFaceError, WeightsError
+from falco.pipeline import AnonymizationResult, FaceResult, StepEvent
+
+
+def test_parse_faces():
+    assert ui.parse_faces("all") is None
+    assert ui.parse_faces("  ") is None
+    assert ui.parse_faces("3, 1,3") == (0, 2)
+    for bad in ("one", "0", "1,-2"):
+        with pytest.raises(FalcoError):
+            ui.parse_faces(bad)
+
+
+def test_parse_margins():
+    assert ui.parse_margins("0, 0.25;1", limit=8) == (0.0, 0.25, 1.0)
+    assert ui.parse_margins("0.5, 0.5", limit=8) == (0.5,)
+    for bad, limit in (("", 8), ("0.5, x", 8), ("1.5", 8), ("0,0.1,0.2", 2)):
+        with pytest.raises(FalcoError):
+            ui.parse_margins(bad, limit=limit)
+
+
+def test_optim_settings_override_and_validation():
+    base = OptimConfig(preview_every=3, loss_on_skip256=True)
+    optim = ui.optim_settings(base, steps=7.0, lr=0.02, lambda_id=5, lambda_attr=0.5, seed=4.0)
+    assert (optim.steps, optim.lr, optim.lambda_id, optim.lambda_attr, optim.seed) == (7, 0.02, 5.0, 0.5, 4)
+    assert optim.preview_every == 3 and optim.loss_on_skip256   # what the form does not show is kept
+    for steps, lr in ((0, 0.01), (5, 0.0)):
+        with pytest.raises(FalcoError):
+            ui.optim_settings(base, steps, lr, 1, 1, 0)
+
+
+def test_describe_error(caplog):
+    assert ui.describe_error(NoFaceError("No face was found.")) == "No face was found."
+    assert ui.describe_error(torch.cuda.OutOfMemoryError("CUDA out of memory")) == ui.OOM_MESSAGE
+    with caplog.at_level(logging.ERROR, logger="falco.ui"):
+        message = ui.describe_error(KeyError("internal detail"))
+    assert message == ui.UNEXPECTED_MESSAGE and "internal detail" not in message
+    assert "internal detail" in caplog.text   # the details go to the log, not the page
+
+
+def test_loader_reports_failure_then_recovers():
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise WeightsError("Weights repo not found; set FALCO_WEIGHTS_REPO.")
+        return "engine"
+
+    loader = ui.EngineLoader(factory)
+    assert loader.status()[0] == "loading"
+    loader.start()
+    deadline = threading.Event()
+    while loader.status()[0] == "loading" and not deadline.wait(0.01):
+        pass
+    state, line = loader.status()
+    assert state == "failed" and "FALCO_WEIGHTS_REPO" in line
+    assert loader.get() == "engine"          # the next request tries again
+    assert loader.status()[0] == "ready" and loader.get() == "engine" and len(attempts) == 2
+
+
+def test_loader_loads_once_across_threads():
+    calls = []
+    loader = ui.EngineLoader(lambda: calls.append(1) or object())
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(loader.get())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and all(r is results[0] for r in results)
+
+
+def _face(quad, usable=True, reason=None):
+    return SimpleNamespace(quad=np.array(quad, dtype=float), usable=usable, reason=reason)
+
+
+def test_annotate_and_summarise_faces():
+    photo = Image.new("RGB", (200, 100), (0, 0, 255))
+    faces = [_face([[10, 10], [10, 90], [90, 90], [90, 10]]),
+             _face([[120, 20], [120, 40], [140, 40], [140, 20]], usable=False, reason="the face is too small")]
+    annotated = np.asarray(ui.annotate_faces(photo, faces)).astype(int)
+    assert np.asarray(photo).sum() == np.asarray(photo.copy()).sum()         # the input is left alone
+    assert (annotated[50, 9:12] == [46, 204, 64]).all(axis=-1).any()          # usable: green outline
+    assert (annotated[30, 119:122] == [170, 170, 170]).all(axis=-1).any()     # not usable: grey
+    choices, ticked, text = ui.face_summary(faces)
+    assert choices == [("Face 1", 0)] and ticked == [0]
+    assert "Found 2 faces, 1 usable" in text and "Face 2 cannot be anonymized: the face is too small" in text
+
+
+def test_preview_strip_tiles_previews():
+    strip = ui.preview_strip([Image.new("RGB", (64, 64), c) for c in ("red", "blue")], tile=32)
+    assert strip.size == (64, 32)
+    assert strip.getpixel((5, 5)) == (255, 0, 0) and strip.getpixel((40, 5)) == (0, 0, 255)
+
+
+def _result(margins):
+    image = Image.new("RGB", (16, 16))
+    faces = [FaceResult(face_index=0, margin=m, aligned=image, inversion=image, fake=image,
+                        anonymized=Image.new("RGB", (16, 16), (int(255 * m), 0, 0)), wplus=torch.full((10, 64), m),
+                        wplus_inversion=torch.zeros(10, 64), fake_index=3, fake_seed=7, identity_cosine=0.2 + m / 2,
+                        recognizer_distance=0.9 - m / 2) for m in margins]
+    return AnonymizationResult(faces, [Image.new("RGB", (32, 32), (0, int(255 * m), 0)) for m in margins],
+                               tuple(margins), {"steps": 3})
+
+
+def test_galleries_and_metrics_label_every_image():
+    result = _result([0.0, 1.0])
+    captions = [c for _, c in ui.result_gallery(result)]
+    assert captions[:3] == ["Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour"]
+    assert captions[3].startswith("Face 1: anonymized, m = 0,") and captions[4].startswith("Face 1: anonymized, m = 1,")
+    compare = [c for _, c in ui.compare_gallery(result)]
+    assert compare[0] == "Face 1: original" and compare[1].startswith("m = 0 ") and compare[2].startswith("m = 1 ")
+    rows = ui.metric_rows(result)
+    assert [r[4] for r in rows] == ["different person", "same person"]   # dlib distance 0.9 vs 0.4
+
+
+def test_progress_names_each_item():
+    event = StepEvent(3, 10, [(0, 0.0), (1, 0.5)], [], {}, [0.25, 0.75])
+    html = ui.progress_html(event)
+    assert 'value="3" max="10"' in html and "face 1, m = 0: 0.250" in html and "face 2, m = 0.5: 0.750" in html
+
+
+def test_downloads_hold_images_codes_and_record(tmp_path):
+    from safetensors.torch import load_file
+    result = _result([0.0, 0.5])
+    record = ui.run_record(result)
+    paths = ui.write_downloads(result, record, tmp_path)
+    names = sorted(p.rsplit("/", 1)[1] for p in paths)
+    assert names == sorted(["photo_m0.png", "photo_m0.5.png", "face1_aligned.png", "face1_inversion.png",
+                            "face1_fake.png", "face1_m0_anonymized.png", "face1_m0.5_anonymized.png",
+                            "wplus.safetensors", "run.json"])
+    assert Image.open(tmp_path / "photo_m0.5.png").getpixel((0, 0)) == (0, 127, 0)
+    codes = load_file(str(tmp_path / "wplus.safetensors"))
+    assert codes["wplus"].shape == (2, 10, 64) and codes["margin"].tolist() == [0.0, 0.5]
+    assert torch.equal(codes["wplus"][1], result.faces[1].wplus)
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved == record and [f["same_person_to_recognizer"] for f in saved["faces"]] == [False, False]
+
+
+def test_session_keeps_detections_and_removes_uploads(tmp_path):
+    uploads = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in uploads:
+        path.write_bytes(b"x")
+    session = ui.Session(uploads={str(p) for p in uploads}, photo=str(uploads[0]), detections=["face"])
+    assert session.detections_for(str(uploads[0])) == ["face"] and session.detections_for(str(uploads[1])) is None
+    ui._end_session(session)
+    assert not any(p.exists() for p in uploads) and not session.uploads
+
+
+def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
+    calls = []
+
+    def gpu(duration):
+        def wrap(fn):
+            def wrapped(*args, **kwargs):
+                calls.append(duration)
+                yield from fn(*args, **kwargs)
+            return wrapped
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    engine = SimpleNamespace(anonymize=lambda photo, **kw: iter(["event"]))
+    loader = ui.EngineLoader(lambda: engine)
+    demo, app = ui.build_app(loader=loader, config=AppConfig(zerogpu_duration_s=77), load_now=False)
+    assert app.on_gpu   # ZeroGPU means CUDA even though this machine has none
+    settings = ui.RunSettings(None, (0.0,), OptimConfig(), False)
+    assert list(app._device_run(Image.new("RGB", (8, 8)), settings)) == ["event"]
+    assert calls == [77]
+
+
+def test_cpu_notice_and_defaults(monkeypatch):
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    monkeypatch.setattr(ui, "zerogpu_decorator", lambda duration: None)
+    config = AppConfig(cpu_optim=OptimConfig(steps=6))
+    demo, app = ui.build_app(loader=ui.EngineLoader(object), device="cpu", config=config, load_now=False)
+    assert not app.on_gpu and app.default_optim.steps == 6
+    assert "Running on CPU" in app.status_text()
