@@ -102,5 +102,6 @@ class AppConfig:
     another_fake_k: int = 8                      # "another fake" draws among this many nearest fakes
     zerogpu_duration_s: int = 120                # ZeroGPU time slot asked for per run
     max_upload_bytes: int = 25 * 1024 * 1024
+    max_steps: int = 200                         # the Steps slider's top, and the API's limit
     cache_sweep_s: tuple[int, int] = (600, 3600)  # every 10 min, delete served files older than 1 h
     preview_tile: int = 256                      # px per face in the live preview strip

@@ -165,9 +165,10 @@ def parse_margins(text: str, limit: int) -> tuple[float, ...]:
 
 
 def optim_settings(base: OptimConfig, steps: float, lr: float, lambda_id: float, lambda_attr: float,
-                   seed: float) -> OptimConfig:
-    if int(steps) < 1 or lr <= 0 or lambda_id < 0 or lambda_attr < 0:
-        raise FalcoError("Steps must be at least 1, the learning rate above 0, and the lambdas not negative.")
+                   seed: float, max_steps: int) -> OptimConfig:
+    if not 1 <= int(steps) <= max_steps or lr <= 0 or lambda_id < 0 or lambda_attr < 0:
+        raise FalcoError(f"Steps must lie between 1 and {max_steps}, the learning rate above 0, "
+                         "and the lambdas must not be negative.")
     return replace(base, steps=int(steps), lr=float(lr), lambda_id=float(lambda_id),
                    lambda_attr=float(lambda_attr), seed=int(seed))
 
@@ -207,7 +208,8 @@ def preview_strip(images: Sequence[Image.Image], tile: int) -> Image.Image:
 
 
 def progress_html(event: StepEvent) -> str:
-    cosines = ", ".join(f"face {f + 1}, m = {m:g}: {c:.3f}" for (f, m), c in zip(event.items, event.identity_cosine))
+    cosines = ", ".join(f"face {f + 1}, m = {m:g}: {c:.3f}"
+                        for (f, m), c in zip(event.items, event.identity_cosine, strict=True))
     return (f'<div id="falco-progress"><progress value="{event.step}" max="{event.total_steps}" '
             f'style="width:100%"></progress><div>Step <b>{event.step}</b> / {event.total_steps} &middot; '
             f"identity cosine {cosines}</div></div>")
@@ -245,7 +247,8 @@ def compare_gallery(result: AnonymizationResult) -> list[tuple[Image.Image, str]
         if r.face_index not in seen:
             seen.add(r.face_index)
             items.append((r.aligned, f"Face {r.face_index + 1}: original"))
-        items.append((r.anonymized, f"m = {r.margin:g} (cosine {r.identity_cosine:.3f}, {verdict(r.recognizer_distance)})"))
+        items.append((r.anonymized, f"m = {r.margin:g} (cosine {r.identity_cosine:.3f}, "
+                                    f"{verdict(r.recognizer_distance)})"))
     return items
 
 
@@ -262,7 +265,7 @@ def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder:
     """The images, the W+ codes and the JSON record of a run, as files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for margin, photo in zip(result.margins, result.photos):
+    for margin, photo in zip(result.margins, result.photos, strict=True):
         paths.append(folder / f"photo_m{margin:g}.png")
         photo.save(paths[-1])
     for r in result.faces:
@@ -395,7 +398,7 @@ class FalcoApp:
         if not picked:
             raise gr.Error("Tick at least one face to anonymize.", print_exception=False)
         try:
-            optim = optim_settings(self.default_optim, steps, lr, lambda_id, lambda_attr, seed)
+            optim = optim_settings(self.default_optim, steps, lr, lambda_id, lambda_attr, seed, self.config.max_steps)
         except FalcoError as err:
             raise _as_gr_error(err) from err
         return RunSettings(tuple(sorted(picked)), margins, optim, bool(another_fake),
@@ -453,7 +456,8 @@ class FalcoApp:
         try:
             base = self.default_optim
             settings = RunSettings(parse_faces(faces), parse_margins(margins, self.config.max_margins),
-                                   optim_settings(base, steps or base.steps, lr, lambda_id, lambda_attr, seed),
+                                   optim_settings(base, steps or base.steps, lr, lambda_id, lambda_attr, seed,
+                                                  self.config.max_steps),
                                    bool(another_fake))
         except FalcoError as err:
             raise _as_gr_error(err) from err
@@ -474,7 +478,7 @@ class FalcoApp:
             with gr.Row():
                 with gr.Column(scale=2):
                     photo = photo_input(label="Photo", sources=["upload", "webcam", "clipboard"],
-                                     elem_id="falco-photo")
+                                        elem_id="falco-photo")
                     gr.Examples([[str(p)] for p in EXAMPLES if p.exists()], inputs=[photo], label="Example")
                     faces_view = gr.Image(label="Faces found", interactive=False, elem_id="falco-faces")
                     faces_text = gr.Markdown(elem_id="falco-faces-text")
@@ -489,7 +493,8 @@ class FalcoApp:
                     with gr.Accordion("Advanced", open=False):
                         margins_text = gr.Textbox(", ".join(f"{m:g}" for m in cfg.compare_margins),
                                                   label="m values for Compare m")
-                        steps = gr.Slider(1, 200, value=optim.steps, step=1, label="Steps", elem_id="falco-steps")
+                        steps = gr.Slider(1, cfg.max_steps, value=optim.steps, step=1, label="Steps",
+                                          elem_id="falco-steps")
                         lr = gr.Number(optim.lr, label="Learning rate", minimum=0)
                         lambda_id = gr.Number(optim.lambda_id, label="lambda_id (identity)", minimum=0)
                         lambda_attr = gr.Number(optim.lambda_attr, label="lambda_attr (attributes)", minimum=0)
@@ -514,8 +519,8 @@ class FalcoApp:
                               gr.Number(optim.lambda_attr, label="lambda_attr"),
                               gr.Number(optim.seed, label="seed", precision=0),
                               gr.Checkbox(False, label="another_fake")]
-                api_outputs = [gr.Image(label="photo", format="png"), gr.Gallery(label="faces", format="png"), gr.JSON(label="record"),
-                               gr.File(label="files", file_count="multiple")]
+                api_outputs = [gr.Image(label="photo", format="png"), gr.Gallery(label="faces", format="png"),
+                               gr.JSON(label="record"), gr.File(label="files", file_count="multiple")]
                 api_btn = gr.Button()
             self.photo = photo
             self.components = _Outputs(progress, live, result_photo, gallery, metrics, downloads)

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from falco import ui
 from falco.config import AppConfig, OptimConfig
-from falco.pipeline import AnonymizationResult, StepEvent
 
 # Few steps, a preview at each: enough to see streaming, quick on a CPU.
 TEST_CONFIG = AppConfig(cpu_optim=OptimConfig(steps=3, preview_every=1, loss_on_skip256=True))
@@ -143,6 +142,8 @@ def test_api_error_messages_then_keeps_serving(client, astronaut, tmp_path, huge
     Image.new("RGB", (256, 256), (128, 128, 128)).save(grey)
     cases = [(text_file, "0", "not an image"), (grey, "0", "No face"), (huge_png, "0", "too large"),
              (astronaut, "0, 2", "between 0 and 1")]
+    with pytest.raises(AppError, match="Steps must lie between 1 and"):
+        anonymize(client, astronaut, steps=TEST_CONFIG.max_steps + 1)
     for photo, margins, expected in cases:
         with pytest.raises(AppError, match=expected):
             anonymize(client, photo, margins=margins, steps=1)

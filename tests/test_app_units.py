@@ -37,12 +37,12 @@ def test_parse_margins():
 
 def test_optim_settings_override_and_validation():
     base = OptimConfig(preview_every=3, loss_on_skip256=True)
-    optim = ui.optim_settings(base, steps=7.0, lr=0.02, lambda_id=5, lambda_attr=0.5, seed=4.0)
+    optim = ui.optim_settings(base, steps=7.0, lr=0.02, lambda_id=5, lambda_attr=0.5, seed=4.0, max_steps=10)
     assert (optim.steps, optim.lr, optim.lambda_id, optim.lambda_attr, optim.seed) == (7, 0.02, 5.0, 0.5, 4)
     assert optim.preview_every == 3 and optim.loss_on_skip256   # what the form does not show is kept
-    for steps, lr in ((0, 0.01), (5, 0.0)):
+    for steps, lr in ((0, 0.01), (11, 0.01), (5, 0.0)):
         with pytest.raises(FalcoError):
-            ui.optim_settings(base, steps, lr, 1, 1, 0)
+            ui.optim_settings(base, steps, lr, 1, 1, 0, max_steps=10)
 
 
 def test_describe_error(caplog):
