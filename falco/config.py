@@ -62,6 +62,10 @@ class OptimConfig:
     preview_size: int = 256                             # previews are downscaled to this side
     loss_on_skip256: bool = False                       # losses on the 256 skip output instead of 1024
     deterministic: bool = True                          # bit-identical reruns on CUDA too (see falco.optimize)
+    # Speed (README "Speed"): none changes what is computed beyond floating-point rounding.
+    precision: str = "fp32"                             # "bf16": bfloat16 autocast for the networks' steps
+    channels_last: bool = False                         # NHWC activations (tensor-core convolutions prefer them)
+    compile: bool = False                               # torch.compile the steps' forward (slow first step)
 
 
 # --- Fake bank ----------------------------------------------------------------------

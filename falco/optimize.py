@@ -77,6 +77,7 @@ def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(basis, (1, n_out))[:, 0, 0].T
 
 
+@torch.compiler.disable   # a cached lookup: compiled steps take the matrices as graph inputs
 @lru_cache(maxsize=16)
 def resampling_matrices(size: int, farl_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows [112, size], cols [112, size], farl [farl_size, size]) float32 on ``device``."""
@@ -133,6 +134,8 @@ class FalcoLoss(nn.Module):
 
     def identity_embedding(self, images: torch.Tensor) -> torch.Tensor:
         x = self.matrix.identity(images) if self.matrix else identity_preprocess(images)
+        if images.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)   # ArcFace's convolutions follow the layout
         return self.arcface(x)
 
     def attribute_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -178,6 +181,24 @@ def loss_resolution(generator, config: OptimConfig) -> int | None:
     return None
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}   # autocast dtype of OptimConfig.precision
+
+
+def step_losses(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus: torch.Tensor,
+                margins: torch.Tensor, config: OptimConfig) -> tuple[torch.Tensor, LossTerms]:
+    """One step's forward: the image the losses look at, and the loss terms (differentiable in wplus)."""
+    dtype = PRECISIONS[config.precision]
+    with torch.autocast(wplus.device.type, dtype=dtype, enabled=dtype is not None):
+        image = generator(wplus, resolution=loss_resolution(generator, config), channels_last=config.channels_last)
+        return image, loss(image, real, margins)
+
+
+@lru_cache(maxsize=1)
+def compiled_step_losses():
+    # One compiled function for every run: dynamo caches its graphs per input shapes and networks.
+    return torch.compile(step_losses)
+
+
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
                      w_fake: torch.Tensor, margins: torch.Tensor, config: OptimConfig) -> Iterator[OptimStep]:
     """Yield one OptimStep per Adam step.  Closing the iterator stops the work.
@@ -189,19 +210,21 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     start, stop = config.trained_rows
     if not 0 <= start < stop <= wplus_real.shape[1]:
         raise ValueError(f"trained_rows {config.trained_rows} outside W+ of {wplus_real.shape[1]} rows")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision {config.precision!r}: expected one of {sorted(PRECISIONS)}")
+    forward = compiled_step_losses() if config.compile else step_losses
     wplus_real = wplus_real.detach()
     margins = margins.to(wplus_real)
     trained = w_fake.detach()[:, None].expand(-1, stop - start, -1).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([trained], lr=config.lr)
     milestones = sorted({int(f * config.steps) for f in config.lr_milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_decay)
-    resolution = loss_resolution(generator, config)
     for step in range(1, config.steps + 1):
         # Grad mode is thread state: enable it around the work only, never across the yield.
         lr = optimizer.param_groups[0]["lr"]
         with torch.enable_grad(), deterministic_cudnn(config.deterministic):
-            image = generator(compose_wplus(wplus_real, trained, config.trained_rows), resolution=resolution)
-            terms = loss(image, real, margins)
+            image, terms = forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows),
+                                   margins, config)
             optimizer.zero_grad(set_to_none=True)
             terms.total.sum().backward()
             optimizer.step()

@@ -240,12 +240,15 @@ class Generator(nn.Module):
     def truncate(w: torch.Tensor, psi: float, w_mean: torch.Tensor) -> torch.Tensor:
         return w_mean + psi * (w - w_mean)
 
-    def forward(self, wplus: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
+    def forward(self, wplus: torch.Tensor, resolution: int | None = None,
+                channels_last: bool = False) -> torch.Tensor:
         """W+ [B, num_ws, style_dim] -> image [B, 3, R, R], about [-1, 1], float32.
 
         ``resolution`` (a power of two, 4..size) stops synthesis there and returns the RGB
         skip output of that resolution, the image the full network would upsample next.
-        W+ rows past that resolution are not used.
+        W+ rows past that resolution are not used.  ``channels_last`` runs every activation
+        in NHWC layout (convolutions follow their input's layout), which tensor-core
+        convolutions prefer; the values are the same up to summation order.
         """
         if wplus.ndim != 3 or wplus.shape[1:] != (self.num_ws, self.style_dim):
             raise ValueError(f"expected W+ [B, {self.num_ws}, {self.style_dim}], got {list(wplus.shape)}")
@@ -254,7 +257,10 @@ class Generator(nn.Module):
             raise ValueError(f"resolution must be a power of two in 4..{self.size}, got {resolution}")
         noise = [getattr(self.noises, f"noise_{i}") for i in range(2 * len(self.to_rgbs) + 1)]
 
-        x = self.conv1(self.input(wplus.shape[0]), wplus[:, 0], noise[0])
+        x = self.input(wplus.shape[0])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.conv1(x, wplus[:, 0], noise[0])
         image = self.to_rgb1(x, wplus[:, 1])
         for block, (up_conv, conv, to_rgb) in enumerate(zip(self.convs[::2], self.convs[1::2], self.to_rgbs)):
             if image.shape[-1] == resolution:

@@ -1,0 +1,186 @@
+"""The fast loop computes what a plain FALCO loop computes; the speed options stay within their tolerances."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from falco.benchmarks import optim as bench
+from falco.config import OptimConfig
+from falco.models.arcface import ArcFace
+from falco.models.farl import FaRL, farl_preprocess
+from falco.models.random_weights import seeded_state_dict
+from falco.models.stylegan2 import Generator
+from falco.optimize import FalcoLoss, compose_wplus, optimize_latents, start_wplus, step_losses
+from falco.speed import reuse_freed_memory
+
+MARGINS = torch.tensor([0.0, 0.6])
+# bf16 autocast against float32 (README "Speed"): loss terms and the gradient in the trained rows.
+BF16_TERMS_RTOL = 0.02
+BF16_GRAD_COSINE = 0.99
+
+
+@pytest.fixture(scope="module")
+def nets():
+    generator = Generator(size=64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 16, 64: 16})
+    arcface = ArcFace(widths=(16, 16, 32, 32), units=(1, 1, 1, 1), embedding_dim=32)
+    farl = FaRL(image_size=32, patch_size=16, width=32, layers=2, heads=2, embed_dim=24)
+    for net, prefix in ((generator, "g_ema."), (arcface, ""), (farl, "")):
+        net.load_state_dict(seeded_state_dict(net.state_dict(), prefix))
+    return bench.Networks(generator, arcface, farl)
+
+
+@pytest.fixture(scope="module")
+def problem(nets):
+    gen = torch.Generator().manual_seed(1)
+    real = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
+    wplus_real = torch.randn(2, nets.generator.num_ws, 32, generator=gen)
+    w_fake = torch.randn(2, 32, generator=gen)
+    return real, wplus_real, w_fake
+
+
+def reference_terms(nets, wplus, real, margins, lambda_id=10.0, lambda_attr=0.1):
+    """FALCO's losses written plainly: the real face's features recomputed, the images resized with
+    F.interpolate as torchvision's Resize does, one L1 loss per token and per item."""
+    def identity(x):
+        x = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False, antialias=True)
+        return nets.arcface(F.adaptive_avg_pool2d(x[:, :, 35:223, 32:220], 112))
+
+    def tokens(x):
+        return nets.farl.tokens(farl_preprocess(x, nets.farl.config["image_size"]))
+
+    anon = nets.generator(wplus)
+    cosine = F.cosine_similarity(identity(anon), identity(real).detach())
+    anon_tokens, real_tokens = tokens(anon), tokens(real)
+    attribute = torch.stack([sum(F.l1_loss(anon_tokens[b, i], real_tokens[b, i]) for i in range(anon_tokens.shape[1]))
+                             for b in range(anon.shape[0])])
+    return cosine, lambda_id * (cosine - margins).abs() + lambda_attr * attribute
+
+
+def our_terms_and_gradient(nets, problem, config, wplus=None):
+    real, wplus_real, w_fake = problem
+    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    wplus = start_wplus(wplus_real, w_fake, config.trained_rows) if wplus is None else wplus
+    trained = wplus[:, 3:8].clone().requires_grad_(True)
+    _, terms = step_losses(nets.generator, loss, loss.real_features(real), compose_wplus(wplus_real, trained, (3, 8)),
+                           MARGINS, config)
+    grad, = torch.autograd.grad(terms.total.sum(), trained)
+    return terms, grad
+
+
+def reference_gradient(nets, problem, wplus):
+    real, wplus_real, _ = problem
+    trained = wplus[:, 3:8].clone().requires_grad_(True)
+    cosine, total = reference_terms(nets, compose_wplus(wplus_real, trained, (3, 8)), real, MARGINS)
+    grad, = torch.autograd.grad(total.sum(), trained)
+    return cosine.detach(), total.detach(), grad
+
+
+@pytest.mark.parametrize("config", [OptimConfig(), OptimConfig(deterministic=False), OptimConfig(channels_last=True)],
+                         ids=["default", "interpolate", "channels_last"])
+def test_fast_step_computes_the_plain_losses_and_gradient(nets, problem, config):
+    _, wplus_real, w_fake = problem
+    start = start_wplus(wplus_real, w_fake, (3, 8))
+    terms, grad = our_terms_and_gradient(nets, problem, config)
+    cosine, total, reference = reference_gradient(nets, problem, start)
+    torch.testing.assert_close(terms.identity_cosine, cosine, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms.total, total, atol=1e-5, rtol=1e-5)
+    assert (grad - reference).abs().max() <= 1e-4 * reference.abs().max()
+    assert reference.abs().max() > 0
+
+
+def test_fast_loop_takes_the_plain_loops_steps(nets, problem):
+    real, wplus_real, w_fake = problem
+    config = OptimConfig(steps=3, lr_milestones=())
+    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr)
+    ours = list(optimize_latents(nets.generator, loss, loss.real_features(real), wplus_real, w_fake, MARGINS, config))
+
+    trained = w_fake[:, None].expand(-1, 5, -1).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([trained], lr=config.lr)
+    for step in ours:
+        _, total = reference_terms(nets, compose_wplus(wplus_real, trained, (3, 8)), real, MARGINS)
+        torch.testing.assert_close(step.terms.total, total.detach(), atol=1e-4, rtol=1e-5)
+        optimizer.zero_grad()
+        total.sum().backward()
+        optimizer.step()
+        # Adam divides each gradient element by its own scale, so float32 rounding of the tiniest
+        # elements shows up to 1% of a step (lr = 0.01) in W+.
+        torch.testing.assert_close(step.wplus[:, 3:8], trained.detach(), atol=1e-4, rtol=0)
+    assert (ours[-1].wplus[:, 3:8] - w_fake[:, None]).abs().max() > 0.01
+
+
+def test_channels_last_runs_every_convolution_in_nhwc(nets, problem):
+    real, wplus_real, w_fake = problem
+    loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
+    features = loss.real_features(real)
+    layouts = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: layouts.append(args[0].is_contiguous(
+             memory_format=torch.channels_last))) for net in (nets.generator, nets.arcface)
+             for m in net.modules() if isinstance(m, torch.nn.Conv2d) or type(m).__name__ == "ModulatedConv2d"]
+    try:
+        step = next(optimize_latents(nets.generator, loss, features, wplus_real, w_fake, MARGINS,
+                                     OptimConfig(steps=1, channels_last=True)))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(layouts) == len(hooks) and all(layouts)
+    assert step.image.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_stays_within_the_stated_tolerance(nets, problem):
+    exact, grad = our_terms_and_gradient(nets, problem, OptimConfig())
+    fast, fast_grad = our_terms_and_gradient(nets, problem, OptimConfig(precision="bf16", channels_last=True))
+    assert not torch.equal(fast.total, exact.total)   # autocast did run in bf16
+    for a, b in ((fast.identity_cosine, exact.identity_cosine), (fast.attribute, exact.attribute),
+                 (fast.total, exact.total)):
+        assert ((a - b).abs() <= BF16_TERMS_RTOL * b.abs().clamp_min(0.1)).all(), (a, b)
+    assert F.cosine_similarity(fast_grad.flatten(), grad.flatten(), dim=0) >= BF16_GRAD_COSINE
+
+
+def test_unknown_precision_is_refused(nets, problem):
+    real, wplus_real, w_fake = problem
+    loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
+    with pytest.raises(ValueError, match="precision"):
+        next(optimize_latents(nets.generator, loss, loss.real_features(real), wplus_real, w_fake, MARGINS,
+                              OptimConfig(precision="fp8")))
+
+
+@pytest.mark.slow
+def test_compiled_steps_equal_eager_steps(nets, problem):
+    real, wplus_real, w_fake = problem
+    loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
+    features = loss.real_features(real)
+    runs = [list(optimize_latents(nets.generator, loss, features, wplus_real, w_fake, MARGINS,
+                                  OptimConfig(steps=2, compile=compiled))) for compiled in (False, True)]
+    for eager, compiled in zip(*runs):
+        torch.testing.assert_close(compiled.terms.total, eager.terms.total, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled.wplus, eager.wplus, atol=1e-5, rtol=0)
+
+
+def heap_range() -> tuple[int, int]:
+    with open("/proc/self/maps") as maps:
+        start, end = next(line.split()[0] for line in maps if line.rstrip().endswith("[heap]")).split("-")
+    return int(start, 16), int(end, 16)
+
+
+def test_large_blocks_come_from_the_reused_heap():
+    assert reuse_freed_memory()
+    # glibc maps blocks this large freshly (and the kernel faults them in) unless told otherwise.
+    block = torch.empty(48 * 2**20 // 4)
+    start, end = heap_range()
+    assert start <= block.data_ptr() < end
+
+
+def test_benchmark_runs_both_loops_and_prints_the_ratio(nets, capsys):
+    device = torch.device("cpu")
+    problem = bench.make_problem(nets, device)
+    timings = [bench.measure(name, batch, device, 1, 1, make(nets, problem, batch, OptimConfig()))
+               for name, make in (("baseline", bench.baseline), ("ours fp32", bench.ours)) for batch in (1, 2)]
+    assert all(t.median > 0 and t.peak > 0 for t in timings)
+    for p in nets.generator.parameters():
+        assert not p.requires_grad and p.grad is None   # the baseline's trainable weights are frozen again
+    bench.print_table(timings, device, 50)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.startswith(("baseline ", "ours fp32 "))]
+    assert [next(t for t in row if t.endswith("x")) for row in rows[:4]] == ["1.00x", "1.00x", f"{timings[0].median / timings[2].median:.2f}x",
+                                             f"{timings[1].median / timings[3].median:.2f}x"]
+    assert any(line.startswith("50-step totals") for line in lines)
