@@ -65,7 +65,8 @@ class OptimConfig:
     # Speed (README "Speed"): none changes what is computed beyond floating-point rounding.
     precision: str = "fp32"                             # "bf16": bfloat16 autocast for the networks' steps
     channels_last: bool = False                         # NHWC activations (tensor-core convolutions prefer them)
-    compile: bool = False                               # torch.compile the steps' forward (slow first step)
+    compile: str | None = None                          # torch.compile mode for the steps ("default",
+                                                        # "reduce-overhead": + CUDA graphs); None: eager
 
 
 # --- Fake bank ----------------------------------------------------------------------

@@ -193,10 +193,10 @@ def step_losses(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus
         return image, loss(image, real, margins)
 
 
-@lru_cache(maxsize=1)
-def compiled_step_losses():
-    # One compiled function for every run: dynamo caches its graphs per input shapes and networks.
-    return torch.compile(step_losses)
+@lru_cache(maxsize=4)
+def compiled_step_losses(mode: str):
+    # One compiled function per mode for every run: dynamo caches its graphs per input shapes and networks.
+    return torch.compile(step_losses, mode=mode)
 
 
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
@@ -212,7 +212,7 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         raise ValueError(f"trained_rows {config.trained_rows} outside W+ of {wplus_real.shape[1]} rows")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision {config.precision!r}: expected one of {sorted(PRECISIONS)}")
-    forward = compiled_step_losses() if config.compile else step_losses
+    forward = compiled_step_losses(config.compile) if config.compile else step_losses
     wplus_real = wplus_real.detach()
     margins = margins.to(wplus_real)
     trained = w_fake.detach()[:, None].expand(-1, stop - start, -1).clone().requires_grad_(True)
@@ -223,11 +223,15 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         # Grad mode is thread state: enable it around the work only, never across the yield.
         lr = optimizer.param_groups[0]["lr"]
         with torch.enable_grad(), deterministic_cudnn(config.deterministic):
+            if config.compile:
+                torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs: the last step's outputs are free
             image, terms = forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows),
                                    margins, config)
             optimizer.zero_grad(set_to_none=True)
             terms.total.sum().backward()
             optimizer.step()
             scheduler.step()
+        if config.compile:   # CUDA graphs reuse output memory in the next step: the consumer gets copies
+            image, terms = image.clone(), LossTerms(*(t.clone() for t in vars(terms).values()))
         yield OptimStep(step, config.steps, lr, terms.detach(), image.detach(),
                         compose_wplus(wplus_real, trained.detach(), config.trained_rows))

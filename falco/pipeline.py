@@ -33,6 +33,7 @@ from falco.models.e4e import Encoder4Editing
 from falco.models.farl import FaRL
 from falco.models.stylegan2 import Generator
 from falco.optimize import FalcoLoss, RealFeatures, optimize_latents, start_wplus
+from falco.speed import reuse_freed_memory
 from falco.weights import WeightPaths, fetch_weights
 
 NETWORK_NAMES = ("generator", "e4e", "arcface", "farl")
@@ -185,7 +186,10 @@ class FalcoPipeline:
                         face_config: FaceConfig = FaceConfig(), progress: bool = True) -> FalcoPipeline:
         """Every network and model of a weight set (Hub repo id or folder); CUDA when available."""
         paths = fetch_weights(source, progress=progress)
-        networks = load_networks(paths, resolve_device(device))
+        device = resolve_device(device)
+        if device.type == "cpu":
+            reuse_freed_memory()   # ~2x faster CPU steps; best called first thing in the program (falco.speed)
+        networks = load_networks(paths, device)
         return cls(networks, FakeBank.load(paths.fake_bank), FaceAnalyzer(paths.dlib_landmarks, face_config),
                    FaceRecognizer(paths.dlib_recognition), face_config, paths.source)
 

@@ -150,10 +150,10 @@ def test_compiled_steps_equal_eager_steps(nets, problem):
     loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
     features = loss.real_features(real)
     runs = [list(optimize_latents(nets.generator, loss, features, wplus_real, w_fake, MARGINS,
-                                  OptimConfig(steps=2, compile=compiled))) for compiled in (False, True)]
+                                  OptimConfig(steps=2, compile=mode))) for mode in (None, "default")]
     for eager, compiled in zip(*runs):
         torch.testing.assert_close(compiled.terms.total, eager.terms.total, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(compiled.wplus, eager.wplus, atol=1e-5, rtol=0)
+        torch.testing.assert_close(compiled.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
 
 
 def heap_range() -> tuple[int, int]:

@@ -55,7 +55,9 @@ TOKENS = {
     "cl": {"channels_last": True},
     "bf16": {"precision": "bf16", "channels_last": True},
     "skip256": {"loss_on_skip256": True},
-    "compile": {"compile": True},
+    "compile": {"compile": "default"},
+    "cudagraphs": {"compile": "reduce-overhead"},   # torch.compile with CUDA graphs
+    "nondet": {"deterministic": False},             # cuDNN's fastest algorithms, F.interpolate resampling
 }
 
 
@@ -359,7 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-reuse", action="store_true",
                         help="leave the CPU allocator as it is for our loop too (falco.speed.reuse_freed_memory)")
     parser.add_argument("--full-run", action="store_true",
-                        help=f"also time complete {FULL_RUN_STEPS}-step runs of one face, end to end, per variant")
+                        help="also time complete runs of one face, end to end, per variant")
+    parser.add_argument("--full-run-steps", type=int, default=FULL_RUN_STEPS, help="steps of a complete run")
     parser.add_argument("--accuracy", action="store_true", help="compare the variants with the exact fp32 path")
     parser.add_argument("--accuracy-steps", type=int, default=None, help="steps of the accuracy runs (default 10 CUDA, 2 CPU)")
     return parser.parse_args(argv)
@@ -397,12 +400,13 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch:
             timings.append(measure(f"ours {name}", batch, device, warmup, steps, ours(nets, problem, batch, config)))
             print(f"  ours {name} batch {batch}: {timings[-1].median:.3f} s/step", flush=True)
-    print_table(timings, device, FULL_RUN_STEPS)
+    print_table(timings, device, args.full_run_steps)
 
     if args.full_run:
-        print(f"\ncomplete {FULL_RUN_STEPS}-step runs of one face (ours, end to end: real features + every step):")
+        n = args.full_run_steps
+        print(f"\ncomplete {n}-step runs of one face (ours, end to end: real features + every step):")
         for name, config in configs.items():
-            setup, stream = ours(nets, problem, 1, replace(config, steps=FULL_RUN_STEPS))(FULL_RUN_STEPS)
+            setup, stream = ours(nets, problem, 1, config)(n)
             t = time.perf_counter()
             for _ in stream:
                 pass

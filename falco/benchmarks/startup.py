@@ -1,0 +1,158 @@
+"""From process start to a ready app: where the time goes, and the peak memory once every network is loaded.
+
+    python -m falco.benchmarks.startup                       # makes a full-size random weight set first
+    python -m falco.benchmarks.startup --weights DIR         # a folder in Hub layout (random or real)
+
+A fresh Python process does what ``python app.py`` does, on the CPU: imports, builds the
+Gradio page (the networks start loading in a background thread at that point), starts
+serving, then waits for the networks.  The pipeline's own loading functions are timed as
+they run.  A random set gets a fake bank of full size (60,000 rows of noise) so that its
+loading time and memory are those of the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+FULL_BANK_ROWS = 60_000
+CHILD_FLAG = "--child"
+
+
+# --- The measured process ------------------------------------------------------------------------
+class Clock:
+    """Wall-clock marks (seconds since the epoch, comparable with the parent's) and timed calls."""
+
+    def __init__(self):
+        self.marks: list[tuple[str, float]] = []
+        self.spans: list[tuple[str, float, float]] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.time()))
+
+    def wrap(self, owner, attribute: str, label: str) -> None:
+        """Time every call of ``owner.attribute`` (in whichever thread it runs)."""
+        original = getattr(owner, attribute)
+        spans = self.spans
+
+        def timed(*args, **kwargs):
+            start = time.time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spans.append((label, start, time.time()))
+        setattr(owner, attribute, classmethod(lambda cls, *a, **k: timed(*a, **k))
+                if isinstance(owner.__dict__.get(attribute), classmethod) else timed)
+
+
+def rss_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
+
+
+def child(weights: str) -> None:
+    clock = Clock()
+    clock.mark("interpreter ready")
+    import torch
+    clock.mark("import torch")
+    import open_clip  # noqa: F401  (FaRL's building blocks)
+    clock.mark("import open_clip")
+    import dlib  # noqa: F401
+    clock.mark("import dlib")
+    import gradio
+    clock.mark("import gradio")
+    from falco import pipeline, ui
+    from falco.bank import FakeBank
+    from falco.models import io
+    clock.mark("import falco (app modules)")
+
+    clock.wrap(pipeline, "fetch_weights", "find + verify weight files (sha256)")
+    for name in ("load_generator", "load_e4e", "load_arcface", "load_farl"):
+        clock.wrap(io, name, f"{name} (read + build)")
+    clock.wrap(FakeBank, "load", "fake bank load")
+    clock.wrap(pipeline, "FaceAnalyzer", "dlib landmarks model")
+    clock.wrap(pipeline, "FaceRecognizer", "dlib recognition model")
+
+    demo, app = ui.build_app(weights=weights, device="cpu")   # starts loading the networks in a thread
+    clock.mark("page built (networks loading in the background)")
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    clock.mark("serving")
+    app.loader.get()
+    clock.mark("networks ready")
+    demo.close()
+    print(json.dumps({"marks": clock.marks, "spans": clock.spans, "peak_rss_mib": rss_mib("VmHWM:"),
+                      "rss_mib": rss_mib("VmRSS:"), "torch": torch.__version__, "gradio": gradio.__version__}))
+
+
+# --- The parent: weights, process, report ----------------------------------------------------------
+def random_weight_set(folder: Path) -> None:
+    """A full-size random set with a full-size bank of noise rows, and its manifest."""
+    import torch
+
+    from falco.bank import FakeBank
+    from falco.weights import ARTIFACTS, MANIFEST_NAME, describe_folder, make_random_weights
+
+    make_random_weights(folder, tiny=False, progress=False)
+    small = FakeBank.load(folder / ARTIFACTS["fake_bank"])
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(FULL_BANK_ROWS, small.w.shape[1], generator=gen)
+    embeddings = torch.nn.functional.normalize(torch.randn(FULL_BANK_ROWS, small.embeddings.shape[1], generator=gen),
+                                               dim=-1)
+    FakeBank(w, embeddings, torch.arange(FULL_BANK_ROWS, dtype=torch.int64), small.config).save(
+        folder / ARTIFACTS["fake_bank"])
+    describe_folder(folder, None, note="RANDOM NOISE weights with a full-size noise bank (startup benchmark)").write(
+        folder / MANIFEST_NAME)
+
+
+def report(result: dict, spawned: float) -> None:
+    print(f"torch {result['torch']}, gradio {result['gradio']}; seconds since the process was spawned:")
+    previous = spawned
+    for name, at in result["marks"]:
+        print(f"  {at - spawned:7.2f}  (+{at - previous:5.2f})  {name}")
+        previous = at
+    print("pipeline loading, in the background thread (start -> end, seconds since spawn):")
+    for label, start, end in result["spans"]:
+        print(f"  {start - spawned:7.2f} -> {end - spawned:7.2f}  {end - start:6.2f} s  {label}")
+    print(f"peak resident memory {result['peak_rss_mib'] / 1024:.2f} GiB; "
+          f"resident with every network loaded {result['rss_mib'] / 1024:.2f} GiB")
+
+
+@contextmanager
+def weights_folder(given: str | None):
+    if given:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="falco-startup-") as tmp:
+        start = time.perf_counter()
+        random_weight_set(Path(tmp))
+        print(f"(made a full-size random weight set in {time.perf_counter() - start:.0f} s; not part of startup)")
+        yield tmp
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m falco.benchmarks.startup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=None, help="weights folder (default: a temporary full-size random set)")
+    parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.weights)
+        return
+    with weights_folder(args.weights) as folder:
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+        spawned = time.time()
+        done = subprocess.run([sys.executable, "-m", "falco.benchmarks.startup", CHILD_FLAG, "--weights", folder],
+                              env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+        if done.returncode != 0:
+            sys.exit(f"the app process failed:\n{done.stderr[-3000:]}")
+        report(json.loads(done.stdout.strip().splitlines()[-1]), spawned)
+
+
+if __name__ == "__main__":
+    main()
