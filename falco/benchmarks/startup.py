@@ -84,11 +84,19 @@ def child(weights: str) -> None:
     clock.mark("page built (networks loading in the background)")
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     clock.mark("serving")
-    app.loader.get()
+    pipe = app.loader.get()
     clock.mark("networks ready")
+    loaded_rss = rss_mib("VmRSS:")
+    # Weights read from safetensors stay mapped from the file until first used: page them all in.
+    with torch.no_grad():
+        for net in (pipe.nets.generator, pipe.nets.e4e, pipe.nets.arcface, pipe.nets.farl):
+            for tensor in net.state_dict().values():
+                tensor.float().sum()
+    clock.mark("every weight read once (as the first run does)")
     demo.close()
     print(json.dumps({"marks": clock.marks, "spans": clock.spans, "peak_rss_mib": rss_mib("VmHWM:"),
-                      "rss_mib": rss_mib("VmRSS:"), "torch": torch.__version__, "gradio": gradio.__version__}))
+                      "loaded_rss_mib": loaded_rss, "rss_mib": rss_mib("VmRSS:"),
+                      "torch": torch.__version__, "gradio": gradio.__version__}))
 
 
 # --- The parent: weights, process, report ----------------------------------------------------------
@@ -120,8 +128,9 @@ def report(result: dict, spawned: float) -> None:
     print("pipeline loading, in the background thread (start -> end, seconds since spawn):")
     for label, start, end in result["spans"]:
         print(f"  {start - spawned:7.2f} -> {end - spawned:7.2f}  {end - start:6.2f} s  {label}")
-    print(f"peak resident memory {result['peak_rss_mib'] / 1024:.2f} GiB; "
-          f"resident with every network loaded {result['rss_mib'] / 1024:.2f} GiB")
+    print(f"resident memory: {result['loaded_rss_mib'] / 1024:.2f} GiB when the networks are ready, "
+          f"{result['rss_mib'] / 1024:.2f} GiB once every weight was read; "
+          f"peak {result['peak_rss_mib'] / 1024:.2f} GiB")
 
 
 @contextmanager

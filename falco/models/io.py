@@ -79,7 +79,8 @@ def _state_dict_of(obj: object, path: str | Path, *candidates: str) -> Mapping[s
 def _build(cls: Callable[..., nn.Module], config: dict, state: Mapping[str, torch.Tensor],
            path: str | Path) -> nn.Module:
     try:
-        model = cls(**config)
+        with torch.device("meta"):   # no throwaway random init: the file's tensors become the weights
+            model = cls(**config)
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{Path(path).name} has an invalid {cls.__name__} config ({err}).") from err
     expected = model.state_dict()
@@ -90,7 +91,8 @@ def _build(cls: Callable[..., nn.Module], config: dict, state: Mapping[str, torc
         example = (missing or unexpected or reshaped)[0]
         raise WeightsError(f"{Path(path).name} does not match the {cls.__name__} layout: {len(missing)} missing, "
                            f"{len(unexpected)} unexpected, {len(reshaped)} reshaped keys (e.g. {example}).")
-    model.load_state_dict(state, strict=True)
+    # assign: no second copy of the weights (peak memory while loading), in the module's own dtypes
+    model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()}, strict=True, assign=True)
     return model
 
 
