@@ -360,6 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=[],
                         help=f"more of our variants, tokens joined by '+': {', '.join(TOKENS)} (e.g. bf16+skip256)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-exact", action="store_true", help="leave out our exact fp32 loop (only the variants)")
     parser.add_argument("--no-reuse", action="store_true",
                         help="leave the CPU allocator as it is for our loop too (falco.speed.reuse_freed_memory)")
     parser.add_argument("--full-run", action="store_true",
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.steps or (10 if cuda else 3)
     batches = args.batch or ([1, 5] if cuda else [1])
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    variants = ["fp32"] + [v for flag, v in ((args.bf16, "bf16"), (args.skip256, "skip256")) if flag]
+    variants = ([] if args.no_exact else ["fp32"]) + [v for flag, v in ((args.bf16, "bf16"), (args.skip256, "skip256"))
+                                                       if flag]
     if args.compile:
         variants += ["compile"] + (["bf16+compile"] if args.bf16 else [])
     variants += [v for v in args.variants if v not in variants]
