@@ -30,8 +30,9 @@ def _glibc() -> ctypes.CDLL | None:
         name = ctypes.util.find_library("c")
         try:
             libc = ctypes.CDLL(name or "libc.so.6")
-            libc.gnu_get_libc_version   # glibc only: musl and others differ in mallopt
-        except (OSError, AttributeError):
+        except OSError:
+            return None
+        if not hasattr(libc, "gnu_get_libc_version"):   # glibc only: musl and others differ in mallopt
             return None
         _libc = libc
     return _libc

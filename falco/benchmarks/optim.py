@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -67,6 +68,17 @@ class Networks:
     generator: Generator
     arcface: ArcFace
     farl: FaRL
+
+
+def load_networks(folder: str, device: torch.device) -> Networks:
+    """The networks of a weights folder in Hub layout (e.g. the real ones, to measure accuracy on them)."""
+    from falco.models import io
+    from falco.weights import ARTIFACTS
+
+    root = Path(folder)
+    generator, _ = io.load_generator(root / ARTIFACTS["generator"], device)
+    return Networks(generator, io.load_arcface(root / ARTIFACTS["arcface"], device),
+                    io.load_farl(root / ARTIFACTS["farl"], device))
 
 
 def random_networks(device: torch.device) -> Networks:
@@ -122,7 +134,7 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device, self.peak = device, 0
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -145,6 +157,7 @@ class Timing:
     loop: str
     batch: int
     steps: list[float]     # seconds, timed steps
+    cpu: list[float]       # CPU seconds of this process (every thread, user + system) in those steps
     first: float           # the first step (warm-up: allocations, autotuning, compilation)
     setup: float           # before the first step: the real face's features (ours)
     peak: int              # bytes
@@ -172,14 +185,15 @@ def measure(name: str, batch: int, device: torch.device, warmup: int, steps: int
     load = load_average()
     with PeakMemory(device) as memory:
         setup, stream = start(warmup + steps)
-        times = []
+        times, cpu = [], []
         for _ in range(warmup + steps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             next(stream)
             sync(device)
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         stream.close()
-    return Timing(name, batch, times[warmup:], times[0], setup, memory.peak, load)
+    return Timing(name, batch, times[warmup:], cpu[warmup:], times[0], setup, memory.peak, load)
 
 
 # --- Our loop ------------------------------------------------------------------------------------
@@ -231,7 +245,8 @@ def baseline_attribute_loss(farl: FaRL, image: torch.Tensor, real: torch.Tensor)
     return sum(F.l1_loss(anon_tokens[:, i], real_tokens[:, i]) for i in range(real_tokens.shape[1]))
 
 
-def baseline_steps(nets: Networks, problem: Problem, batch: int, config: OptimConfig, total_steps: int) -> Iterator[None]:
+def baseline_steps(nets: Networks, problem: Problem, batch: int, config: OptimConfig,
+                   total_steps: int) -> Iterator[None]:
     device = problem.real.device
     real = problem.real.expand(batch, -1, -1, -1)
     wplus_real = problem.wplus_real.expand(batch, -1, -1)
@@ -268,8 +283,8 @@ def gradient_and_terms(nets: Networks, problem: Problem, config: OptimConfig,
         wplus = start_wplus(problem.wplus_real, problem.w_fake, config.trained_rows)
     trained = wplus[:, start:stop].detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        _, terms = step_losses(nets.generator, loss, real, compose_wplus(problem.wplus_real, trained, config.trained_rows),
-                               torch.zeros(1, device=wplus.device), config)
+        wplus = compose_wplus(problem.wplus_real, trained, config.trained_rows)
+        _, terms = step_losses(nets.generator, loss, real, wplus, torch.zeros(1, device=wplus.device), config)
         grad, = torch.autograd.grad(terms.total.sum(), trained)
     return grad, terms.detach()
 
@@ -289,11 +304,11 @@ def accuracy(nets: Networks, problem: Problem, variants: list[str], steps: int) 
     end0 = final_wplus(nets, problem, exact)
     _, end_terms0 = gradient_and_terms(nets, problem, exact, end0)
     moved = (end0 - start_wplus(problem.wplus_real, problem.w_fake, exact.trained_rows)).norm()
-    lines = [f"exact fp32 at the start: identity cosine {terms0.identity_cosine.item():+.4f}, "
-             f"attribute {terms0.attribute.item():.4f}, total {terms0.total.item():.4f}; "
-             f"after {steps} steps: cosine {end_terms0.identity_cosine.item():+.4f}, total {end_terms0.total.item():.4f}",
-             f"{'variant':<22}{'d cos':>9}{'d attr %':>10}{'d total %':>10}{'grad cos':>10}{'|g|/|g0|':>10}"
-             f"{'end: dW/moved':>15}{'end total (exact)':>19}"]
+    lines = [(f"exact fp32 at the start: identity cosine {terms0.identity_cosine.item():+.4f}, "
+              f"attribute {terms0.attribute.item():.4f}, total {terms0.total.item():.4f}; after {steps} steps: "
+              f"cosine {end_terms0.identity_cosine.item():+.4f}, total {end_terms0.total.item():.4f}"),
+             (f"{'variant':<22}{'d cos':>9}{'d attr %':>10}{'d total %':>10}{'grad cos':>10}{'|g|/|g0|':>10}"
+              f"{'end: dW/moved':>15}{'end total (exact)':>19}")]
     for name in variants:
         config = replace(variant_config(name), steps=steps)
         grad, terms = gradient_and_terms(nets, problem, config)
@@ -326,12 +341,13 @@ def gib(n: int) -> str:
 def print_table(timings: list[Timing], device: torch.device, full_steps: int) -> None:
     base = {t.batch: t for t in timings if t.loop == "baseline"}
     unit, scale = ("ms", 1e3) if device.type == "cuda" else ("s", 1.0)
-    print(f"\n{'loop':<24}{'batch':>6}{f'step {unit} (median)':>20}{'min':>9}{'first':>9}"
+    # On a shared CPU the process's CPU time per step moves less with other load than wall time does.
+    print(f"\n{'loop':<24}{'batch':>6}{f'step {unit} (median)':>20}{'min':>9}{'first':>9}{'cpu s':>8}"
           f"{'peak memory':>14}{'baseline/this':>15}   load avg")
     for t in timings:
         ratio = f"{base[t.batch].median / t.median:.2f}x" if t.batch in base else "-"
         print(f"{t.loop:<24}{t.batch:>6}{t.median * scale:>20.3f}{min(t.steps) * scale:>9.3f}{t.first * scale:>9.3f}"
-              f"{gib(t.peak):>14}{ratio:>15}   {t.load}")
+              f"{statistics.median(t.cpu):>8.2f}{gib(t.peak):>14}{ratio:>15}   {t.load}")
     print(f"\n{full_steps}-step totals (setup + first step + {full_steps - 1} x median), and batch 5 / batch 1:")
     by_loop: dict[str, dict[int, Timing]] = {}
     for t in timings:
@@ -349,6 +365,8 @@ def print_table(timings: list[Timing], device: torch.device, full_steps: int) ->
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m falco.benchmarks.optim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--weights", default=None,
+                        help="a weights folder in Hub layout instead of random weights (e.g. the real networks)")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="batch sizes, i.e. values of m (default: 1 5 on CUDA; 1 on the CPU, where the exact "
                              "path at batch 5 needs about 25 GB of RAM)")
@@ -367,7 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time complete runs of one face, end to end, per variant")
     parser.add_argument("--full-run-steps", type=int, default=FULL_RUN_STEPS, help="steps of a complete run")
     parser.add_argument("--accuracy", action="store_true", help="compare the variants with the exact fp32 path")
-    parser.add_argument("--accuracy-steps", type=int, default=None, help="steps of the accuracy runs (default 10 CUDA, 2 CPU)")
+    parser.add_argument("--accuracy-steps", type=int, default=None,
+                        help="steps of the accuracy runs (default 10 CUDA, 2 CPU)")
     return parser.parse_args(argv)
 
 
@@ -385,19 +404,22 @@ def main(argv: list[str] | None = None) -> None:
     variants += [v for v in args.variants if v not in variants]
     configs = {v: variant_config(v) for v in variants}
 
-    print(f"falco optimisation benchmark: torch {torch.__version__}, {platform.machine()}, "
-          f"{torch.cuda.get_device_name(device) if cuda else f'{os.cpu_count()} CPUs, {torch.get_num_threads()} threads'}")
+    threads = f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    machine = torch.cuda.get_device_name(device) if cuda else threads
+    print(f"falco optimisation benchmark: torch {torch.__version__}, {platform.machine()}, {machine}")
     print(f"load average before: {load_average()}; warm-up {warmup}, timed steps {steps}, batches {batches}")
     t = time.perf_counter()
-    nets = random_networks(device)
+    nets = load_networks(args.weights, device) if args.weights else random_networks(device)
     problem = make_problem(nets, device)
-    print(f"networks built with random weights in {time.perf_counter() - t:.1f} s")
+    print(f"networks {'loaded from ' + args.weights if args.weights else 'built with random weights'} "
+          f"in {time.perf_counter() - t:.1f} s")
 
     timings: list[Timing] = []
     # The baseline first: our loop turns on allocator reuse for the rest of the process.
     if not args.no_baseline:
         for batch in batches:
-            timings.append(measure("baseline", batch, device, warmup, steps, baseline(nets, problem, batch, OptimConfig())))
+            loop = baseline(nets, problem, batch, OptimConfig())
+            timings.append(measure("baseline", batch, device, warmup, steps, loop))
             print(f"  baseline batch {batch}: {timings[-1].median:.3f} s/step", flush=True)
     if not cuda and not args.no_reuse:
         reuse_freed_memory()
@@ -419,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  ours {name:<20} {setup + time.perf_counter() - t:.2f} s")
     if args.accuracy:
         accuracy_steps = args.accuracy_steps or (10 if cuda else 2)
-        print(f"\naccuracy against the exact fp32 path (one face, m = 0; random weights; {accuracy_steps} steps):")
+        weights = f"weights {args.weights}" if args.weights else "random weights"
+        print(f"\naccuracy against the exact fp32 path (one face, m = 0; {weights}; {accuracy_steps} steps):")
         for line in accuracy(nets, problem, [v for v in variants if v != "fp32"], accuracy_steps):
             print("  " + line)
     print(f"\nload average after: {load_average()}")
