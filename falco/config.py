@@ -67,6 +67,7 @@ class OptimConfig:
     channels_last: bool = False                         # NHWC activations (tensor-core convolutions prefer them)
     compile: str | None = None                          # torch.compile mode for the steps ("default",
                                                         # "reduce-overhead": + CUDA graphs); None: eager
+    cuda_graph: bool = False                            # CUDA: record a step's forward + backward once, replay it
 
 
 # --- Fake bank ----------------------------------------------------------------------

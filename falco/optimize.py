@@ -20,7 +20,7 @@ deterministic during the steps; on an H100 that made runs bit-identical at no me
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -87,6 +87,14 @@ def resampling_matrices(size: int, farl_size: int, device: str) -> tuple[torch.T
     return tuple(m.float().to(device) for m in (rows, cols, resize_matrix(size, farl_size)))
 
 
+@torch.compiler.disable
+@lru_cache(maxsize=4)
+def clip_statistics(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std [1, 3, 1, 1] on ``device``, made once (no host copy inside a CUDA graph)."""
+    return (torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1))
+
+
 class MatrixPreprocess:
     """identity_preprocess and farl_preprocess of square faces as products with resampling matrices.
 
@@ -103,7 +111,7 @@ class MatrixPreprocess:
 
     def attribute(self, x: torch.Tensor) -> torch.Tensor:
         _, _, farl = resampling_matrices(_square_side(x), self.farl_size, str(x.device))
-        mean, std = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1), x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+        mean, std = clip_statistics(str(x.device))
         return ((farl @ x @ farl.T + 1) / 2 - mean) / std
 
 
@@ -188,7 +196,8 @@ def step_losses(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus
                 margins: torch.Tensor, config: OptimConfig) -> tuple[torch.Tensor, LossTerms]:
     """One step's forward: the image the losses look at, and the loss terms (differentiable in wplus)."""
     dtype = PRECISIONS[config.precision]
-    with torch.autocast(wplus.device.type, dtype=dtype, enabled=dtype is not None):
+    # No weight requires grad, so autocast's cast cache would hold nothing; CUDA graph capture needs it off.
+    with torch.autocast(wplus.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False):
         image = generator(wplus, resolution=loss_resolution(generator, config), channels_last=config.channels_last)
         return image, loss(image, real, margins)
 
@@ -197,6 +206,37 @@ def step_losses(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus
 def compiled_step_losses(mode: str):
     # One compiled function per mode for every run: dynamo caches its graphs per input shapes and networks.
     return torch.compile(step_losses, mode=mode)
+
+
+class CapturedStep:
+    """A step's forward and backward recorded once as a CUDA graph, then replayed.
+
+    At batch 1 the eager step is bound by launching its thousands of kernels (an H100 waits
+    on the CPU); a replay launches them all at once.  Every replay recomputes the same graph
+    on the current contents of its inputs (the trained rows, updated in place by Adam) and
+    writes the image, the loss terms and ``trained.grad`` into the same memory.
+    """
+
+    WARMUP = 3   # eager passes first, on a side stream: cuDNN plans and caches are made outside the capture
+
+    def __init__(self, run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                trained.grad = None
+                run()[1].total.sum().backward()
+        torch.cuda.current_stream().wait_stream(side)
+        trained.grad = None   # the graph allocates the gradient it writes
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.image, self.terms = run()
+            self.terms.total.sum().backward()
+        torch.cuda.empty_cache()   # the warm-up's blocks belong to the side stream: give them back
+
+    def __call__(self) -> tuple[torch.Tensor, LossTerms]:
+        self.graph.replay()
+        return self.image, self.terms
 
 
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
@@ -212,6 +252,10 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         raise ValueError(f"trained_rows {config.trained_rows} outside W+ of {wplus_real.shape[1]} rows")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision {config.precision!r}: expected one of {sorted(PRECISIONS)}")
+    if config.cuda_graph and config.compile:
+        raise ValueError("cuda_graph and compile both record the step: choose one")
+    if config.cuda_graph and not config.deterministic:
+        raise ValueError("cuda_graph needs the deterministic (matrix) preprocessing")
     forward = compiled_step_losses(config.compile) if config.compile else step_losses
     wplus_real = wplus_real.detach()
     margins = margins.to(wplus_real)
@@ -219,19 +263,29 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     optimizer = torch.optim.Adam([trained], lr=config.lr)
     milestones = sorted({int(f * config.steps) for f in config.lr_milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_decay)
+
+    def run() -> tuple[torch.Tensor, LossTerms]:
+        return forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows), margins, config)
+
+    graphed = config.cuda_graph and wplus_real.is_cuda   # elsewhere the eager step runs
+    captured = None
     for step in range(1, config.steps + 1):
         # Grad mode is thread state: enable it around the work only, never across the yield.
         lr = optimizer.param_groups[0]["lr"]
         with torch.enable_grad(), deterministic_cudnn(config.deterministic):
-            if config.compile:
-                torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs: the last step's outputs are free
-            image, terms = forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows),
-                                   margins, config)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.sum().backward()
+            if graphed:
+                if captured is None:
+                    captured = CapturedStep(run, trained)
+                image, terms = captured()   # also writes trained.grad
+            else:
+                if config.compile:
+                    torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs: the last step's outputs are free
+                image, terms = run()
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.sum().backward()
             optimizer.step()
             scheduler.step()
-        if config.compile:   # CUDA graphs reuse output memory in the next step: the consumer gets copies
+        if graphed or config.compile:   # recorded graphs write the next step's outputs into the same memory
             image, terms = image.clone(), LossTerms(*(t.clone() for t in vars(terms).values()))
         yield OptimStep(step, config.steps, lr, terms.detach(), image.detach(),
                         compose_wplus(wplus_real, trained.detach(), config.trained_rows))

@@ -11,7 +11,6 @@ from falco.models.farl import FaRL, farl_preprocess
 from falco.models.random_weights import seeded_state_dict
 from falco.models.stylegan2 import Generator
 from falco.optimize import FalcoLoss, compose_wplus, optimize_latents, start_wplus, step_losses
-from falco.speed import reuse_freed_memory
 
 MARGINS = torch.tensor([0.0, 0.6])
 # bf16 autocast against float32 (README "Speed"): loss terms and the gradient in the trained rows.
@@ -144,6 +143,35 @@ def test_unknown_precision_is_refused(nets, problem):
                               OptimConfig(precision="fp8")))
 
 
+def test_cuda_graph_option_refuses_what_it_cannot_record(nets, problem):
+    real, wplus_real, w_fake = problem
+    loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
+    for config, reason in ((OptimConfig(cuda_graph=True, compile="default"), "choose one"),
+                           (OptimConfig(cuda_graph=True, deterministic=False), "deterministic")):
+        with pytest.raises(ValueError, match=reason):
+            next(optimize_latents(nets.generator, loss, loss.real_features(real), wplus_real, w_fake, MARGINS, config))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replays_take_the_eager_steps(nets, problem):
+    device = torch.device("cuda")
+    on_device = bench.Networks(*(net.to(device) for net in (nets.generator, nets.arcface, nets.farl)))
+    real, wplus_real, w_fake = (t.to(device) for t in problem)
+    loss = FalcoLoss(on_device.arcface, on_device.farl, 10.0, 0.1)
+    features = loss.real_features(real)
+    try:
+        runs = [list(optimize_latents(on_device.generator, loss, features, wplus_real, w_fake, MARGINS.to(device),
+                                      OptimConfig(steps=4, cuda_graph=graphed))) for graphed in (False, True)]
+    finally:
+        for net in (nets.generator, nets.arcface, nets.farl):
+            net.cpu()
+    for eager, graphed in zip(*runs):
+        torch.testing.assert_close(graphed.terms.total, eager.terms.total, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(graphed.image, eager.image, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(graphed.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
+    assert not torch.equal(runs[1][0].image, runs[1][-1].image)   # each step's image is its own copy
+
+
 @pytest.mark.slow
 def test_compiled_steps_equal_eager_steps(nets, problem):
     real, wplus_real, w_fake = problem
@@ -158,7 +186,6 @@ def test_compiled_steps_equal_eager_steps(nets, problem):
 
 HEAP_CHECK = """
 import torch
-from falco.speed import reuse_freed_memory
 assert reuse_freed_memory()
 block = torch.empty(48 * 2**20 // 4)   # glibc would mmap a block this large, fresh each time, unless told otherwise
 with open("/proc/self/maps") as maps:

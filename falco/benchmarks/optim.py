@@ -58,6 +58,7 @@ TOKENS = {
     "skip256": {"loss_on_skip256": True},
     "compile": {"compile": "default"},
     "cudagraphs": {"compile": "reduce-overhead"},   # torch.compile with CUDA graphs
+    "graph": {"cuda_graph": True},                  # the eager step recorded as one CUDA graph
     "nondet": {"deterministic": False},             # cuDNN's fastest algorithms, F.interpolate resampling
 }
 
