@@ -186,6 +186,7 @@ def test_compiled_steps_equal_eager_steps(nets, problem):
 
 HEAP_CHECK = """
 import torch
+from falco.speed import reuse_freed_memory
 assert reuse_freed_memory()
 block = torch.empty(48 * 2**20 // 4)   # glibc would mmap a block this large, fresh each time, unless told otherwise
 with open("/proc/self/maps") as maps:
