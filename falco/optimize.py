@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from falco.config import OptimConfig
-from falco.models.arcface import ID_CROP_COLS, ID_CROP_ROWS, ID_INPUT_SIZE, ID_RESIZE, identity_preprocess
-from falco.models.farl import CLIP_MEAN, CLIP_STD, farl_preprocess
+from falco.models.arcface import identity_preprocess, identity_preprocess_matrix
+from falco.models.farl import farl_preprocess, farl_preprocess_matrix
 
 # The losses only look at 256 (ArcFace) and 224 (FaRL) pixels.
 LOSS_RESOLUTION = 256
@@ -62,65 +61,6 @@ class LossTerms:
                 "total": self.total.tolist()}
 
 
-def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_out, n_in] float64: one axis of F.interpolate's bilinear resize (antialiased when shrinking)."""
-    if n_in == n_out:
-        return torch.eye(n_in, dtype=torch.float64)
-    basis = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]
-    return F.interpolate(basis, size=(1, n_out), mode="bilinear", align_corners=False,
-                         antialias=n_in > n_out)[:, 0, 0].T
-
-
-def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_out, n_in] float64: one axis of F.adaptive_avg_pool2d."""
-    basis = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]
-    return F.adaptive_avg_pool2d(basis, (1, n_out))[:, 0, 0].T
-
-
-@torch.compiler.disable   # a cached lookup: compiled steps take the matrices as graph inputs
-@lru_cache(maxsize=16)
-def resampling_matrices(size: int, farl_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows [112, size], cols [112, size], farl [farl_size, size]) float32 on ``device``."""
-    resize = resize_matrix(size, ID_RESIZE)
-    rows = pool_matrix(ID_CROP_ROWS[1] - ID_CROP_ROWS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_ROWS)]
-    cols = pool_matrix(ID_CROP_COLS[1] - ID_CROP_COLS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_COLS)]
-    return tuple(m.float().to(device) for m in (rows, cols, resize_matrix(size, farl_size)))
-
-
-@torch.compiler.disable
-@lru_cache(maxsize=4)
-def clip_statistics(device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP's mean and std [1, 3, 1, 1] on ``device``, made once (no host copy inside a CUDA graph)."""
-    return (torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1))
-
-
-class MatrixPreprocess:
-    """identity_preprocess and farl_preprocess of square faces as products with resampling matrices.
-
-    The same linear maps (tests hold them to the model modules' functions), but with
-    deterministic backward passes on CUDA.
-    """
-
-    def __init__(self, farl_size: int):
-        self.farl_size = farl_size
-
-    def identity(self, x: torch.Tensor) -> torch.Tensor:
-        rows, cols, _ = resampling_matrices(_square_side(x), self.farl_size, str(x.device))
-        return rows @ x @ cols.T
-
-    def attribute(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, farl = resampling_matrices(_square_side(x), self.farl_size, str(x.device))
-        mean, std = clip_statistics(str(x.device))
-        return ((farl @ x @ farl.T + 1) / 2 - mean) / std
-
-
-def _square_side(x: torch.Tensor) -> int:
-    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"expected square faces [B, 3, S, S], got {tuple(x.shape)}")
-    return x.shape[-1]
-
-
 @contextmanager
 def deterministic_cudnn(enabled: bool):
     """cuDNN's deterministic algorithms for the duration (a process-wide flag)."""
@@ -138,18 +78,18 @@ class FalcoLoss(nn.Module):
         super().__init__()
         self.arcface, self.farl = arcface, farl
         self.lambda_id, self.lambda_attr = lambda_id, lambda_attr
-        self.matrix = MatrixPreprocess(farl.config["image_size"]) if deterministic else None
+        # The matrix forms: the same maps as the model modules' functions, deterministic backward on CUDA.
+        self.identity_preprocess = identity_preprocess_matrix if deterministic else identity_preprocess
+        self.farl_preprocess = farl_preprocess_matrix if deterministic else farl_preprocess
 
     def identity_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.matrix.identity(images) if self.matrix else identity_preprocess(images)
+        x = self.identity_preprocess(images)
         if images.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)   # ArcFace's convolutions follow the layout
         return self.arcface(x)
 
     def attribute_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        if self.matrix:
-            return self.farl.tokens(self.matrix.attribute(images))
-        return self.farl.tokens(farl_preprocess(images, self.farl.config["image_size"]))
+        return self.farl.tokens(self.farl_preprocess(images, self.farl.config["image_size"]))
 
     @torch.no_grad()
     def real_features(self, images: torch.Tensor) -> RealFeatures:

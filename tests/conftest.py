@@ -35,3 +35,19 @@ def tiny_pipeline(tiny_weights):
     """FalcoPipeline on the tiny random weights, on the CPU."""
     from falco.pipeline import FalcoPipeline
     return FalcoPipeline.from_pretrained(str(tiny_weights), device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_nets():
+    """(generator, arcface, farl): small seeded networks for the loss and the optimisation loop (64 px
+    faces, 32-d latents, FaRL at 32 px).  Per module: tests patch their methods and move them."""
+    from falco.models.arcface import ArcFace
+    from falco.models.farl import FaRL
+    from falco.models.random_weights import seeded_state_dict
+    from falco.models.stylegan2 import Generator
+    generator = Generator(size=64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 16, 64: 16})
+    arcface = ArcFace(widths=(16, 16, 32, 32), units=(1, 1, 1, 1), embedding_dim=32)
+    farl = FaRL(image_size=32, patch_size=16, width=32, layers=2, heads=2, embed_dim=24)
+    for net, prefix in ((generator, "g_ema."), (arcface, ""), (farl, "")):
+        net.load_state_dict(seeded_state_dict(net.state_dict(), prefix))
+    return generator, arcface, farl

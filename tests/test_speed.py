@@ -6,10 +6,7 @@ import torch.nn.functional as F
 
 from falco.benchmarks import optim as bench
 from falco.config import OptimConfig
-from falco.models.arcface import ArcFace
-from falco.models.farl import FaRL, farl_preprocess
-from falco.models.random_weights import seeded_state_dict
-from falco.models.stylegan2 import Generator
+from falco.models.farl import farl_preprocess
 from falco.optimize import FalcoLoss, compose_wplus, optimize_latents, start_wplus, step_losses
 
 MARGINS = torch.tensor([0.0, 0.6])
@@ -19,13 +16,8 @@ BF16_GRAD_COSINE = 0.99
 
 
 @pytest.fixture(scope="module")
-def nets():
-    generator = Generator(size=64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 16, 64: 16})
-    arcface = ArcFace(widths=(16, 16, 32, 32), units=(1, 1, 1, 1), embedding_dim=32)
-    farl = FaRL(image_size=32, patch_size=16, width=32, layers=2, heads=2, embed_dim=24)
-    for net, prefix in ((generator, "g_ema."), (arcface, ""), (farl, "")):
-        net.load_state_dict(seeded_state_dict(net.state_dict(), prefix))
-    return bench.Networks(generator, arcface, farl)
+def nets(tiny_nets):
+    return bench.Networks(*tiny_nets)
 
 
 @pytest.fixture(scope="module")

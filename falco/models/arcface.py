@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from falco.models import freeze
 from falco.models.irse import DOWNSAMPLING, IRSE50_UNITS, IRSE50_WIDTHS, make_body, make_input_layer
+from falco.models.resample import pool_matrix, resize_matrix, square_side
 
 # FALCO's identity loss (after pSp/e4e): the aligned face at 256x256, this crop keeps the
 # face interior the recogniser was trained on, then pooled to the backbone's input size.
@@ -25,11 +27,26 @@ def identity_preprocess(x: torch.Tensor) -> torch.Tensor:
     The resize matches FALCO's torchvision `Resize(256, antialias=True)` on tensors:
     antialiased bilinear, so a 1024 face is averaged down instead of aliased.
     """
-    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"expected square aligned faces [B,3,S,S], got {tuple(x.shape)}")
+    square_side(x)
     x = F.interpolate(x, size=(ID_RESIZE, ID_RESIZE), mode="bilinear", align_corners=False, antialias=True)
     x = x[:, :, ID_CROP_ROWS[0]:ID_CROP_ROWS[1], ID_CROP_COLS[0]:ID_CROP_COLS[1]]
     return F.adaptive_avg_pool2d(x, ID_INPUT_SIZE)
+
+
+@torch.compiler.disable   # a cached lookup: compiled steps take the matrices as graph inputs
+@lru_cache(maxsize=8)
+def identity_matrices(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) [112, size] float32 on ``device``: identity_preprocess's resize, crop and pool per axis."""
+    resize = resize_matrix(size, ID_RESIZE)
+    rows = pool_matrix(ID_CROP_ROWS[1] - ID_CROP_ROWS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_ROWS)]
+    cols = pool_matrix(ID_CROP_COLS[1] - ID_CROP_COLS[0], ID_INPUT_SIZE) @ resize[slice(*ID_CROP_COLS)]
+    return rows.float().to(device), cols.float().to(device)
+
+
+def identity_preprocess_matrix(x: torch.Tensor) -> torch.Tensor:
+    """identity_preprocess as matrix products: the same linear map, deterministic backward on CUDA."""
+    rows, cols = identity_matrices(square_side(x), str(x.device))
+    return rows @ x @ cols.T
 
 
 class ArcFace(nn.Module):

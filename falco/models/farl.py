@@ -9,6 +9,8 @@ Only the image tower is built: the text tower is never needed here.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 
 from falco.config import FARL_INPUT_SIZE
 from falco.models import freeze
+from falco.models.resample import resize_matrix, square_side
 
 # FaRL normalises [0, 1] RGB with CLIP's statistics (FaRLVisualFeatures in FacePerceiver/FaRL).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -79,3 +82,25 @@ def farl_preprocess(x: torch.Tensor, size: int = FARL_INPUT_SIZE) -> torch.Tenso
     mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
     return ((x + 1) / 2 - mean) / std
+
+
+@torch.compiler.disable   # a cached lookup: compiled steps take the matrix as a graph input
+@lru_cache(maxsize=8)
+def farl_resize_matrix(side: int, size: int, device: str) -> torch.Tensor:
+    """[size, side] float32 on ``device``: farl_preprocess's resize of one axis."""
+    return resize_matrix(side, size).float().to(device)
+
+
+@torch.compiler.disable
+@lru_cache(maxsize=4)
+def clip_statistics(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std [1, 3, 1, 1] on ``device``, made once (no host copy inside a CUDA graph)."""
+    return (torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1))
+
+
+def farl_preprocess_matrix(x: torch.Tensor, size: int = FARL_INPUT_SIZE) -> torch.Tensor:
+    """farl_preprocess of square faces as matrix products: the same map, deterministic backward on CUDA."""
+    resize = farl_resize_matrix(square_side(x), size, str(x.device))
+    mean, std = clip_statistics(str(x.device))
+    return ((resize @ x @ resize.T + 1) / 2 - mean) / std
