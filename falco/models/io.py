@@ -119,19 +119,32 @@ def _latent_avg_rows(latent_avg: torch.Tensor, n_styles: int, path: str | Path) 
     return t.clone()
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, torch.Tensor]:
-    """(Generator, mean w [style_dim]) from our file, ``stylegan2-ffhq-config-f.pt`` or ``e4e_ffhq_encode.pt``."""
-    payload, config = _read(path, "generator")
+def _read_with_latent_avg(path: str | Path, network: str,
+                          official: Callable[[object], tuple[Mapping[str, torch.Tensor], dict]]
+                          ) -> tuple[Mapping[str, torch.Tensor], dict, torch.Tensor | None]:
+    """(state, config, latent_avg or None) of a network stored with its ``latent_avg``.
+
+    ``official`` takes an official checkpoint apart into (state, config); its ``latent_avg``
+    sits at the top level, ours beside the weights.
+    """
+    payload, config = _read(path, network)
     if config is not None:
         state = dict(payload)
         latent_avg = state.pop("latent_avg", None)
-    else:
-        config = {}
+        return state, config, latent_avg
+    state, config = official(payload)
+    return state, config, payload.get("latent_avg")
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, torch.Tensor]:
+    """(Generator, mean w [style_dim]) from our file, ``stylegan2-ffhq-config-f.pt`` or ``e4e_ffhq_encode.pt``."""
+    def official(payload: object) -> tuple[Mapping[str, torch.Tensor], dict]:
         if isinstance(payload, dict) and "g_ema" in payload:
-            state = payload["g_ema"]
-        else:   # e4e's checkpoint carries the generator it was trained against
-            state = _strip(_state_dict_of(payload, path, "state_dict"), "decoder.")
-        latent_avg = payload.get("latent_avg")
+            return payload["g_ema"], {}
+        # e4e's checkpoint carries the generator it was trained against
+        return _strip(_state_dict_of(payload, path, "state_dict"), "decoder."), {}
+
+    state, config, latent_avg = _read_with_latent_avg(path, "generator", official)
     model = _build(Generator, config, state, path)
     mean_w = estimate_mean_w(model) if latent_avg is None else _mean_w_from(latent_avg)
     return model.to(device), mean_w.to(device)
@@ -139,15 +152,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 def load_e4e(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder4Editing, torch.Tensor]:
     """(Encoder4Editing, latent_avg [n_styles, style_dim]) from our file or ``e4e_ffhq_encode.pt``."""
-    payload, config = _read(path, "e4e")
-    if config is not None:
-        state = dict(payload)
-        latent_avg = state.pop("latent_avg", None)
-    else:
+    def official(payload: object) -> tuple[Mapping[str, torch.Tensor], dict]:
         state = _strip(_state_dict_of(payload, path, "state_dict"), "encoder.")
         styles = {int(k.split(".")[1]) for k in state if k.startswith("styles.")}
-        config = {"n_styles": max(styles) + 1} if styles else {}
-        latent_avg = payload.get("latent_avg")
+        return state, ({"n_styles": max(styles) + 1} if styles else {})
+
+    state, config, latent_avg = _read_with_latent_avg(path, "e4e", official)
     if latent_avg is None:
         raise WeightsError(f"{Path(path).name} has no latent_avg; e4e codes are offsets from it.")
     model = _build(Encoder4Editing, config, state, path)
