@@ -4,7 +4,7 @@
     python app.py --weights ./weights   # a local folder laid out like the Hub repo
     python app.py --host 0.0.0.0 --port 8080 --device cpu
 
-The page and its handlers live in falco/ui.py.
+The page and its handlers live in falco/ui.py; the start-up order in falco/serving.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from falco.config import WEIGHTS_REPO_ENV, AppConfig
-from falco.ui import build_app, launch_app
+from falco.config import WEIGHTS_REPO_ENV
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,5 +31,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
-    demo, _ = build_app(weights=args.weights, device=args.device)
-    launch_app(demo, AppConfig(), host=args.host, port=args.port)
+    from falco.serving import start_app   # after argparse: --help answers without importing torch
+    start_app(weights=args.weights, device=args.device, host=args.host, port=args.port)

@@ -7,7 +7,7 @@ package hard-codes a method default.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # --- Weights on the Hugging Face Hub ---------------------------------------------
 # The Hub repo the Space downloads from.  FALCO_WEIGHTS_REPO (or the CLI's

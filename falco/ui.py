@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,14 +30,12 @@ from safetensors.torch import save_file
 from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig, weights_source
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
-from falco.pipeline import AnonymizationResult, FalcoPipeline, StepEvent
+from falco.pipeline import AnonymizationResult, StepEvent
+from falco.serving import EngineLoader, app_device, describe_error, pipeline_factory
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = (Path(__file__).resolve().parent / "assets" / "astronaut.jpg",)
-OOM_MESSAGE = ("The GPU ran out of memory. Try fewer faces, fewer m values, or fewer steps, "
-               "or try again when the Space is less busy.")
-UNEXPECTED_MESSAGE = "Something went wrong on the server (it has been logged). Please try again."
 INTRO = """# FALCO: face anonymization that keeps the attributes
 Every face in your photo is replaced by a **different person** with the same pose, expression,
 lighting and age (Barattin et al., CVPR 2023).
@@ -51,69 +48,9 @@ lighting and age (Barattin et al., CVPR 2023).
 
 
 # --- Errors ---------------------------------------------------------------------------
-def describe_error(err: BaseException) -> str:
-    """The one line a visitor sees for ``err``; anything unexpected is logged in full."""
-    if isinstance(err, FalcoError):
-        return str(err)
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return OOM_MESSAGE
-    log.error("unexpected error in the app", exc_info=err)
-    return UNEXPECTED_MESSAGE
-
-
 def _as_gr_error(err: BaseException) -> gr.Error:
     # FalcoErrors are expected outcomes (no face, bad file): no traceback in the server log.
     return gr.Error(describe_error(err), print_exception=not isinstance(err, FalcoError))
-
-
-# --- Loading the pipeline once per process ---------------------------------------------------
-class EngineLoader:
-    """Builds the pipeline once per process.
-
-    ``start()`` loads in a background thread so the page comes up at once; ``get()``
-    waits for that load.  A failed load (the Hub unreachable, say) is retried by the next
-    ``get()``, so the app recovers without a restart once the cause is fixed.
-    """
-
-    def __init__(self, factory: Callable[[], FalcoPipeline]):
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._engine: FalcoPipeline | None = None
-        self._failure: str | None = None   # what the page says about the last failed load
-
-    def start(self) -> None:
-        threading.Thread(target=self._load_quietly, name="falco-load", daemon=True).start()
-
-    def get(self) -> FalcoPipeline:
-        with self._lock:
-            if self._engine is None:
-                try:
-                    self._engine = self._factory()
-                    self._failure = None
-                except Exception as err:
-                    self._failure = describe_error(err)
-                    raise
-            return self._engine
-
-    def _load_quietly(self) -> None:
-        try:
-            self.get()
-        except Exception:
-            log.warning("loading the networks failed: %s", self._failure)
-
-    def status(self) -> tuple[str, str]:
-        """(state, one line for the page); state is "ready", "loading" or "failed"."""
-        if self._engine is not None:
-            return "ready", "The networks are loaded."
-        if self._failure is not None:
-            return "failed", f"The networks could not be loaded: {self._failure}"
-        return "loading", "Loading the networks; the first run starts when they are ready."
-
-
-def pipeline_factory(source: str | None, device: str | None) -> Callable[[], FalcoPipeline]:
-    return lambda: FalcoPipeline.from_pretrained(source, device=device)
 
 
 def zerogpu_decorator(duration_s: int) -> Callable | None:
@@ -562,9 +499,9 @@ def build_app(weights: str | None = None, device: str | None = None, config: App
     device: "cuda", "cpu", ... (default: CUDA when there is one, or on ZeroGPU).
     """
     gpu = zerogpu_decorator(config.zerogpu_duration_s)
-    if device is None and gpu is not None:
-        device = "cuda"   # ZeroGPU: the model moves to the GPU that each decorated call gets
-    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    # ZeroGPU: the model moves to the GPU that each decorated call gets
+    device = app_device(device, zerogpu=gpu is not None)
+    on_gpu = torch.device(device).type == "cuda"
     loader = loader or EngineLoader(pipeline_factory(weights or weights_source(), device))
     app = FalcoApp(loader, config, on_gpu=on_gpu, gpu=gpu)
     demo = app.build()

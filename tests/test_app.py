@@ -13,7 +13,7 @@ from gradio_client.utils import Status
 from PIL import Image
 from safetensors.torch import load_file
 
-from falco import ui
+from falco import serving, ui
 from falco.config import AppConfig, OptimConfig
 
 # Few steps, a preview at each: enough to see streaming, quick on a CPU.
@@ -23,7 +23,7 @@ API_DEFAULTS = dict(lr=0.01, lambda_id=10.0, lambda_attr=0.1, seed=0, another_fa
 
 @pytest.fixture(scope="module")
 def served(tiny_pipeline):
-    demo, app = ui.build_app(loader=ui.EngineLoader(lambda: tiny_pipeline), device="cpu", config=TEST_CONFIG)
+    demo, app = ui.build_app(loader=serving.EngineLoader(lambda: tiny_pipeline), device="cpu", config=TEST_CONFIG)
     _, url, _ = ui.launch_app(demo, TEST_CONFIG, host="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield app, url
     demo.close()
@@ -151,8 +151,8 @@ def test_api_error_messages_then_keeps_serving(client, astronaut, tmp_path, huge
 
 
 @pytest.mark.parametrize("failure, message", [(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried 2 GiB"),
-                                               ui.OOM_MESSAGE),
-                                              (RuntimeError("secret internal detail"), ui.UNEXPECTED_MESSAGE)])
+                                               serving.OOM_MESSAGE),
+                                              (RuntimeError("secret internal detail"), serving.UNEXPECTED_MESSAGE)])
 def test_api_gpu_failures_are_messages(client, astronaut, tiny_pipeline, monkeypatch, failure, message):
     original = tiny_pipeline.anonymize
 
@@ -221,3 +221,41 @@ def test_two_clients_at_once_get_their_own_results(served, astronaut, tiny_pipel
         assert outside_faces_equal(download, original)
         assert np.array_equal(np.asarray(Image.open(download)), np.asarray(Image.open(photo)))
     assert record_a["faces"][0]["fake_index"] is not None and record_b["faces"][0]["fake_index"] is not None
+
+
+START_APP_CHILD = """
+import json, sys, urllib.request
+from falco import serving
+order = []
+start = serving.EngineLoader.start
+serving.EngineLoader.start = lambda self: order.append("gradio" in sys.modules) or start(self)
+demo, app = serving.start_app(weights=sys.argv[1], device="cpu", host="127.0.0.1",
+                              prevent_thread_lock=True, quiet=True)
+with urllib.request.urlopen(demo.local_url, timeout=30) as page:
+    status = page.status
+pipe = app.loader.get()
+demo.close()
+print(json.dumps({"gradio_before_loading": order, "status": status, "device": str(pipe.device),
+                  "on_gpu": app.on_gpu}))
+"""
+
+
+def test_start_app_loads_before_importing_gradio(tiny_weights):
+    """What app.py runs, in a fresh process: the load starts before Gradio's import, the page serves, the
+    networks load."""
+    import json
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", START_APP_CHILD, str(tiny_weights)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"gradio_before_loading": [False], "status": 200, "device": "cpu", "on_gpu": False}
+
+
+def test_app_help_answers_without_the_networks():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1], check=False)
+    assert done.returncode == 0 and "--weights" in done.stdout and "--device" in done.stdout

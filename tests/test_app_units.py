@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from falco import ui
+from falco import serving, ui
 from falco.config import AppConfig, OptimConfig
 from falco.errors import FalcoError, NoFaceError, WeightsError
 from falco.pipeline import AnonymizationResult, FaceResult, StepEvent
@@ -46,11 +46,11 @@ def test_optim_settings_override_and_validation():
 
 
 def test_describe_error(caplog):
-    assert ui.describe_error(NoFaceError("No face was found.")) == "No face was found."
-    assert ui.describe_error(torch.cuda.OutOfMemoryError("CUDA out of memory")) == ui.OOM_MESSAGE
-    with caplog.at_level(logging.ERROR, logger="falco.ui"):
-        message = ui.describe_error(KeyError("internal detail"))
-    assert message == ui.UNEXPECTED_MESSAGE and "internal detail" not in message
+    assert serving.describe_error(NoFaceError("No face was found.")) == "No face was found."
+    assert serving.describe_error(torch.cuda.OutOfMemoryError("CUDA out of memory")) == serving.OOM_MESSAGE
+    with caplog.at_level(logging.ERROR, logger="falco.serving"):
+        message = serving.describe_error(KeyError("internal detail"))
+    assert message == serving.UNEXPECTED_MESSAGE and "internal detail" not in message
     assert "internal detail" in caplog.text   # the details go to the log, not the page
 
 
@@ -63,7 +63,7 @@ def test_loader_reports_failure_then_recovers():
             raise WeightsError("Weights repo not found; set FALCO_WEIGHTS_REPO.")
         return "engine"
 
-    loader = ui.EngineLoader(factory)
+    loader = serving.EngineLoader(factory)
     assert loader.status()[0] == "loading"
     loader.start()
     deadline = threading.Event()
@@ -77,7 +77,7 @@ def test_loader_reports_failure_then_recovers():
 
 def test_loader_loads_once_across_threads():
     calls = []
-    loader = ui.EngineLoader(lambda: calls.append(1) or object())
+    loader = serving.EngineLoader(lambda: calls.append(1) or object())
     results = []
     threads = [threading.Thread(target=lambda: results.append(loader.get())) for _ in range(4)]
     for t in threads:
@@ -177,7 +177,7 @@ def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
     engine = SimpleNamespace(anonymize=lambda photo, **kw: iter(["event"]))
-    loader = ui.EngineLoader(lambda: engine)
+    loader = serving.EngineLoader(lambda: engine)
     demo, app = ui.build_app(loader=loader, config=AppConfig(zerogpu_duration_s=77), load_now=False)
     assert app.on_gpu   # ZeroGPU means CUDA even though this machine has none
     settings = ui.RunSettings(None, (0.0,), OptimConfig(), False)
@@ -189,6 +189,6 @@ def test_cpu_notice_and_defaults(monkeypatch):
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
     monkeypatch.setattr(ui, "zerogpu_decorator", lambda duration: None)
     config = AppConfig(cpu_optim=OptimConfig(steps=6))
-    demo, app = ui.build_app(loader=ui.EngineLoader(object), device="cpu", config=config, load_now=False)
+    demo, app = ui.build_app(loader=serving.EngineLoader(object), device="cpu", config=config, load_now=False)
     assert not app.on_gpu and app.default_optim.steps == 6
     assert "Running on CPU" in app.status_text()

@@ -3,9 +3,10 @@
     python -m falco.benchmarks.startup                       # makes a full-size random weight set first
     python -m falco.benchmarks.startup --weights DIR         # a folder in Hub layout (random or real)
 
-A fresh Python process does what ``python app.py`` does, on the CPU: imports, builds the
-Gradio page (the networks start loading in a background thread at that point), starts
-serving, then waits for the networks.  The pipeline's own loading functions are timed as
+A fresh Python process does what ``python app.py`` does (``falco.serving.start_app``), on
+the CPU: imports torch and the pipeline's modules, starts loading the networks in a
+background thread, imports Gradio and builds the page meanwhile, starts serving, then waits
+for the networks.  The pipeline's own loading functions are timed as
 they run.  A random set gets a fake bank of full size (60,000 rows of noise) so that its
 loading time and memory are those of the real one.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -57,21 +59,26 @@ def rss_mib(field: str) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
 
 
+class MarkStages(logging.Handler):
+    """Marks the start-up stages that falco.serving logs, when they happen."""
+
+    def __init__(self, clock: Clock):
+        super().__init__(logging.INFO)
+        self.clock = clock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.clock.marks.append((record.getMessage(), record.created))
+
+
 def child(weights: str) -> None:
     clock = Clock()
     clock.mark("interpreter ready")
     import torch
     clock.mark("import torch")
-    import open_clip  # noqa: F401  (FaRL's building blocks)
-    clock.mark("import open_clip")
-    import dlib  # noqa: F401
-    clock.mark("import dlib")
-    import gradio
-    clock.mark("import gradio")
-    from falco import pipeline, ui
+    from falco import pipeline, serving
     from falco.bank import FakeBank
     from falco.models import io
-    clock.mark("import falco (app modules)")
+    clock.mark("import falco.pipeline (open_clip, dlib)")
 
     clock.wrap(pipeline, "fetch_weights", "find + verify weight files (sha256)")
     for name in ("load_generator", "load_e4e", "load_arcface", "load_farl"):
@@ -79,13 +86,16 @@ def child(weights: str) -> None:
     clock.wrap(FakeBank, "load", "fake bank load")
     clock.wrap(pipeline, "FaceAnalyzer", "dlib landmarks model")
     clock.wrap(pipeline, "FaceRecognizer", "dlib recognition model")
+    stages = logging.getLogger(serving.__name__)
+    stages.setLevel(logging.INFO)
+    stages.addHandler(MarkStages(clock))
 
-    demo, app = ui.build_app(weights=weights, device="cpu")   # starts loading the networks in a thread
-    clock.mark("page built (networks loading in the background)")
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    # What app.py does: start loading, import Gradio and build the page meanwhile, serve.
+    demo, app = serving.start_app(weights=weights, device="cpu", host="127.0.0.1",
+                                  prevent_thread_lock=True, quiet=True)
     clock.mark("serving")
     pipe = app.loader.get()
-    clock.mark("networks ready")
+    clock.mark("networks ready (as the first run sees them)")
     loaded_rss = rss_mib("VmRSS:")
     # Weights read from safetensors stay mapped from the file until first used: page them all in.
     with torch.no_grad():
@@ -94,6 +104,8 @@ def child(weights: str) -> None:
                 tensor.float().sum()
     clock.mark("every weight read once (as the first run does)")
     demo.close()
+    import gradio
+    clock.marks.sort(key=lambda mark: mark[1])
     print(json.dumps({"marks": clock.marks, "spans": clock.spans, "peak_rss_mib": rss_mib("VmHWM:"),
                       "loaded_rss_mib": loaded_rss, "rss_mib": rss_mib("VmRSS:"),
                       "torch": torch.__version__, "gradio": gradio.__version__}))
