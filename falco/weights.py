@@ -20,11 +20,13 @@ import bz2
 import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -186,6 +188,18 @@ def verify_file(path: Path, artifact: Artifact, where: str, delete_bad: bool) ->
     raise WeightsError(f"{path} does not match its manifest: sha256 {actual}, expected {artifact.sha256}.")
 
 
+@contextmanager
+def _verifier() -> Iterator[Callable[[Path, Artifact, str, bool], None]]:
+    """``check(path, artifact, where, delete_bad)`` hashes in the background, a file per core (hashlib
+    releases the GIL), while the caller goes on (to the next download); leaving waits for every check
+    and raises the first failure."""
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="falco-sha256") as pool:
+        yield lambda *args: pending.append(pool.submit(verify_file, *args))
+    for check in pending:
+        check.result()
+
+
 # --- Where the weights come from ------------------------------------------------------------------
 @dataclass(frozen=True)
 class WeightSource:
@@ -266,13 +280,14 @@ def fetch_weights(source: str | None = None, names: Iterable[str] | None = None,
         revision = path.parent.name if COMMIT_HASH.fullmatch(path.parent.name) else (src.revision or "main")
     where = f"{src.repo_id}@{revision}"
     paths = {}
-    for name in names:
-        artifact = repo_manifest.artifact(name, where)
-        if not artifact.pinned:   # nothing from the network is used unverified
-            raise WeightsError(f"The weights manifest of {where} gives no size and sha256 for {artifact.filename}; "
-                               "republish with `python -m falco.weights publish`.")
-        paths[name] = _download(src.repo_id, artifact.filename, revision, artifact.size, progress)
-        verify_file(paths[name], artifact, where, delete_bad=True)
+    with _verifier() as check:
+        for name in names:
+            artifact = repo_manifest.artifact(name, where)
+            if not artifact.pinned:   # nothing from the network is used unverified
+                raise WeightsError(f"The weights manifest of {where} gives no size and sha256 for "
+                                   f"{artifact.filename}; republish with `python -m falco.weights publish`.")
+            paths[name] = _download(src.repo_id, artifact.filename, revision, artifact.size, progress)
+            check(paths[name], artifact, where, True)
     return WeightPaths(source=str(src), revision=revision, **paths)
 
 
@@ -281,14 +296,15 @@ def _from_folder(folder: Path, names: tuple[str, ...]) -> WeightPaths:
     own = folder / MANIFEST_NAME
     manifest = Manifest.load(own) if own.is_file() else Manifest.unpublished(None)
     paths = {}
-    for name in names:
-        artifact = manifest.artifact(name, str(folder))
-        path = folder / artifact.filename
-        if not path.is_file():
-            raise WeightsError(f"The weights folder {folder} has no {artifact.filename} ({name}); "
-                               "make a complete set with `python -m falco.weights random` or fetch one from the Hub.")
-        verify_file(path, artifact, str(folder), delete_bad=False)
-        paths[name] = path
+    with _verifier() as check:
+        for name in names:
+            artifact = manifest.artifact(name, str(folder))
+            path = folder / artifact.filename
+            if not path.is_file():
+                raise WeightsError(f"The weights folder {folder} has no {artifact.filename} ({name}); make a "
+                                   "complete set with `python -m falco.weights random` or fetch one from the Hub.")
+            check(path, artifact, str(folder), False)
+            paths[name] = path
     return WeightPaths(source=str(folder), revision=None, **paths)
 
 
