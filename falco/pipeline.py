@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import dlib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import falco
@@ -161,6 +162,15 @@ def to_image(x: torch.Tensor, size: int | None = None) -> Image.Image:
     return image
 
 
+def preview_images(images: torch.Tensor, size: int) -> list[Image.Image]:
+    """[B, 3, R, R] -> B RGB PIL images of at most size x size, shrunk where the images are (on the GPU:
+    a 256 preview crosses to the host instead of the 1024 image, and PIL does no resampling)."""
+    images = images.detach().float()
+    if images.shape[-1] > size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return [to_image(x) for x in images]
+
+
 def to_tensor(images: Sequence[Image.Image], device: torch.device, size: int | None = None) -> torch.Tensor:
     """RGB PIL images -> [B, 3, S, S] in [-1, 1]; resized (bilinear, as e4e's transform) when size is given."""
     if size is not None:
@@ -243,7 +253,7 @@ class FalcoPipeline:
             for step in stream:
                 wplus = step.wplus
                 show = step.step % max(optim.preview_every, 1) == 0 or step.step == step.total_steps
-                previews = [to_image(x, min(optim.preview_size, x.shape[-1])) for x in step.image] if show else []
+                previews = preview_images(step.image, optim.preview_size) if show else []
                 yield StepEvent(step.step, step.total_steps, labels, previews, step.terms.as_lists(),
                                 step.terms.identity_cosine.tolist())
         yield self._result(photo, prepared, margins, face_of, wplus, loss, optim)

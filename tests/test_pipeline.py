@@ -140,3 +140,17 @@ def test_user_errors_are_one_line_messages(tiny_pipeline, photo_path):
         next(tiny_pipeline.anonymize(Image.new("RGB", (200, 200), "gray")))
     with pytest.raises(FalcoError, match="no face 3"):
         next(tiny_pipeline.anonymize(photo_path, faces=[2]))
+
+
+def test_previews_are_shrunk_before_leaving_the_device():
+    from falco.pipeline import preview_images, to_image
+    ramp = torch.linspace(-1, 1, 512)
+    smooth = torch.stack([ramp[None, :].expand(512, -1), ramp[:, None].expand(-1, 512),
+                          ramp.flip(0)[None].expand(512, -1)])
+    images = torch.stack([smooth, -smooth])
+    previews = preview_images(images, 128)
+    assert [p.size for p in previews] == [(128, 128)] * 2
+    lanczos = np.asarray(to_image(images[1], 128), dtype=float)
+    assert np.abs(np.asarray(previews[1], dtype=float) - lanczos).max() <= 2   # the same picture as PIL's resize
+    small = preview_images(images[:, :, :64, :64], 128)   # already small: kept as it is
+    assert np.array_equal(np.asarray(small[0]), np.asarray(to_image(images[0, :, :64, :64])))
