@@ -21,7 +21,7 @@ deterministic during the steps; on an H100 that made runs bit-identical at no me
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -137,7 +137,7 @@ def step_losses(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus
     """One step's forward: the image the losses look at, and the loss terms (differentiable in wplus)."""
     dtype = PRECISIONS[config.precision]
     # No weight requires grad, so autocast's cast cache would hold nothing; CUDA graph capture needs it off.
-    with torch.autocast(wplus.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False):
+    with (torch.autocast(wplus.device.type, dtype=dtype, cache_enabled=False) if dtype is not None else nullcontext()):
         image = generator(wplus, resolution=loss_resolution(generator, config), channels_last=config.channels_last)
         return image, loss(image, real, margins)
 

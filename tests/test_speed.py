@@ -1,8 +1,12 @@
 """The fast loop computes what a plain FALCO loop computes; the speed options stay within their tolerances."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from falco.benchmarks import optim as bench
 from falco.config import OptimConfig
@@ -162,6 +166,51 @@ def test_cuda_graph_replays_take_the_eager_steps(nets, problem):
         torch.testing.assert_close(graphed.image, eager.image, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(graphed.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
     assert not torch.equal(runs[1][0].image, runs[1][-1].image)   # each step's image is its own copy
+
+
+class HostAccess(TorchDispatchMode):
+    """Names each op that CUDA graph capture cannot record: one with a host (CPU) tensor among its inputs or
+    outputs (host data or a copy in or out), or one that reads a device value back to Python."""
+
+    READS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.lift_fresh",
+             "aten.lift_fresh_copy"}
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = pytree.tree_leaves((args, kwargs, out))
+        name = str(func.overloadpacket)
+        if name in self.READS or any(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in leaves):
+            self.found.append(name)
+        return out
+
+
+@pytest.mark.parametrize("config", [OptimConfig(), OptimConfig(loss_on_skip256=True), OptimConfig(channels_last=True)],
+                         ids=["exact", "skip256", "channels_last"])
+def test_the_recorded_step_never_touches_the_host(nets, config):
+    """The step that OptimConfig.cuda_graph records (forward and backward, after its warm-up pass), run on the
+    meta device, a device that is not the host: no host tensors, copies or reads of values inside."""
+    generator, arcface, farl = (copy.deepcopy(net).to("meta") for net in (nets.generator, nets.arcface, nets.farl))
+    loss = FalcoLoss(arcface, farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    real = loss.real_features(torch.empty(2, 3, 64, 64, device="meta"))
+    wplus_real = torch.empty(2, generator.num_ws, 32, device="meta")
+    trained = torch.empty(2, 5, 32, device="meta", requires_grad=True)
+    margins = torch.zeros(2, device="meta")
+
+    def step():
+        _, terms = step_losses(generator, loss, real, compose_wplus(wplus_real, trained, (3, 8)), margins, config)
+        terms.total.sum().backward()
+
+    step()   # the warm-up: cached resampling matrices and statistics are made here, as before a capture
+    with HostAccess() as host:
+        step()
+    assert host.found == [] and trained.grad.shape == trained.shape
+    with HostAccess() as host:   # the check itself sees a host value inside
+        torch.ones(2, device="meta") * torch.tensor(2.0)
+    assert "aten.mul" in host.found
 
 
 @pytest.mark.slow

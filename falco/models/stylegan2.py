@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -34,8 +35,8 @@ def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 def full_precision(x: torch.Tensor):
-    """Context that switches autocast off on x's device."""
-    return torch.autocast(x.device.type, enabled=False)
+    """Context that switches autocast off on x's device (meta tensors, for shapes, have no autocast)."""
+    return nullcontext() if x.is_meta else torch.autocast(x.device.type, enabled=False)
 
 
 def default_channels(channel_multiplier: int, size: int) -> dict[int, int]:
