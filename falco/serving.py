@@ -4,9 +4,10 @@ Order matters, for the start-up time and for CPU speed:
 
 1. glibc's allocator is told to reuse freed memory before the loader and Gradio start their
    threads (``falco.speed``: the CPU steps are ~2x faster in a thread that starts after it);
-2. the networks start loading before Gradio is imported (its import and the page take
-   seconds: the sha256 checks and weight reads run meanwhile);
-3. the page is served while they load and says when they are ready.
+2. the weights are fetched and their sha256 checked in the background while Gradio is
+   imported (seconds of import; hashing and I/O leave the GIL free);
+3. the networks are built once the page is (building is Python work: run against Gradio's
+   import, both took longer), and the page says when they are ready.
 
 Nothing here imports Gradio, so ``python app.py`` can start the loader first.
 """
@@ -99,10 +100,17 @@ class EngineLoader:
         return "loading", "Loading the networks; the first run starts when they are ready."
 
 
-def pipeline_factory(source: str | None, device: str | None) -> Callable[[], FalcoPipeline]:
+def pipeline_factory(source: str | None, device: str | None,
+                     build_after: threading.Event | None = None) -> Callable[[], FalcoPipeline]:
+    """Loads the pipeline; with ``build_after``, the weight files are fetched and checked first and the
+    networks are built once the event is set."""
     def load() -> FalcoPipeline:
         from falco.pipeline import FalcoPipeline
-        return FalcoPipeline.from_pretrained(source, device=device)
+        from falco.weights import fetch_weights
+        if build_after is not None:
+            fetch_weights(source)   # downloads and sha256 checks: I/O and hashing, which leave the GIL free
+            build_after.wait()      # building is Python work that would contend for the GIL with the page's
+        return FalcoPipeline.from_pretrained(source, device=device)   # the files are found and checked now
     return load
 
 
@@ -135,11 +143,15 @@ def start_app(weights: str | None = None, device: str | None = None, config: App
     # The pipeline's own imports (open_clip, dlib) happen here in the main thread, so that the
     # loading thread and Gradio's import below never import the same modules at once.
     import falco.pipeline  # noqa: F401
-    loader = EngineLoader(pipeline_factory(weights or weights_source(), device))
+    page_built = threading.Event()
+    loader = EngineLoader(pipeline_factory(weights or weights_source(), device, build_after=page_built))
     loader.start()
-    log.info("loading the networks on %s in the background; starting the page", device)
-    from falco.ui import build_app, launch_app
-    demo, app = build_app(device=device, config=config, loader=loader, load_now=False)   # already loading
-    log.info("page built")
+    log.info("fetching and checking the weights in the background; starting the page")
+    try:
+        from falco.ui import build_app, launch_app
+        demo, app = build_app(device=device, config=config, loader=loader, load_now=False)   # already loading
+    finally:
+        page_built.set()
+    log.info("page built; building the networks on %s", device)
     launch_app(demo, config, host=host, port=port, **launch_kwargs)
     return demo, app

@@ -194,11 +194,12 @@ def verify_file(path: Path, artifact: Artifact, where: str, delete_bad: bool) ->
 
 @contextmanager
 def _verifier() -> Iterator[Callable[[Path, Artifact, str, bool], None]]:
-    """``check(path, artifact, where, delete_bad)`` hashes in the background, a file per core (hashlib
-    releases the GIL), while the caller goes on (to the next download); leaving waits for every check
-    and raises the first failure."""
+    """``check(path, artifact, where, delete_bad)`` hashes in the background, a file per core but one
+    (hashlib releases the GIL; the app imports Gradio meanwhile), while the caller goes on (to the next
+    download); leaving waits for every check and raises the first failure."""
     pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="falco-sha256") as pool:
+    workers = max(1, (os.cpu_count() or 1) - 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-sha256") as pool:
         yield lambda *args: pending.append(pool.submit(verify_file, *args))
     for check in pending:
         check.result()
