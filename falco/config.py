@@ -67,7 +67,10 @@ class OptimConfig:
     channels_last: bool = False                         # NHWC activations (tensor-core convolutions prefer them)
     compile: str | None = None                          # torch.compile mode for the steps ("default",
                                                         # "reduce-overhead": + CUDA graphs); None: eager
-    cuda_graph: bool = False                            # CUDA: record a step's forward + backward once, replay it
+    # CUDA: record a step's forward + backward once as a CUDA graph and replay it (launch-bound at
+    # batch 1); used once a replay has reproduced an eager step, else the run goes on eagerly.
+    # torch.compile (`compile`) takes precedence; the CPU always runs eagerly.
+    cuda_graph: bool = True
 
 
 # --- Fake bank ----------------------------------------------------------------------

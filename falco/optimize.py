@@ -20,6 +20,7 @@ deterministic during the steps; on an H100 that made runs bit-identical at no me
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from torch import nn
 from falco.config import OptimConfig
 from falco.models.arcface import identity_preprocess, identity_preprocess_matrix
 from falco.models.farl import farl_preprocess, farl_preprocess_matrix
+
+log = logging.getLogger(__name__)
 
 # The losses only look at 256 (ArcFace) and 224 (FaRL) pixels.
 LOSS_RESOLUTION = 256
@@ -148,6 +151,20 @@ def compiled_step_losses(mode: str):
     return torch.compile(step_losses, mode=mode)
 
 
+class RecordingMismatch(RuntimeError):
+    """A recorded step computed something else than the eager step it was recorded from."""
+
+
+def can_record(device: torch.device) -> bool:
+    """Whether steps on ``device`` can be recorded as a CUDA graph."""
+    return device.type == "cuda"
+
+
+def close_to(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-3) -> bool:
+    """Within ``rtol`` of the reference's largest magnitude, everywhere."""
+    return bool((value - reference).abs().max() <= rtol * reference.abs().max() + 1e-8)
+
+
 class CapturedStep:
     """A step's forward and backward recorded once as a CUDA graph, then replayed.
 
@@ -155,6 +172,9 @@ class CapturedStep:
     on the CPU); a replay launches them all at once.  Every replay recomputes the same graph
     on the current contents of its inputs (the trained rows, updated in place by Adam) and
     writes the image, the loss terms and ``trained.grad`` into the same memory.
+
+    The recording is trusted only once its first replay has reproduced the last eager warm-up
+    pass (same latents): loss terms and gradient; that replay's outputs serve the first call.
     """
 
     WARMUP = 3   # eager passes first, on a side stream: cuDNN plans and caches are made outside the capture
@@ -165,18 +185,38 @@ class CapturedStep:
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
                 trained.grad = None
-                run()[1].total.sum().backward()
+                _, eager = run()
+                eager.total.sum().backward()
+            eager_total, eager_grad = eager.total.detach().clone(), trained.grad.clone()
         torch.cuda.current_stream().wait_stream(side)
         trained.grad = None   # the graph allocates the gradient it writes
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.image, self.terms = run()
             self.terms.total.sum().backward()
+        del eager
         torch.cuda.empty_cache()   # the warm-up's blocks belong to the side stream: give them back
+        self.graph.replay()
+        if not (close_to(self.terms.total, eager_total) and close_to(trained.grad, eager_grad)):
+            raise RecordingMismatch("the replayed step differs from the eager step")
+        self._replayed = True
 
     def __call__(self) -> tuple[torch.Tensor, LossTerms]:
-        self.graph.replay()
+        if self._replayed:   # the check's replay ran on these very latents
+            self._replayed = False
+        else:
+            self.graph.replay()
         return self.image, self.terms
+
+
+def record_step(run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> CapturedStep | None:
+    """The recorded step, or None (logged) where it cannot be recorded or is not faithful: the run goes on eagerly."""
+    try:
+        return CapturedStep(run, trained)
+    except RuntimeError as err:   # capture refuses an operation, a mismatch, or no memory for the recording
+        trained.grad = None
+        log.warning("the step could not be recorded as a CUDA graph (%s): running it eagerly", err)
+        return None
 
 
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
@@ -192,10 +232,6 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         raise ValueError(f"trained_rows {config.trained_rows} outside W+ of {wplus_real.shape[1]} rows")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision {config.precision!r}: expected one of {sorted(PRECISIONS)}")
-    if config.cuda_graph and config.compile:
-        raise ValueError("cuda_graph and compile both record the step: choose one")
-    if config.cuda_graph and not config.deterministic:
-        raise ValueError("cuda_graph needs the deterministic (matrix) preprocessing")
     forward = compiled_step_losses(config.compile) if config.compile else step_losses
     wplus_real = wplus_real.detach()
     margins = margins.to(wplus_real)
@@ -207,15 +243,17 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     def run() -> tuple[torch.Tensor, LossTerms]:
         return forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows), margins, config)
 
-    graphed = config.cuda_graph and wplus_real.is_cuda   # elsewhere the eager step runs
+    # torch.compile's "reduce-overhead" mode records graphs of its own.
+    record = config.cuda_graph and not config.compile and can_record(wplus_real.device)
     captured = None
     for step in range(1, config.steps + 1):
         # Grad mode is thread state: enable it around the work only, never across the yield.
         lr = optimizer.param_groups[0]["lr"]
         with torch.enable_grad(), deterministic_cudnn(config.deterministic):
-            if graphed:
-                if captured is None:
-                    captured = CapturedStep(run, trained)
+            if record and captured is None:
+                captured = record_step(run, trained)
+                record = captured is not None
+            if captured is not None:
                 image, terms = captured()   # also writes trained.grad
             else:
                 if config.compile:
@@ -225,7 +263,7 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
                 terms.total.sum().backward()
             optimizer.step()
             scheduler.step()
-        if graphed or config.compile:   # recorded graphs write the next step's outputs into the same memory
+        if captured is not None or config.compile:   # recordings write the next step's outputs in the same memory
             image, terms = image.clone(), LossTerms(*(t.clone() for t in vars(terms).values()))
         yield OptimStep(step, config.steps, lr, terms.detach(), image.detach(),
                         compose_wplus(wplus_real, trained.detach(), config.trained_rows))

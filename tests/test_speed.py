@@ -1,17 +1,26 @@
 """The fast loop computes what a plain FALCO loop computes; the speed options stay within their tolerances."""
 
 import copy
+import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from falco import optimize
 from falco.benchmarks import optim as bench
 from falco.config import OptimConfig
 from falco.models.farl import farl_preprocess
-from falco.optimize import FalcoLoss, compose_wplus, optimize_latents, start_wplus, step_losses
+from falco.optimize import (
+    FalcoLoss,
+    compose_wplus,
+    optimize_latents,
+    start_wplus,
+    step_losses,
+)
 
 MARGINS = torch.tensor([0.0, 0.6])
 # bf16 autocast against float32 (README "Speed"): loss terms and the gradient in the trained rows.
@@ -139,25 +148,52 @@ def test_unknown_precision_is_refused(nets, problem):
                               OptimConfig(precision="fp8")))
 
 
-def test_cuda_graph_option_refuses_what_it_cannot_record(nets, problem):
+def run_steps(nets, problem, config):
     real, wplus_real, w_fake = problem
-    loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
-    for config, reason in ((OptimConfig(cuda_graph=True, compile="default"), "choose one"),
-                           (OptimConfig(cuda_graph=True, deterministic=False), "deterministic")):
-        with pytest.raises(ValueError, match=reason):
-            next(optimize_latents(nets.generator, loss, loss.real_features(real), wplus_real, w_fake, MARGINS, config))
+    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    return list(optimize_latents(nets.generator, loss, loss.real_features(real), wplus_real, w_fake, MARGINS, config))
+
+
+class RefusedRecording:
+    """Stands in for CapturedStep where recording fails, as capture does on an operation it cannot record."""
+    attempts = 0
+
+    def __init__(self, run, trained):
+        RefusedRecording.attempts += 1
+        run()[1].total.sum().backward()   # a failed capture may leave a gradient behind
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, monkeypatch, caplog):
+    monkeypatch.setattr(RefusedRecording, "attempts", 0)
+    eager = run_steps(nets, problem, OptimConfig(steps=3, cuda_graph=False))
+    monkeypatch.setattr(optimize, "CapturedStep", RefusedRecording)
+    assert run_steps(nets, problem, OptimConfig(steps=3))[-1].wplus.equal(eager[-1].wplus)
+    assert RefusedRecording.attempts == 0   # the CPU runs eagerly without trying
+
+    monkeypatch.setattr(optimize, "can_record", lambda device: True)
+    with caplog.at_level(logging.WARNING, logger="falco.optimize"):
+        fallback = run_steps(nets, problem, OptimConfig(steps=3))
+    assert RefusedRecording.attempts == 1 and "running it eagerly" in caplog.text   # tried once per run, said so
+    for ours, reference in zip(fallback, eager):
+        assert ours.terms.total.equal(reference.terms.total) and ours.wplus.equal(reference.wplus)
+    monkeypatch.setattr(optimize, "compiled_step_losses", lambda mode: optimize.step_losses)
+    two_steps = run_steps(nets, problem, OptimConfig(steps=2, cuda_graph=False))[-1].wplus
+    assert run_steps(nets, problem, OptimConfig(steps=2, compile="reduce-overhead"))[-1].wplus.equal(two_steps)
+    assert RefusedRecording.attempts == 1   # switched off, or torch.compile records its own graphs: never tried
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graph_replays_take_the_eager_steps(nets, problem):
+def test_cuda_graph_replays_take_the_eager_steps(nets, problem, caplog):
     device = torch.device("cuda")
     on_device = bench.Networks(*(net.to(device) for net in (nets.generator, nets.arcface, nets.farl)))
     real, wplus_real, w_fake = (t.to(device) for t in problem)
     loss = FalcoLoss(on_device.arcface, on_device.farl, 10.0, 0.1)
     features = loss.real_features(real)
     try:
-        runs = [list(optimize_latents(on_device.generator, loss, features, wplus_real, w_fake, MARGINS.to(device),
-                                      OptimConfig(steps=4, cuda_graph=graphed))) for graphed in (False, True)]
+        with caplog.at_level(logging.WARNING, logger="falco.optimize"):
+            runs = [list(optimize_latents(on_device.generator, loss, features, wplus_real, w_fake, MARGINS.to(device),
+                                          OptimConfig(steps=4, cuda_graph=graphed))) for graphed in (False, True)]
     finally:
         for net in (nets.generator, nets.arcface, nets.farl):
             net.cpu()
@@ -166,6 +202,7 @@ def test_cuda_graph_replays_take_the_eager_steps(nets, problem):
         torch.testing.assert_close(graphed.image, eager.image, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(graphed.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
     assert not torch.equal(runs[1][0].image, runs[1][-1].image)   # each step's image is its own copy
+    assert "running it eagerly" not in caplog.text   # the replays were used, not the eager fallback
 
 
 class HostAccess(TorchDispatchMode):
@@ -188,8 +225,26 @@ class HostAccess(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("config", [OptimConfig(), OptimConfig(loss_on_skip256=True), OptimConfig(channels_last=True)],
-                         ids=["exact", "skip256", "channels_last"])
+class HostCalls(TorchFunctionMode):
+    """Names each call that makes a tensor from host data or brings a value to the host: on a device these
+    copy (not seen by dispatch modes, which see no copy when the target is meta)."""
+
+    CALLS = {"tensor", "as_tensor", "new_tensor", "from_numpy", "cpu", "numpy", "tolist", "item"}
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.CALLS:
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("config", [OptimConfig(), OptimConfig(loss_on_skip256=True), OptimConfig(channels_last=True),
+                                    OptimConfig(deterministic=False)],
+                         ids=["exact", "skip256", "channels_last", "interpolate"])
 def test_the_recorded_step_never_touches_the_host(nets, config):
     """The step that OptimConfig.cuda_graph records (forward and backward, after its warm-up pass), run on the
     meta device, a device that is not the host: no host tensors, copies or reads of values inside."""
@@ -205,12 +260,12 @@ def test_the_recorded_step_never_touches_the_host(nets, config):
         terms.total.sum().backward()
 
     step()   # the warm-up: cached resampling matrices and statistics are made here, as before a capture
-    with HostAccess() as host:
+    with HostCalls() as calls, HostAccess() as host:
         step()
-    assert host.found == [] and trained.grad.shape == trained.shape
-    with HostAccess() as host:   # the check itself sees a host value inside
-        torch.ones(2, device="meta") * torch.tensor(2.0)
-    assert "aten.mul" in host.found
+    assert calls.found == [] and host.found == [] and trained.grad.shape == trained.shape
+    with HostCalls() as calls, HostAccess() as host:   # the checks themselves see host values inside
+        torch.ones(2, device="meta") * torch.tensor(2.0) + trained.new_tensor([1.0])
+    assert "aten.mul" in host.found and calls.found == ["tensor", "new_tensor"]
 
 
 @pytest.mark.slow

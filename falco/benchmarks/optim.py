@@ -50,15 +50,16 @@ from falco.speed import reuse_freed_memory
 
 FACE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut_face0_1024.png"
 FULL_RUN_STEPS = OptimConfig().steps
-# Variant tokens, joined with "+": fp32 is the exact path as shipped.
+# Variant tokens, joined with "+": fp32 is the exact path as shipped (on CUDA its step is recorded
+# once as a CUDA graph and replayed, OptimConfig.cuda_graph); eager switches the recording off.
 TOKENS = {
     "fp32": {},
+    "eager": {"cuda_graph": False},
     "cl": {"channels_last": True},
     "bf16": {"precision": "bf16", "channels_last": True},
     "skip256": {"loss_on_skip256": True},
     "compile": {"compile": "default"},
     "cudagraphs": {"compile": "reduce-overhead"},   # torch.compile with CUDA graphs
-    "graph": {"cuda_graph": True},                  # the eager step recorded as one CUDA graph
     "nondet": {"deterministic": False},             # cuDNN's fastest algorithms, F.interpolate resampling
 }
 

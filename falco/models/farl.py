@@ -79,8 +79,7 @@ def farl_preprocess(x: torch.Tensor, size: int = FARL_INPUT_SIZE) -> torch.Tenso
     if side != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=side > size)
-    mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean, std = (t.to(x.dtype) for t in clip_statistics(str(x.device)))
     return ((x + 1) / 2 - mean) / std
 
 
