@@ -191,7 +191,8 @@ class CapturedStep:
         torch.cuda.current_stream().wait_stream(side)
         trained.grad = None   # the graph allocates the gradient it writes
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the app's other threads may use the GPU meanwhile without spoiling the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.image, self.terms = run()
             self.terms.total.sum().backward()
         del eager
