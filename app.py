@@ -31,5 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
-    from falco.serving import start_app   # after argparse: --help answers without importing torch
-    start_app(weights=args.weights, device=args.device, host=args.host, port=args.port)
+    from falco.errors import FalcoError
+    from falco.serving import start_app  # after argparse: --help answers without importing torch
+    try:
+        start_app(weights=args.weights, device=args.device, host=args.host, port=args.port)
+    except FalcoError as err:   # a bad argument: one line, no traceback
+        raise SystemExit(f"app.py: {err}") from None

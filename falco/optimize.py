@@ -21,8 +21,9 @@ deterministic during the steps; on an H100 that made runs bit-identical at no me
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,6 +33,7 @@ from torch import nn
 from falco.config import OptimConfig
 from falco.models.arcface import identity_preprocess, identity_preprocess_matrix
 from falco.models.farl import farl_preprocess, farl_preprocess_matrix
+from falco.models.stylegan2 import full_precision
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,10 @@ def step_losses(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus
                 margins: torch.Tensor, config: OptimConfig) -> tuple[torch.Tensor, LossTerms]:
     """One step's forward: the image the losses look at, and the loss terms (differentiable in wplus)."""
     dtype = PRECISIONS[config.precision]
-    # No weight requires grad, so autocast's cast cache would hold nothing; CUDA graph capture needs it off.
-    with (torch.autocast(wplus.device.type, dtype=dtype, cache_enabled=False) if dtype is not None else nullcontext()):
+    # Autocast caches casts of leaf tensors that require grad: only the latents, which change every step
+    # (nothing to reuse), and CUDA graph capture needs the cache off.
+    with (torch.autocast(wplus.device.type, dtype=dtype, cache_enabled=False) if dtype is not None
+          else full_precision(wplus)):
         image = generator(wplus, resolution=loss_resolution(generator, config), channels_last=config.channels_last)
         return image, loss(image, real, margins)
 
@@ -155,13 +159,19 @@ class RecordingMismatch(RuntimeError):
     """A recorded step computed something else than the eager step it was recorded from."""
 
 
+# Recording costs about WARMUP + 2 steps (the warm-up, the capture, the check): shorter runs stay eager.
+MIN_STEPS_TO_RECORD = 8
+_recording = threading.Lock()   # one capture at a time per process (they share torch's capture stream)
+_recording_failed: str | None = None   # after a failed capture, the process records no more (see record_step)
+
+
 def can_record(device: torch.device) -> bool:
     """Whether steps on ``device`` can be recorded as a CUDA graph."""
-    return device.type == "cuda"
+    return device.type == "cuda" and _recording_failed is None
 
 
 def close_to(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-3) -> bool:
-    """Within ``rtol`` of the reference's largest magnitude, everywhere."""
+    """Within ``rtol`` of the reference's largest magnitude, everywhere (NaN never is)."""
     return bool((value - reference).abs().max() <= rtol * reference.abs().max() + 1e-8)
 
 
@@ -174,33 +184,44 @@ class CapturedStep:
     writes the image, the loss terms and ``trained.grad`` into the same memory.
 
     The recording is trusted only once its first replay has reproduced the last eager warm-up
-    pass (same latents): loss terms and gradient; that replay's outputs serve the first call.
+    pass (same latents): loss terms and gradient, which are set to NaN before that replay so that
+    a graph that does not write them fails; that replay's outputs serve the first call.
     """
 
     WARMUP = 3   # eager passes first, on a side stream: cuDNN plans and caches are made outside the capture
 
     def __init__(self, run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        stream = torch.cuda.current_stream(trained.device)
+        try:
+            with torch.cuda.device(trained.device):   # a graph captures only its stream's device
+                self._record(run, trained)
+        finally:
+            torch.cuda.set_stream(stream)   # a capture that failed to end may leave its own stream current
+        self._replayed = True
+
+    def _record(self, run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> None:
+        device = trained.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
                 trained.grad = None
                 _, eager = run()
                 eager.total.sum().backward()
             eager_total, eager_grad = eager.total.detach().clone(), trained.grad.clone()
-        torch.cuda.current_stream().wait_stream(side)
+            del eager
+        torch.cuda.current_stream(device).wait_stream(side)
         trained.grad = None   # the graph allocates the gradient it writes
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the app's other threads may use the GPU meanwhile without spoiling the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        # thread_local: the app's other threads may use the GPU meanwhile without spoiling the capture.
+        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"):
             self.image, self.terms = run()
             self.terms.total.sum().backward()
-        del eager
-        torch.cuda.empty_cache()   # the warm-up's blocks belong to the side stream: give them back
+        self.terms.total.fill_(float("nan"))
+        trained.grad.fill_(float("nan"))
         self.graph.replay()
         if not (close_to(self.terms.total, eager_total) and close_to(trained.grad, eager_grad)):
             raise RecordingMismatch("the replayed step differs from the eager step")
-        self._replayed = True
 
     def __call__(self) -> tuple[torch.Tensor, LossTerms]:
         if self._replayed:   # the check's replay ran on these very latents
@@ -211,13 +232,24 @@ class CapturedStep:
 
 
 def record_step(run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> CapturedStep | None:
-    """The recorded step, or None (logged) where it cannot be recorded or is not faithful: the run goes on eagerly."""
-    try:
-        return CapturedStep(run, trained)
-    except RuntimeError as err:   # capture refuses an operation, a mismatch, or no memory for the recording
-        trained.grad = None
-        log.warning("the step could not be recorded as a CUDA graph (%s): running it eagerly", err)
-        return None
+    """The recorded step, or None (logged) where it cannot be recorded or is not faithful: the run goes on eagerly.
+
+    A failed capture may leave memory behind in torch's allocator, so after one the process records
+    no more.  Running out of memory is not a recording problem: it is raised (an eager step would not fit
+    either).
+    """
+    global _recording_failed
+    with _recording:
+        try:
+            return CapturedStep(run, trained)
+        except torch.cuda.OutOfMemoryError:
+            trained.grad = None
+            raise
+        except RuntimeError as err:   # capture refused an operation, or the replay differed
+            trained.grad = None
+            _recording_failed = str(err)
+            log.warning("the step could not be recorded as a CUDA graph (%s): running eagerly from now on", err)
+            return None
 
 
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
@@ -245,7 +277,8 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         return forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows), margins, config)
 
     # torch.compile's "reduce-overhead" mode records graphs of its own.
-    record = config.cuda_graph and not config.compile and can_record(wplus_real.device)
+    record = (config.cuda_graph and not config.compile and config.steps >= MIN_STEPS_TO_RECORD
+              and can_record(wplus_real.device))
     captured = None
     for step in range(1, config.steps + 1):
         # Grad mode is thread state: enable it around the work only, never across the yield.

@@ -168,7 +168,8 @@ def preview_images(images: torch.Tensor, size: int) -> list[Image.Image]:
     images = images.detach().float()
     if images.shape[-1] > size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return [to_image(x) for x in images]
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p, "RGB") for p in pixels]   # one copy to the host for the batch
 
 
 def to_tensor(images: Sequence[Image.Image], device: torch.device, size: int | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ Nothing here imports Gradio, so ``python app.py`` can start the loader first.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 OOM_MESSAGE = ("The GPU ran out of memory. Try fewer faces, fewer m values, or fewer steps, "
                "or try again when the Space is less busy.")
+ZEROGPU_ENV = "SPACES_ZERO_GPU"
 UNEXPECTED_MESSAGE = "Something went wrong on the server (it has been logged). Please try again."
 
 
@@ -63,11 +65,12 @@ class EngineLoader:
         self._lock = threading.Lock()
         self._engine: FalcoPipeline | None = None
         self._failure: str | None = None   # what the page says about the last failed load
+        self._start_lock = threading.Lock()   # not self._lock: get() holds that for the whole load
         self._started = False
 
     def start(self) -> None:
         """Load in a background thread; calling it again does nothing."""
-        with self._lock:
+        with self._start_lock:
             if self._started:
                 return
             self._started = True
@@ -115,7 +118,10 @@ def pipeline_factory(source: str | None, device: str | None,
 
 
 def zerogpu_available() -> bool:
-    """On a ZeroGPU Space (the ``spaces`` package exists) each run gets a GPU for a while."""
+    """On a ZeroGPU Space each run gets a GPU for a while.  Spaces of every kind may have the ``spaces``
+    package; ZeroGPU ones also set SPACES_ZERO_GPU (the package reads the same variable)."""
+    if os.environ.get(ZEROGPU_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        return False
     try:
         import spaces  # noqa: F401
     except ImportError:
@@ -126,6 +132,10 @@ def zerogpu_available() -> bool:
 def app_device(device: str | None, zerogpu: bool) -> str:
     """The device runs use: the one asked for, else CUDA on ZeroGPU or where there is one, else the CPU."""
     if device:
+        try:
+            torch.device(device)
+        except RuntimeError as err:
+            raise FalcoError(f"Unknown device {device!r}: expected e.g. cpu, cuda or cuda:1.") from err
         return device
     return "cuda" if zerogpu or torch.cuda.is_available() else "cpu"
 

@@ -31,7 +31,7 @@ from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig, weig
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
 from falco.pipeline import AnonymizationResult, StepEvent
-from falco.serving import EngineLoader, app_device, describe_error, pipeline_factory
+from falco.serving import EngineLoader, app_device, describe_error, pipeline_factory, zerogpu_available
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,10 @@ def _as_gr_error(err: BaseException) -> gr.Error:
 
 
 def zerogpu_decorator(duration_s: int) -> Callable | None:
-    """``spaces.GPU(duration=...)`` where the ``spaces`` package exists (Hugging Face Spaces)."""
-    try:
-        import spaces
-    except ImportError:
+    """``spaces.GPU(duration=...)`` on a ZeroGPU Space; None elsewhere."""
+    if not zerogpu_available():
         return None
+    import spaces
     return spaces.GPU(duration=duration_s)
 
 

@@ -198,7 +198,9 @@ def _verifier() -> Iterator[Callable[[Path, Artifact, str, bool], None]]:
     (hashlib releases the GIL; the app imports Gradio meanwhile), while the caller goes on (to the next
     download); leaving waits for every check and raises the first failure."""
     pending: list[Future] = []
-    workers = max(1, (os.cpu_count() or 1) - 1)
+    # At most 2: a container's CPU quota can be far below the cores it sees, beyond that the disk is the
+    # limit, and each check holds a 64 MiB buffer.
+    workers = max(1, min(2, (os.cpu_count() or 1) - 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-sha256") as pool:
         yield lambda *args: pending.append(pool.submit(verify_file, *args))
     for check in pending:

@@ -240,6 +240,7 @@ print(json.dumps({"gradio_before_loading": order, "status": status, "device": st
 """
 
 
+@pytest.mark.slow
 def test_start_app_loads_before_importing_gradio(tiny_weights):
     """What app.py runs, in a fresh process: the load starts before Gradio's import, the page serves, the
     networks load."""
@@ -253,9 +254,28 @@ def test_start_app_loads_before_importing_gradio(tiny_weights):
     assert report == {"gradio_before_loading": [False], "status": 200, "device": "cpu", "on_gpu": False}
 
 
-def test_app_help_answers_without_the_networks():
+APP_HELP_CHILD = """
+import runpy, sys
+sys.argv = ["app.py", "--help"]
+try:
+    runpy.run_path("app.py", run_name="__main__")
+except SystemExit as done:
+    print("torch imported:", "torch" in sys.modules, "exit:", done.code)
+"""
+
+
+def test_app_help_answers_without_importing_torch():
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, timeout=60,
+    done = subprocess.run([sys.executable, "-c", APP_HELP_CHILD], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[1], check=False)
-    assert done.returncode == 0 and "--weights" in done.stdout and "--device" in done.stdout
+    assert "--weights" in done.stdout and "--device" in done.stdout
+    assert done.stdout.strip().endswith("torch imported: False exit: 0")
+
+
+def test_app_refuses_an_unknown_device_in_one_line():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "app.py", "--device", "tpu9"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1], check=False)
+    assert done.returncode == 1 and "Unknown device 'tpu9'" in done.stderr and "Traceback" not in done.stderr

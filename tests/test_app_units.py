@@ -176,6 +176,7 @@ def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
         return wrap
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setenv(serving.ZEROGPU_ENV, "true")
     engine = SimpleNamespace(anonymize=lambda photo, **kw: iter(["event"]))
     loader = serving.EngineLoader(lambda: engine)
     demo, app = ui.build_app(loader=loader, config=AppConfig(zerogpu_duration_s=77), load_now=False)
@@ -183,6 +184,14 @@ def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
     settings = ui.RunSettings(None, (0.0,), OptimConfig(), False)
     assert list(app._device_run(Image.new("RGB", (8, 8)), settings)) == ["event"]
     assert calls == [77]
+
+
+def test_spaces_package_alone_is_not_zerogpu(monkeypatch):
+    """Spaces of every kind may have the package: a CPU Space must not be sent to CUDA."""
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda duration: pytest.fail("wrapped")))
+    monkeypatch.delenv(serving.ZEROGPU_ENV, raising=False)
+    demo, app = ui.build_app(loader=serving.EngineLoader(object), load_now=False)
+    assert app.on_gpu == torch.cuda.is_available() and not serving.zerogpu_available()
 
 
 def test_cpu_notice_and_defaults(monkeypatch):

@@ -157,43 +157,81 @@ def run_steps(nets, problem, config):
 class RefusedRecording:
     """Stands in for CapturedStep where recording fails, as capture does on an operation it cannot record."""
     attempts = 0
+    error: Exception = RuntimeError("operation not permitted when stream is capturing")
 
     def __init__(self, run, trained):
         RefusedRecording.attempts += 1
-        run()[1].total.sum().backward()   # a failed capture may leave a gradient behind
-        raise RuntimeError("operation not permitted when stream is capturing")
+        raise self.error
 
 
-def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, monkeypatch, caplog):
+@pytest.fixture
+def refused_recording(monkeypatch):
+    """Recording that fails, tried wherever the loop would record on CUDA; a process that has not failed yet."""
     monkeypatch.setattr(RefusedRecording, "attempts", 0)
-    eager = run_steps(nets, problem, OptimConfig(steps=3, cuda_graph=False))
+    monkeypatch.setattr(optimize, "_recording_failed", None)
     monkeypatch.setattr(optimize, "CapturedStep", RefusedRecording)
-    assert run_steps(nets, problem, OptimConfig(steps=3))[-1].wplus.equal(eager[-1].wplus)
+    return monkeypatch
+
+
+def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, refused_recording, caplog):
+    steps = optimize.MIN_STEPS_TO_RECORD
+    eager = run_steps(nets, problem, OptimConfig(steps=steps, cuda_graph=False))
+    assert run_steps(nets, problem, OptimConfig(steps=steps))[-1].wplus.equal(eager[-1].wplus)
     assert RefusedRecording.attempts == 0   # the CPU runs eagerly without trying
 
-    monkeypatch.setattr(optimize, "can_record", lambda device: True)
+    refused_recording.setattr(optimize, "can_record", lambda device: optimize._recording_failed is None)
+    run_steps(nets, problem, OptimConfig(steps=steps - 1))
+    assert RefusedRecording.attempts == 0   # too short a run to pay for a recording
     with caplog.at_level(logging.WARNING, logger="falco.optimize"):
-        fallback = run_steps(nets, problem, OptimConfig(steps=3))
-    assert RefusedRecording.attempts == 1 and "running it eagerly" in caplog.text   # tried once per run, said so
-    for ours, reference in zip(fallback, eager):
+        fallback = run_steps(nets, problem, OptimConfig(steps=steps))
+    assert RefusedRecording.attempts == 1 and "running eagerly" in caplog.text   # tried, and said so
+    for ours, reference in zip(fallback, eager, strict=True):
         assert ours.terms.total.equal(reference.terms.total) and ours.wplus.equal(reference.wplus)
-    monkeypatch.setattr(optimize, "compiled_step_losses", lambda mode: optimize.step_losses)
-    two_steps = run_steps(nets, problem, OptimConfig(steps=2, cuda_graph=False))[-1].wplus
-    assert run_steps(nets, problem, OptimConfig(steps=2, compile="reduce-overhead"))[-1].wplus.equal(two_steps)
+    run_steps(nets, problem, OptimConfig(steps=steps))
+    assert RefusedRecording.attempts == 1   # after a failed capture the process records no more
+
+    refused_recording.setattr(optimize, "_recording_failed", None)
+    refused_recording.setattr(optimize, "compiled_step_losses", lambda mode: optimize.step_losses)
+    for config in (OptimConfig(steps=steps, cuda_graph=False), OptimConfig(steps=steps, compile="reduce-overhead")):
+        assert run_steps(nets, problem, config)[-1].wplus.equal(eager[-1].wplus)
     assert RefusedRecording.attempts == 1   # switched off, or torch.compile records its own graphs: never tried
 
 
+def test_running_out_of_memory_while_recording_is_raised(nets, problem, refused_recording):
+    refused_recording.setattr(optimize, "can_record", lambda device: True)
+    refused_recording.setattr(RefusedRecording, "error", torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_steps(nets, problem, OptimConfig(steps=optimize.MIN_STEPS_TO_RECORD))
+    assert optimize._recording_failed is None   # not a recording problem: later runs may record
+
+
+def test_close_to_compares_against_the_largest_magnitude():
+    reference = torch.tensor([10.0, -0.001, 3.0])
+    assert optimize.close_to(reference + 0.009, reference)             # 0.009 <= 1e-3 * 10
+    assert not optimize.close_to(reference + torch.tensor([0, 0.02, 0]), reference)
+    assert not optimize.close_to(torch.full_like(reference, float("nan")), reference)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graph_replays_take_the_eager_steps(nets, problem, caplog):
+def test_cuda_graph_replays_take_the_eager_steps(nets, problem, caplog, monkeypatch):
     device = torch.device("cuda")
     on_device = bench.Networks(*(net.to(device) for net in (nets.generator, nets.arcface, nets.farl)))
     real, wplus_real, w_fake = (t.to(device) for t in problem)
     loss = FalcoLoss(on_device.arcface, on_device.farl, 10.0, 0.1)
     features = loss.real_features(real)
+    recordings = []
+
+    class Counted(optimize.CapturedStep):
+        def __init__(self, *args):
+            recordings.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(optimize, "CapturedStep", Counted)
+    steps = optimize.MIN_STEPS_TO_RECORD
     try:
         with caplog.at_level(logging.WARNING, logger="falco.optimize"):
             runs = [list(optimize_latents(on_device.generator, loss, features, wplus_real, w_fake, MARGINS.to(device),
-                                          OptimConfig(steps=4, cuda_graph=graphed))) for graphed in (False, True)]
+                                          OptimConfig(steps=steps, cuda_graph=graphed))) for graphed in (False, True)]
     finally:
         for net in (nets.generator, nets.arcface, nets.farl):
             net.cpu()
@@ -202,7 +240,7 @@ def test_cuda_graph_replays_take_the_eager_steps(nets, problem, caplog):
         torch.testing.assert_close(graphed.image, eager.image, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(graphed.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
     assert not torch.equal(runs[1][0].image, runs[1][-1].image)   # each step's image is its own copy
-    assert "running it eagerly" not in caplog.text   # the replays were used, not the eager fallback
+    assert recordings == [1] and "running eagerly" not in caplog.text   # recorded once, replays used
 
 
 class HostAccess(TorchDispatchMode):
@@ -247,7 +285,8 @@ class HostCalls(TorchFunctionMode):
                          ids=["exact", "skip256", "channels_last", "interpolate"])
 def test_the_recorded_step_never_touches_the_host(nets, config):
     """The step that OptimConfig.cuda_graph records (forward and backward, after its warm-up pass), run on the
-    meta device, a device that is not the host: no host tensors, copies or reads of values inside."""
+    meta device, a device that is not the host: no host tensors, copies or reads of values inside.  Not covered
+    here: bf16 (autocast has no meta device) and what only CUDA kernels do (test_cuda_graph_replays_...)."""
     generator, arcface, farl = (copy.deepcopy(net).to("meta") for net in (nets.generator, nets.arcface, nets.farl))
     loss = FalcoLoss(arcface, farl, config.lambda_id, config.lambda_attr, config.deterministic)
     real = loss.real_features(torch.empty(2, 3, 64, 64, device="meta"))

@@ -15,8 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from falco.models import freeze
-from falco.models.irse import (DOWNSAMPLING, IRSE50_UNITS, IRSE50_WIDTHS, make_body, make_input_layer,
-                               stage_ends)
+from falco.models.irse import DOWNSAMPLING, IRSE50_UNITS, IRSE50_WIDTHS, make_body, make_input_layer, stage_ends
 
 # Styles [0, COARSE_END) read the coarsest pyramid level, [COARSE_END, MIDDLE_END) the middle, the rest the finest.
 COARSE_END = 3
