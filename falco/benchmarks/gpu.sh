@@ -71,6 +71,11 @@ bench() {   # bench <seconds> <args...>: one benchmark process, killed (not the 
   [ "$rc" = 0 ] || echo "(exit $rc$([ "$rc" = 124 ] && echo ": time limit ${limit}s"))" | tee -a "$LOG"
 }
 
+# 0. The recorded step replays the eager steps (the CUDA-only test), where pytest is installed.
+if [ "$DEVICE" = cuda ] && "$PY" -c "import pytest" 2> /dev/null; then
+  echo | tee -a "$LOG"
+  timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py -k cuda_graph_replays 2>&1 | tail -3 | tee -a "$LOG"
+fi
 # 1. The shipped loop (step recorded as a CUDA graph) and the eager loop, against the baseline.
 bench "$LIMIT_FIRST" "${COMMON[@]}" "${FIRST[@]}" --full-run
 # 2. Baseline and the other variants at batch 1 and 5, complete 50-step runs, accuracy (~2.5 min).
@@ -81,5 +86,5 @@ bench "$LIMIT_COMPILE" "${COMMON[@]}" --no-baseline --no-exact --variants bf16+c
 
 echo | tee -a "$LOG"
 echo "== summary (step times: median; ratios: baseline / ours at the same batch)" | tee -a "$LOG"
-grep -E "^(loop |baseline |ours )|step totals|^  (baseline|ours) .*batch 1:|^  ours .* s$|^complete|^accuracy|^  (exact|variant|bf16|skip|cl|nondet|eager)" "$LOG" \
+grep -E "^(loop |baseline |ours )|step totals|^  (baseline|ours) .*batch 1:|^  ours .* s$|^complete|^accuracy|^  (exact|variant|bf16|skip|cl|nondet|eager)|could not be recorded|passed|failed" "$LOG" \
   | grep -v "s/step$" | tee "$OUT/summary.txt"
