@@ -71,6 +71,11 @@ class OptimConfig:
     # batch 1); used once a replay has reproduced an eager step, else the run goes on eagerly.
     # torch.compile (`compile`) takes precedence; the CPU always runs eagerly.
     cuda_graph: bool = True
+    # Batch items (faces x m values) per forward + backward pass; the passes of a step run one after the
+    # other, so memory holds one pass's activations (~3 GiB per item at 1024 on the CPU).  None: 1 on the
+    # CPU, where batching gains nothing (5 items cost 5.3x one) and a large batch could exhaust the RAM;
+    # every item at once elsewhere (on an H100, 5 items cost 1.7x one).
+    max_batch: int | None = None
 
 
 # --- Fake bank ----------------------------------------------------------------------

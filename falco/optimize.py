@@ -46,7 +46,7 @@ class RealFeatures:
     identity: torch.Tensor   # [B, 512] ArcFace embedding, L2-normalised
     tokens: torch.Tensor     # [B, 197, 768] FaRL tokens before ln_post
 
-    def select(self, index: torch.Tensor) -> RealFeatures:
+    def select(self, index: torch.Tensor | slice) -> RealFeatures:
         """Rows for each batch item (faces x margins share their face's features)."""
         return RealFeatures(self.identity[index], self.tokens[index])
 
@@ -190,33 +190,33 @@ class CapturedStep:
 
     WARMUP = 3   # eager passes first, on a side stream: cuDNN plans and caches are made outside the capture
 
-    def __init__(self, run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor):
+    def __init__(self, step: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor):
+        """``step``: a forward + backward pass that returns the image and loss terms and accumulates the
+        gradient in ``trained.grad``."""
         stream = torch.cuda.current_stream(trained.device)
         try:
             with torch.cuda.device(trained.device):   # a graph captures only its stream's device
-                self._record(run, trained)
+                self._record(step, trained)
         finally:
             torch.cuda.set_stream(stream)   # a capture that failed to end may leave its own stream current
         self._replayed = True
 
-    def _record(self, run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> None:
+    def _record(self, step: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> None:
         device = trained.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
                 trained.grad = None
-                _, eager = run()
-                eager.total.sum().backward()
-            eager_total, eager_grad = eager.total.detach().clone(), trained.grad.clone()
+                _, eager = step()
+            eager_total, eager_grad = eager.total.clone(), trained.grad.clone()
             del eager
         torch.cuda.current_stream(device).wait_stream(side)
         trained.grad = None   # the graph allocates the gradient it writes
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the app's other threads may use the GPU meanwhile without spoiling the capture.
         with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"):
-            self.image, self.terms = run()
-            self.terms.total.sum().backward()
+            self.image, self.terms = step()
         self.terms.total.fill_(float("nan"))
         trained.grad.fill_(float("nan"))
         self.graph.replay()
@@ -231,7 +231,7 @@ class CapturedStep:
         return self.image, self.terms
 
 
-def record_step(run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> CapturedStep | None:
+def record_step(step: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> CapturedStep | None:
     """The recorded step, or None (logged) where it cannot be recorded or is not faithful: the run goes on eagerly.
 
     A failed capture may leave memory behind in torch's allocator, so after one the process records
@@ -241,7 +241,7 @@ def record_step(run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torc
     global _recording_failed
     with _recording:
         try:
-            return CapturedStep(run, trained)
+            return CapturedStep(step, trained)
         except torch.cuda.OutOfMemoryError:
             trained.grad = None
             raise
@@ -250,6 +250,15 @@ def record_step(run: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torc
             _recording_failed = str(err)
             log.warning("the step could not be recorded as a CUDA graph (%s): running eagerly from now on", err)
             return None
+
+
+def items_per_pass(config: OptimConfig, device: torch.device, batch: int) -> int:
+    """How many batch items go through one forward + backward pass (OptimConfig.max_batch)."""
+    if config.max_batch is not None:
+        if config.max_batch < 1:
+            raise ValueError(f"max_batch {config.max_batch}: expected at least 1 item per pass")
+        return min(config.max_batch, batch)
+    return 1 if device.type == "cpu" else batch
 
 
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
@@ -273,8 +282,27 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     milestones = sorted({int(f * config.steps) for f in config.lr_milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_decay)
 
-    def run() -> tuple[torch.Tensor, LossTerms]:
-        return forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows), margins, config)
+    batch = trained.shape[0]
+    per_pass = items_per_pass(config, wplus_real.device, batch)
+    passes = [slice(i, min(i + per_pass, batch)) for i in range(0, batch, per_pass)]
+    # A compiled step with CUDA graphs writes each pass's outputs where the previous pass's were.
+    keep = (lambda t: t.detach().clone()) if config.compile and len(passes) > 1 else (lambda t: t.detach())
+
+    def forward_backward() -> tuple[torch.Tensor, LossTerms]:
+        """Every item's image and loss terms, and the gradient of their sum in trained.grad (accumulated)."""
+        if len(passes) == 1:
+            image, terms = forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows),
+                                   margins, config)
+            terms.total.sum().backward()
+            return image.detach(), terms.detach()
+        images, terms = [], []
+        for items in passes:   # items are independent: a pass's gradient lands in its own rows of trained.grad
+            wplus = compose_wplus(wplus_real[items], trained[items], config.trained_rows)
+            image, part = forward(generator, loss, real.select(items), wplus, margins[items], config)
+            part.total.sum().backward()
+            images.append(keep(image))
+            terms.append(LossTerms(*map(keep, vars(part).values())))
+        return torch.cat(images), LossTerms(*(torch.cat(field) for field in zip(*(vars(t).values() for t in terms))))
 
     # torch.compile's "reduce-overhead" mode records graphs of its own.
     record = (config.cuda_graph and not config.compile and config.steps >= MIN_STEPS_TO_RECORD
@@ -285,16 +313,15 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         lr = optimizer.param_groups[0]["lr"]
         with torch.enable_grad(), deterministic_cudnn(config.deterministic):
             if record and captured is None:
-                captured = record_step(run, trained)
+                captured = record_step(forward_backward, trained)
                 record = captured is not None
             if captured is not None:
                 image, terms = captured()   # also writes trained.grad
             else:
                 if config.compile:
                     torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs: the last step's outputs are free
-                image, terms = run()
                 optimizer.zero_grad(set_to_none=True)
-                terms.total.sum().backward()
+                image, terms = forward_backward()
             optimizer.step()
             scheduler.step()
         if captured is not None or config.compile:   # recordings write the next step's outputs in the same memory

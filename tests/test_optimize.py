@@ -137,11 +137,20 @@ def test_identity_term_falls(counted_run):
 
 
 def test_real_features_are_computed_once(counted_run):
-    # The real face once (one face, shared by both margins), then one pass per step on
-    # the anonymized batch only.
+    # The real face once (one face, shared by both margins), then the anonymized items only: on the
+    # CPU one item per pass (OptimConfig.max_batch), so two passes per step.
     _, arcface_batches, farl_batches = counted_run
-    assert arcface_batches == [1] + [2] * STEPS
-    assert farl_batches == [1] + [2] * STEPS
+    assert arcface_batches == [1] + [1] * (len(MARGINS) * STEPS)
+    assert farl_batches == [1] + [1] * (len(MARGINS) * STEPS)
+
+
+def test_items_per_pass():
+    config, cpu, cuda = OptimConfig(), torch.device("cpu"), torch.device("cuda")
+    assert optimize_module.items_per_pass(config, cpu, 5) == 1 and optimize_module.items_per_pass(config, cuda, 5) == 5
+    assert optimize_module.items_per_pass(OptimConfig(max_batch=2), cuda, 5) == 2
+    assert optimize_module.items_per_pass(OptimConfig(max_batch=8), cpu, 5) == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        optimize_module.items_per_pass(OptimConfig(max_batch=0), cpu, 5)
 
 
 def test_network_weights_get_no_gradients(counted_run, nets):
@@ -155,9 +164,10 @@ def test_learning_rate_drops_at_75_and_90_percent(counted_run):
     assert lrs == pytest.approx([0.01] * 7 + [0.008] * 2 + [0.0064])
 
 
-def test_a_batch_of_margins_equals_single_runs(nets, problem):
+@pytest.mark.parametrize("max_batch", [None, 2, 3], ids=["cpu-default-1-per-pass", "passes-of-2", "one-pass"])
+def test_a_batch_of_margins_equals_single_runs(nets, problem, max_batch):
     margins = (0.0, 0.5, 1.0)
-    config = OptimConfig(steps=4)
+    config = OptimConfig(steps=4, max_batch=max_batch)
     batch = run(nets, problem, margins, config)
     for i, m in enumerate(margins):
         single = run(nets, problem, (m,), config)

@@ -122,7 +122,7 @@ def test_channels_last_runs_every_convolution_in_nhwc(nets, problem):
              for m in net.modules() if isinstance(m, torch.nn.Conv2d) or type(m).__name__ == "ModulatedConv2d"]
     try:
         step = next(optimize_latents(nets.generator, loss, features, wplus_real, w_fake, MARGINS,
-                                     OptimConfig(steps=1, channels_last=True)))
+                                     OptimConfig(steps=1, channels_last=True, max_batch=len(MARGINS))))
     finally:
         for h in hooks:
             h.remove()
