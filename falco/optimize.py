@@ -58,8 +58,16 @@ class LossTerms:
     attribute: torch.Tensor         # [B] sum over tokens of the mean L1 difference
     total: torch.Tensor             # [B] lambda_id * identity + lambda_attr * attribute
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LossTerms:
+        return LossTerms(*(fn(t) for t in (self.identity_cosine, self.identity, self.attribute, self.total)))
+
     def detach(self) -> LossTerms:
-        return LossTerms(*(t.detach() for t in (self.identity_cosine, self.identity, self.attribute, self.total)))
+        return self.map(torch.Tensor.detach)
+
+    @staticmethod
+    def cat(parts: list[LossTerms]) -> LossTerms:
+        """The terms of consecutive batch items, joined."""
+        return LossTerms(*(torch.cat(field) for field in zip(*(vars(part).values() for part in parts))))
 
     def as_lists(self) -> dict[str, list[float]]:
         return {"identity": self.identity.tolist(), "attribute": self.attribute.tolist(),
@@ -86,6 +94,10 @@ class FalcoLoss(nn.Module):
         # The matrix forms: the same maps as the model modules' functions, deterministic backward on CUDA.
         self.identity_preprocess = identity_preprocess_matrix if deterministic else identity_preprocess
         self.farl_preprocess = farl_preprocess_matrix if deterministic else farl_preprocess
+
+    @classmethod
+    def for_config(cls, arcface: nn.Module, farl: nn.Module, config: OptimConfig) -> FalcoLoss:
+        return cls(arcface, farl, config.lambda_id, config.lambda_attr, config.deterministic)
 
     def identity_embedding(self, images: torch.Tensor) -> torch.Tensor:
         x = self.identity_preprocess(images)
@@ -286,23 +298,18 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     per_pass = items_per_pass(config, wplus_real.device, batch)
     passes = [slice(i, min(i + per_pass, batch)) for i in range(0, batch, per_pass)]
     # A compiled step with CUDA graphs writes each pass's outputs where the previous pass's were.
-    keep = (lambda t: t.detach().clone()) if config.compile and len(passes) > 1 else (lambda t: t.detach())
+    keep = (lambda t: t.detach().clone()) if config.compile else torch.Tensor.detach
 
     def forward_backward() -> tuple[torch.Tensor, LossTerms]:
         """Every item's image and loss terms, and the gradient of their sum in trained.grad (accumulated)."""
-        if len(passes) == 1:
-            image, terms = forward(generator, loss, real, compose_wplus(wplus_real, trained, config.trained_rows),
-                                   margins, config)
-            terms.total.sum().backward()
-            return image.detach(), terms.detach()
-        images, terms = [], []
+        images, parts = [], []
         for items in passes:   # items are independent: a pass's gradient lands in its own rows of trained.grad
             wplus = compose_wplus(wplus_real[items], trained[items], config.trained_rows)
             image, part = forward(generator, loss, real.select(items), wplus, margins[items], config)
             part.total.sum().backward()
             images.append(keep(image))
-            terms.append(LossTerms(*map(keep, vars(part).values())))
-        return torch.cat(images), LossTerms(*(torch.cat(field) for field in zip(*(vars(t).values() for t in terms))))
+            parts.append(part.map(keep))
+        return torch.cat(images), LossTerms.cat(parts)
 
     # torch.compile's "reduce-overhead" mode records graphs of its own.
     record = (config.cuda_graph and not config.compile and config.steps >= MIN_STEPS_TO_RECORD
@@ -324,7 +331,7 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
                 image, terms = forward_backward()
             optimizer.step()
             scheduler.step()
-        if captured is not None or config.compile:   # recordings write the next step's outputs in the same memory
-            image, terms = image.clone(), LossTerms(*(t.clone() for t in vars(terms).values()))
-        yield OptimStep(step, config.steps, lr, terms.detach(), image.detach(),
+        if captured is not None:   # a recording writes the next step's outputs in the same memory
+            image, terms = image.clone(), terms.map(torch.Tensor.clone)
+        yield OptimStep(step, config.steps, lr, terms, image,
                         compose_wplus(wplus_real, trained.detach(), config.trained_rows))

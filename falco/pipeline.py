@@ -153,10 +153,15 @@ class _Prepared:
     fakes: list[Image.Image]
 
 
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] on the host, in one copy."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def to_image(x: torch.Tensor, size: int | None = None) -> Image.Image:
     """[3, H, W] in [-1, 1] -> RGB PIL, resized to size x size when given."""
-    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    image = Image.fromarray(array, "RGB")
+    image = Image.fromarray(to_pixels(x[None])[0], "RGB")
     if size is not None and image.width != size:
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     return image
@@ -168,8 +173,7 @@ def preview_images(images: torch.Tensor, size: int) -> list[Image.Image]:
     images = images.detach().float()
     if images.shape[-1] > size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(p, "RGB") for p in pixels]   # one copy to the host for the batch
+    return [Image.fromarray(p, "RGB") for p in to_pixels(images)]
 
 
 def to_tensor(images: Sequence[Image.Image], device: torch.device, size: int | None = None) -> torch.Tensor:
@@ -193,10 +197,11 @@ class FalcoPipeline:
         self.face_config, self.source = face_config, source
 
     @classmethod
-    def from_pretrained(cls, source: str | None = None, device: str | torch.device | None = None,
+    def from_pretrained(cls, source: str | WeightPaths | None = None, device: str | torch.device | None = None,
                         face_config: FaceConfig = FaceConfig(), progress: bool = True) -> FalcoPipeline:
-        """Every network and model of a weight set (Hub repo id or folder); CUDA when available."""
-        paths = fetch_weights(source, progress=progress)
+        """Every network and model of a weight set (Hub repo id or folder, or its fetched paths); CUDA when
+        available."""
+        paths = source if isinstance(source, WeightPaths) else fetch_weights(source, progress=progress)
         device = resolve_device(device)
         if device.type == "cpu":
             reuse_freed_memory()   # ~2x faster CPU steps; best called first thing in the program (falco.speed)
@@ -239,7 +244,7 @@ class FalcoPipeline:
             raise FalcoError("Give at least one value of m.")
         photo = load_photo(photo, self.face_config)
         detections = self.analyzer.detect(photo) if detections is None else detections
-        loss = FalcoLoss(self.nets.arcface, self.nets.farl, optim.lambda_id, optim.lambda_attr, optim.deterministic)
+        loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
         prepared = self._prepare(photo, detections, self._choose(detections, faces), loss,
                                  fake_k or BankConfig().k_nearest, optim.seed)
 

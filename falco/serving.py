@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from falco.config import AppConfig, weights_source
+from falco.config import AppConfig
 from falco.errors import FalcoError
 from falco.speed import reuse_freed_memory
 
@@ -45,6 +45,7 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, FalcoError):
         return str(err)
     if isinstance(err, torch.cuda.OutOfMemoryError):
+        log.warning("out of GPU memory (%s)", str(err).split("\n", 1)[0])
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return OOM_MESSAGE
@@ -105,15 +106,15 @@ class EngineLoader:
 
 def pipeline_factory(source: str | None, device: str | None,
                      build_after: threading.Event | None = None) -> Callable[[], FalcoPipeline]:
-    """Loads the pipeline; with ``build_after``, the weight files are fetched and checked first and the
-    networks are built once the event is set."""
+    """Loads the pipeline: the weight files are fetched and checked, then (once ``build_after`` is set,
+    where given) the networks are built."""
     def load() -> FalcoPipeline:
         from falco.pipeline import FalcoPipeline
         from falco.weights import fetch_weights
+        paths = fetch_weights(source)   # downloads and sha256 checks: I/O and hashing, which leave the GIL free
         if build_after is not None:
-            fetch_weights(source)   # downloads and sha256 checks: I/O and hashing, which leave the GIL free
-            build_after.wait()      # building is Python work that would contend for the GIL with the page's
-        return FalcoPipeline.from_pretrained(source, device=device)   # the files are found and checked now
+            build_after.wait()          # building is Python work that would contend for the GIL with the page's
+        return FalcoPipeline.from_pretrained(paths, device=device)
     return load
 
 
@@ -154,7 +155,7 @@ def start_app(weights: str | None = None, device: str | None = None, config: App
     # loading thread and Gradio's import below never import the same modules at once.
     import falco.pipeline  # noqa: F401
     page_built = threading.Event()
-    loader = EngineLoader(pipeline_factory(weights or weights_source(), device, build_after=page_built))
+    loader = EngineLoader(pipeline_factory(weights, device, build_after=page_built))
     loader.start()
     log.info("fetching and checking the weights in the background; starting the page")
     try:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
 
-from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig, weights_source
+from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
 from falco.pipeline import AnonymizationResult, StepEvent
@@ -49,8 +49,9 @@ lighting and age (Barattin et al., CVPR 2023).
 
 # --- Errors ---------------------------------------------------------------------------
 def _as_gr_error(err: BaseException) -> gr.Error:
-    # FalcoErrors are expected outcomes (no face, bad file): no traceback in the server log.
-    return gr.Error(describe_error(err), print_exception=not isinstance(err, FalcoError))
+    # describe_error logs what is worth a log (an unexpected error with its traceback, running out of
+    # memory); FalcoErrors are expected outcomes (no face, bad file).
+    return gr.Error(describe_error(err), print_exception=False)
 
 
 def zerogpu_decorator(duration_s: int) -> Callable | None:
@@ -501,7 +502,7 @@ def build_app(weights: str | None = None, device: str | None = None, config: App
     # ZeroGPU: the model moves to the GPU that each decorated call gets
     device = app_device(device, zerogpu=gpu is not None)
     on_gpu = torch.device(device).type == "cuda"
-    loader = loader or EngineLoader(pipeline_factory(weights or weights_source(), device))
+    loader = loader or EngineLoader(pipeline_factory(weights, device))
     app = FalcoApp(loader, config, on_gpu=on_gpu, gpu=gpu)
     demo = app.build()
     if load_now:

@@ -62,7 +62,7 @@ def reference_terms(nets, wplus, real, margins, lambda_id=10.0, lambda_attr=0.1)
 
 def our_terms_and_gradient(nets, problem, config, wplus=None):
     real, wplus_real, w_fake = problem
-    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    loss = FalcoLoss.for_config(nets.arcface, nets.farl, config)
     wplus = start_wplus(wplus_real, w_fake, config.trained_rows) if wplus is None else wplus
     trained = wplus[:, 3:8].clone().requires_grad_(True)
     _, terms = step_losses(nets.generator, loss, loss.real_features(real), compose_wplus(wplus_real, trained, (3, 8)),
@@ -150,7 +150,7 @@ def test_unknown_precision_is_refused(nets, problem):
 
 def run_steps(nets, problem, config):
     real, wplus_real, w_fake = problem
-    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    loss = FalcoLoss.for_config(nets.arcface, nets.farl, config)
     return list(optimize_latents(nets.generator, loss, loss.real_features(real), wplus_real, w_fake, MARGINS, config))
 
 
@@ -288,7 +288,7 @@ def test_the_recorded_step_never_touches_the_host(nets, config):
     meta device, a device that is not the host: no host tensors, copies or reads of values inside.  Not covered
     here: bf16 (autocast has no meta device) and what only CUDA kernels do (test_cuda_graph_replays_...)."""
     generator, arcface, farl = (copy.deepcopy(net).to("meta") for net in (nets.generator, nets.arcface, nets.farl))
-    loss = FalcoLoss(arcface, farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    loss = FalcoLoss.for_config(arcface, farl, config)
     real = loss.real_features(torch.empty(2, 3, 64, 64, device="meta"))
     wplus_real = torch.empty(2, generator.num_ws, 32, device="meta")
     trained = torch.empty(2, 5, 32, device="meta", requires_grad=True)

@@ -202,7 +202,7 @@ def measure(name: str, batch: int, device: torch.device, warmup: int, steps: int
 def ours(nets: Networks, problem: Problem, batch: int, config: OptimConfig) -> Callable[[int], tuple[float, Iterator]]:
     def start(total_steps: int):
         device = problem.real.device
-        loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+        loss = FalcoLoss.for_config(nets.arcface, nets.farl, config)
         t = time.perf_counter()
         # As the pipeline does: the real face's features once, shared by the batch items.
         real = loss.real_features(problem.real).select(torch.zeros(batch, dtype=torch.long, device=device))
@@ -278,7 +278,7 @@ def baseline(nets: Networks, problem: Problem, batch: int, config: OptimConfig):
 def gradient_and_terms(nets: Networks, problem: Problem, config: OptimConfig,
                        wplus: torch.Tensor | None = None) -> tuple[torch.Tensor, LossTerms]:
     """Gradient of the total loss in the trained rows at ``wplus`` (default: the start), and the terms."""
-    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    loss = FalcoLoss.for_config(nets.arcface, nets.farl, config)
     real = loss.real_features(problem.real)
     start, stop = config.trained_rows
     if wplus is None:
@@ -292,7 +292,7 @@ def gradient_and_terms(nets: Networks, problem: Problem, config: OptimConfig,
 
 
 def final_wplus(nets: Networks, problem: Problem, config: OptimConfig) -> torch.Tensor:
-    loss = FalcoLoss(nets.arcface, nets.farl, config.lambda_id, config.lambda_attr, config.deterministic)
+    loss = FalcoLoss.for_config(nets.arcface, nets.farl, config)
     real = loss.real_features(problem.real)
     *_, last = optimize_latents(nets.generator, loss, real, problem.wplus_real, problem.w_fake,
                                 torch.zeros(1, device=problem.real.device), config)

@@ -75,12 +75,13 @@ def child(weights: str) -> None:
     clock.mark("interpreter ready")
     import torch
     clock.mark("import torch")
+    import falco.weights as weight_files
     from falco import pipeline, serving
     from falco.bank import FakeBank
     from falco.models import io
     clock.mark("import falco.pipeline (open_clip, dlib)")
 
-    clock.wrap(pipeline, "fetch_weights", "find + verify weight files (sha256)")
+    clock.wrap(weight_files, "fetch_weights", "find + verify weight files (sha256)")   # serving's loader calls it
     for name in ("load_generator", "load_e4e", "load_arcface", "load_farl"):
         clock.wrap(io, name, f"{name} (read + build)")
     clock.wrap(FakeBank, "load", "fake bank load")

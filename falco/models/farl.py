@@ -79,8 +79,7 @@ def farl_preprocess(x: torch.Tensor, size: int = FARL_INPUT_SIZE) -> torch.Tenso
     if side != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=side > size)
-    mean, std = (t.to(x.dtype) for t in clip_statistics(str(x.device)))
-    return ((x + 1) / 2 - mean) / std
+    return clip_normalise(x)
 
 
 @torch.compiler.disable   # a cached lookup: compiled steps take the matrix as a graph input
@@ -98,8 +97,13 @@ def clip_statistics(device: str) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1))
 
 
+def clip_normalise(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] RGB -> [0, 1] -> CLIP's mean and std, in x's dtype."""
+    mean, std = (t.to(x.dtype) for t in clip_statistics(str(x.device)))
+    return ((x + 1) / 2 - mean) / std
+
+
 def farl_preprocess_matrix(x: torch.Tensor, size: int = FARL_INPUT_SIZE) -> torch.Tensor:
     """farl_preprocess of square faces as matrix products: the same map, deterministic backward on CUDA."""
     resize = farl_resize_matrix(square_side(x), size, str(x.device))
-    mean, std = clip_statistics(str(x.device))
-    return ((resize @ x @ resize.T + 1) / 2 - mean) / std
+    return clip_normalise(resize @ x @ resize.T)
