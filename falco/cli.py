@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, CliConfig, OptimConfig
+from falco.config import BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, WeightsError
 
 log = logging.getLogger("falco.cli")
@@ -109,6 +108,8 @@ def _save_image(image: Image.Image, path: Path, config: CliConfig) -> None:
 def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float],
                   optim: OptimConfig, fake_k: int, config: CliConfig) -> dict:
     """Anonymize one photo and write its images, latents and (last) record; returns the record."""
+    # Loaded with the pipeline by now; main imports falco.pipeline late, so that usage errors answer fast.
+    from falco.pipeline import WPLUS_FILE_METADATA
     started = time.monotonic()
     images, latents, record = output_paths(out_dir, relative, margins)
     result = None
@@ -117,23 +118,11 @@ def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins:
     record.parent.mkdir(parents=True, exist_ok=True)
     for photo, path in zip(result.photos, images):
         _save_image(photo, path, config)
-    n = len(margins)
-    faces = result.faces[::n]
-    tensors = {
-        "wplus": torch.stack([f.wplus for f in result.faces]).unflatten(0, (len(faces), n)).contiguous(),
-        "wplus_inversion": torch.stack([f.wplus_inversion for f in faces]).contiguous(),
-        "face_index": torch.tensor([f.face_index for f in faces]),
-        "margin": torch.tensor(margins, dtype=torch.float32),
-        "fake_row": torch.tensor([f.fake_index for f in faces]),
-    }
-    _write_atomic(latents, lambda tmp: save_file(tensors, str(tmp), metadata={
-        "what": "FALCO W+ codes (latent_avg included): wplus [faces, margins, rows, dim]"}))
+    _write_atomic(latents, lambda tmp: save_file(result.latent_tensors(), str(tmp),
+                                                 metadata={"what": WPLUS_FILE_METADATA}))
     entry = {"source": relative, "status": "ok",
              "outputs": [p.relative_to(out_dir).as_posix() for p in (*images, latents)],
-             "faces": [{"face": f.face_index, "margin": f.margin, "identity_cosine": f.identity_cosine,
-                        "recognizer_distance": f.recognizer_distance,
-                        "same_person_for_dlib": f.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
-                        "fake_row": f.fake_index, "fake_seed": f.fake_seed} for f in result.faces],
+             "faces": result.face_records(),
              "params": result.params, "seconds": round(time.monotonic() - started, 3)}
     _write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
     return entry

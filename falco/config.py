@@ -59,7 +59,7 @@ class OptimConfig:
     trained_rows: tuple[int, int] = (3, 8)              # W+ rows [start, stop) that are optimised
     seed: int = 0                                       # seeds everything random in a run (the fake draw)
     preview_every: int = 5                              # stream a preview every k steps
-    preview_size: int = 256                             # previews are downscaled to this side
+    preview_size: int = 256                             # previews' side (downscaled; also the app's live-strip tile)
     loss_on_skip256: bool = False                       # losses on the 256 skip output instead of 1024
     deterministic: bool = True                          # bit-identical reruns on CUDA too (see falco.optimize)
     # Speed (README "Speed"): none changes what is computed beyond floating-point rounding.
@@ -118,4 +118,3 @@ class AppConfig:
     max_upload_bytes: int = 25 * 1024 * 1024
     max_steps: int = 200                         # the Steps slider's top, and the API's limit
     cache_sweep_s: tuple[int, int] = (600, 3600)  # every 10 min, delete served files older than 1 h
-    preview_tile: int = 256                      # px per face in the live preview strip

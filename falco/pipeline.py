@@ -24,7 +24,7 @@ from PIL import Image
 
 import falco
 from falco.bank import FakeBank
-from falco.config import BankConfig, FaceConfig, OptimConfig
+from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, FaceConfig, OptimConfig
 from falco.errors import FalcoError, WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces, require_usable
 from falco.faces.io import PhotoSource
@@ -127,6 +127,11 @@ class FaceResult:
     recognizer_distance: float         # dlib distance; >= 0.6 means "another person" to dlib
 
 
+# The "what" of every W+ file written from an AnonymizationResult (the app's download, the CLI's output).
+WPLUS_FILE_METADATA = ("FALCO W+ codes (latent_avg included): wplus [faces, margins, rows, dim] anonymized, "
+                       "wplus_inversion [faces, rows, dim] e4e; face counts from 1 in detection order")
+
+
 @dataclass(frozen=True)
 class AnonymizationResult:
     faces: list[FaceResult]            # faces x margins, face-major
@@ -137,6 +142,24 @@ class AnonymizationResult:
     @property
     def photo(self) -> Image.Image:
         return self.photos[0]
+
+    def face_records(self) -> list[dict]:
+        """One JSON-ready dict per face and m, as the app and the CLI record them.  ``face`` counts from 1
+        in detection order (the number the app shows), unlike ``FaceResult.face_index``."""
+        return [{"face": r.face_index + 1, "margin": r.margin, "identity_cosine": r.identity_cosine,
+                 "recognizer_distance": r.recognizer_distance,
+                 "same_person_for_dlib": r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
+                 "fake_index": r.fake_index, "fake_seed": r.fake_seed} for r in self.faces]
+
+    def latent_tensors(self) -> dict[str, torch.Tensor]:
+        """The W+ codes as a safetensors dict (see WPLUS_FILE_METADATA); ``face`` as in ``face_records``."""
+        per_face = self.faces[::len(self.margins)]
+        wplus = torch.stack([r.wplus.float() for r in self.faces]).unflatten(0, (len(per_face), len(self.margins)))
+        return {"wplus": wplus.cpu().contiguous(),
+                "wplus_inversion": torch.stack([r.wplus_inversion.float() for r in per_face]).cpu().contiguous(),
+                "face": torch.tensor([r.face_index + 1 for r in per_face]),
+                "margin": torch.tensor(self.margins, dtype=torch.float32),
+                "fake_index": torch.tensor([r.fake_index for r in per_face])}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
-from falco.pipeline import AnonymizationResult, StepEvent
+from falco.pipeline import WPLUS_FILE_METADATA, AnonymizationResult, StepEvent
 from falco.serving import EngineLoader, app_device, describe_error, pipeline_factory, zerogpu_available
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def face_summary(faces: Sequence[DetectedFace]) -> tuple[list[tuple[str, int]], 
 
 
 def preview_strip(images: Sequence[Image.Image], tile: int) -> Image.Image:
+    """The previews side by side, each tile x tile (previews of a small generator are smaller than that)."""
     strip = Image.new("RGB", (tile * len(images), tile))
     for i, image in enumerate(images):
         strip.paste(image.convert("RGB").resize((tile, tile), Image.BILINEAR), (i * tile, 0))
@@ -164,38 +165,26 @@ def metric_rows(result: AnonymizationResult) -> list[list[Any]]:
 METRIC_HEADERS = ["face", "m", "identity cosine (ArcFace)", "recogniser distance (dlib)", "verdict"]
 
 
-def result_gallery(result: AnonymizationResult) -> list[tuple[Image.Image, str]]:
-    """Per face: original aligned, e4e inversion, fake neighbour, then the anonymized face at each m."""
+def face_gallery(result: AnonymizationResult, compare: bool = False) -> list[tuple[Image.Image, str]]:
+    """Per face: the original aligned (then its e4e inversion and fake neighbour, unless comparing), then
+    the anonymized face at each m.  Comparing, a face's images are one row of the gallery."""
     items, seen = [], set()
     for r in result.faces:
         name = f"Face {r.face_index + 1}"
         if r.face_index not in seen:
             seen.add(r.face_index)
-            items += [(r.aligned, f"{name}: original"), (r.inversion, f"{name}: e4e inversion"),
-                      (r.fake, f"{name}: fake neighbour")]
-        items.append((r.anonymized, f"{name}: anonymized, m = {r.margin:g}, cosine {r.identity_cosine:.3f}"))
-    return items
-
-
-def compare_gallery(result: AnonymizationResult) -> list[tuple[Image.Image, str]]:
-    """Per face one row: the original, then the anonymized face at each m."""
-    items, seen = [], set()
-    for r in result.faces:
-        if r.face_index not in seen:
-            seen.add(r.face_index)
-            items.append((r.aligned, f"Face {r.face_index + 1}: original"))
-        items.append((r.anonymized, f"m = {r.margin:g} (cosine {r.identity_cosine:.3f}, "
-                                    f"{verdict(r.recognizer_distance)})"))
+            items.append((r.aligned, f"{name}: original"))
+            if not compare:
+                items += [(r.inversion, f"{name}: e4e inversion"), (r.fake, f"{name}: fake neighbour")]
+        caption = (f"m = {r.margin:g} (cosine {r.identity_cosine:.3f}, {verdict(r.recognizer_distance)})" if compare
+                   else f"{name}: anonymized, m = {r.margin:g}, cosine {r.identity_cosine:.3f}")
+        items.append((r.anonymized, caption))
     return items
 
 
 def run_record(result: AnonymizationResult) -> dict[str, Any]:
     """Parameters and per-face outcome of a run, for the JSON download and the API."""
-    return {"params": result.params, "faces": [
-        {"face": r.face_index + 1, "margin": r.margin, "identity_cosine": r.identity_cosine,
-         "recognizer_distance": r.recognizer_distance,
-         "same_person_to_recognizer": r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
-         "fake_index": r.fake_index, "fake_seed": r.fake_seed} for r in result.faces]}
+    return {"params": result.params, "faces": result.face_records()}
 
 
 def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder: Path) -> list[str]:
@@ -206,19 +195,15 @@ def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder:
         paths.append(folder / f"photo_m{margin:g}.png")
         photo.save(paths[-1])
     for r in result.faces:
-        images = {f"face{r.face_index + 1}_{kind}.png": getattr(r, kind) for kind in ("aligned", "inversion", "fake")}
-        images[f"face{r.face_index + 1}_m{r.margin:g}_anonymized.png"] = r.anonymized
+        number = r.face_index + 1   # as the page and the record number faces
+        images = {f"face{number}_{kind}.png": getattr(r, kind) for kind in ("aligned", "inversion", "fake")}
+        images[f"face{number}_m{r.margin:g}_anonymized.png"] = r.anonymized
         for name, image in images.items():
             if folder / name not in paths:
                 image.save(folder / name)
                 paths.append(folder / name)
     codes = folder / "wplus.safetensors"
-    save_file({"wplus": torch.stack([r.wplus.float() for r in result.faces]).contiguous(),
-               "wplus_inversion": torch.stack([r.wplus_inversion.float() for r in result.faces]).contiguous(),
-               "face": torch.tensor([r.face_index + 1 for r in result.faces]),
-               "margin": torch.tensor([r.margin for r in result.faces], dtype=torch.float32)},
-              str(codes), metadata={"what": "FALCO W+ codes (latent_avg included): anonymized and e4e inversion, "
-                                            "one row per face and m"})
+    save_file(result.latent_tensors(), str(codes), metadata={"what": WPLUS_FILE_METADATA})
     params = folder / "run.json"
     params.write_text(json.dumps(record, indent=2))
     return [str(p) for p in [*paths, codes, params]]
@@ -351,7 +336,7 @@ class FalcoApp:
             if isinstance(event, StepEvent):
                 update = {c.progress: progress_html(event)}
                 if event.previews:
-                    update[c.live] = preview_strip(event.previews, self.config.preview_tile)
+                    update[c.live] = preview_strip(event.previews, settings.optim.preview_size)
                 yield update
                 continue
             with tempfile.TemporaryDirectory(prefix="falco-run-") as folder:
@@ -360,7 +345,7 @@ class FalcoApp:
                 yield {c.progress: f'<div id="falco-progress">Done: {settings.optim.steps} steps in '
                                    f"{time.monotonic() - started:.1f} s.</div>",
                        c.result_photo: event.photo,
-                       c.gallery: gr.update(value=compare_gallery(event) if compare else result_gallery(event),
+                       c.gallery: gr.update(value=face_gallery(event, compare),
                                             columns=1 + len(event.margins) if compare else 4),
                        c.metrics: metric_rows(event), c.downloads: paths}
 
@@ -402,7 +387,7 @@ class FalcoApp:
             if isinstance(event, AnonymizationResult):
                 record = run_record(event)
                 with tempfile.TemporaryDirectory(prefix="falco-api-") as folder:
-                    yield event.photo, result_gallery(event), record, write_downloads(event, record, Path(folder))
+                    yield event.photo, face_gallery(event), record, write_downloads(event, record, Path(folder))
 
     # -- layout --
     def build(self) -> gr.Blocks:

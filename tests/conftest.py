@@ -22,6 +22,12 @@ def fixtures_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def astronaut(fixtures_dir) -> Path:
+    """The test photo: one usable face and a mission patch the detector also reports."""
+    return fixtures_dir / "align" / "astronaut.png"
+
+
+@pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A complete tiny random weight set in Hub layout (falco.weights), built once per session."""
     from falco.weights import make_random_weights

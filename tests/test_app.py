@@ -1,6 +1,9 @@
 """The app served on localhost with tiny random weights: the named API endpoint through
 gradio_client, the page handlers, error paths, and two visitors at once."""
 
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -35,8 +38,14 @@ def client(served):
 
 
 @pytest.fixture(scope="module")
-def astronaut(fixtures_dir) -> Path:
-    return fixtures_dir / "align" / "astronaut.png"
+def bad_photos(tmp_path_factory) -> dict[str, Path]:
+    """Uploads that must each get a message: a text file, a photo without a face, one too large to open."""
+    folder = tmp_path_factory.mktemp("bad-photos")
+    paths = {"text": folder / "notes.txt", "no face": folder / "grey.png", "huge": folder / "huge.png"}
+    paths["text"].write_text("not a photo")
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(paths["no face"])
+    Image.new("L", (9000, 9000)).save(paths["huge"])   # 81 Mpx, over FaceConfig.max_image_pixels; ~80 kB on disk
+    return paths
 
 
 def anonymize(client: Client, photo: Path, margins: str = "0", steps: int = 2, faces: str = "all"):
@@ -69,13 +78,18 @@ def test_api_anonymizes_with_several_margins(client, astronaut, tiny_pipeline):
     assert len(captions) == 5
     by_name = {Path(f).name: Path(f) for f in files}
     assert {"photo_m0.png", "photo_m1.png", "wplus.safetensors", "run.json", "face1_m1_anonymized.png"} <= set(by_name)
+    assert json.loads(by_name["run.json"].read_text()) == record   # the download is the API's record
+    assert set(record["faces"][0]) == {"face", "margin", "identity_cosine", "recognizer_distance",
+                                       "same_person_for_dlib", "fake_index", "fake_seed"}
     codes = load_file(str(by_name["wplus.safetensors"]))
     g = tiny_pipeline.nets.generator
-    assert codes["wplus"].shape == (2, g.num_ws, g.style_dim) and codes["margin"].tolist() == [0.0, 1.0]
+    assert codes["wplus"].shape == (1, 2, g.num_ws, g.style_dim) and codes["margin"].tolist() == [0.0, 1.0]
+    assert codes["face"].tolist() == [1] and codes["fake_index"].tolist() == [record["faces"][0]["fake_index"]]
     # Rows outside the optimised ones are the e4e inversion's.
     start, stop = OptimConfig().trained_rows
-    assert torch.equal(codes["wplus"][:, :start], codes["wplus_inversion"][:, :start])
-    assert not torch.equal(codes["wplus"][:, start:stop], codes["wplus_inversion"][:, start:stop])
+    inversion = codes["wplus_inversion"][:, None].expand_as(codes["wplus"])
+    assert torch.equal(codes["wplus"][..., :start, :], inversion[..., :start, :])
+    assert not torch.equal(codes["wplus"][..., start:stop, :], inversion[..., start:stop, :])
 
 
 def test_ui_run_streams_previews_then_results(served, astronaut):
@@ -118,30 +132,18 @@ def test_ui_compare_runs_margins_as_one_batch(served, astronaut, monkeypatch, ti
     assert [row[1] for row in updates[-1][c.metrics]] == [0.0, 0.5, 1.0]
 
 
-def test_ui_messages_for_bad_photos(served, tmp_path):
+def test_ui_messages_for_bad_photos(served, bad_photos):
     app, _ = served
-    text_file, grey = tmp_path / "notes.txt", tmp_path / "grey.png"
-    text_file.write_text("not a photo")
-    Image.new("RGB", (256, 256), (128, 128, 128)).save(grey)
-    assert "not an image" in app.on_photo(str(text_file), ui.Session())[2]
-    assert "No face" in app.on_photo(str(grey), ui.Session())[2]
+    assert "not an image" in app.on_photo(str(bad_photos["text"]), ui.Session())[2]
+    assert "No face" in app.on_photo(str(bad_photos["no face"]), ui.Session())[2]
+    assert "too large" in app.on_photo(str(bad_photos["huge"]), ui.Session())[2]
     with pytest.raises(ui.gr.Error, match="Tick at least one face"):
-        list(app.run(str(grey), [], 0.0, 3, 0.01, 10.0, 0.1, 0, False, ui.Session()))
+        list(app.run(str(bad_photos["no face"]), [], 0.0, 3, 0.01, 10.0, 0.1, 0, False, ui.Session()))
 
 
-@pytest.fixture(scope="module")
-def huge_png(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("huge") / "huge.png"
-    Image.new("L", (9000, 9000)).save(path)   # 81 Mpx, over FaceConfig.max_image_pixels; ~80 kB on disk
-    return path
-
-
-def test_api_error_messages_then_keeps_serving(client, astronaut, tmp_path, huge_png):
-    text_file, grey = tmp_path / "notes.txt", tmp_path / "grey.png"
-    text_file.write_text("not a photo")
-    Image.new("RGB", (256, 256), (128, 128, 128)).save(grey)
-    cases = [(text_file, "0", "not an image"), (grey, "0", "No face"), (huge_png, "0", "too large"),
-             (astronaut, "0, 2", "between 0 and 1")]
+def test_api_error_messages_then_keeps_serving(client, astronaut, bad_photos):
+    cases = [(bad_photos["text"], "0", "not an image"), (bad_photos["no face"], "0", "No face"),
+             (bad_photos["huge"], "0", "too large"), (astronaut, "0, 2", "between 0 and 1")]
     with pytest.raises(AppError, match="Steps must lie between 1 and"):
         anonymize(client, astronaut, steps=TEST_CONFIG.max_steps + 1)
     for photo, margins, expected in cases:
@@ -244,9 +246,6 @@ print(json.dumps({"gradio_before_loading": order, "status": status, "device": st
 def test_start_app_loads_before_importing_gradio(tiny_weights):
     """What app.py runs, in a fresh process: the load starts before Gradio's import, the page serves, the
     networks load."""
-    import json
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, "-c", START_APP_CHILD, str(tiny_weights)], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -265,8 +264,6 @@ except SystemExit as done:
 
 
 def test_app_help_answers_without_importing_torch():
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, "-c", APP_HELP_CHILD], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[1], check=False)
     assert "--weights" in done.stdout and "--device" in done.stdout
@@ -274,8 +271,6 @@ def test_app_help_answers_without_importing_torch():
 
 
 def test_app_refuses_an_unknown_device_in_one_line():
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, "app.py", "--device", "tpu9"], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parents[1], check=False)
     assert done.returncode == 1 and "Unknown device 'tpu9'" in done.stderr and "Traceback" not in done.stderr

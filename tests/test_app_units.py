@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
-from falco import serving, ui
-from falco.config import AppConfig, OptimConfig
+from falco import cli, serving, ui
+from falco.config import AppConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, NoFaceError, WeightsError
-from falco.pipeline import AnonymizationResult, FaceResult, StepEvent
+from falco.pipeline import WPLUS_FILE_METADATA, AnonymizationResult, FaceResult, StepEvent
 
 
 def test_parse_faces():
@@ -112,25 +113,31 @@ def test_preview_strip_tiles_previews():
     assert strip.getpixel((5, 5)) == (255, 0, 0) and strip.getpixel((40, 5)) == (0, 0, 255)
 
 
-def _result(margins):
+def _result(margins, faces=(0,)):
+    """A result of faces (detection indices) x margins whose every number says where it came from."""
     image = Image.new("RGB", (16, 16))
-    faces = [FaceResult(face_index=0, margin=m, aligned=image, inversion=image, fake=image,
-                        anonymized=Image.new("RGB", (16, 16), (int(255 * m), 0, 0)), wplus=torch.full((10, 64), m),
-                        wplus_inversion=torch.zeros(10, 64), fake_index=3, fake_seed=7, identity_cosine=0.2 + m / 2,
-                        recognizer_distance=0.9 - m / 2) for m in margins]
-    return AnonymizationResult(faces, [Image.new("RGB", (32, 32), (0, int(255 * m), 0)) for m in margins],
+    items = [FaceResult(face_index=f, margin=m, aligned=image, inversion=image, fake=image,
+                        anonymized=Image.new("RGB", (16, 16), (int(255 * m), f, 0)),
+                        wplus=torch.full((10, 64), f + m), wplus_inversion=torch.full((10, 64), -f - 1.0),
+                        fake_index=3 + f, fake_seed=7 + f, identity_cosine=0.2 + m / 2,
+                        recognizer_distance=0.9 - m / 2) for f in faces for m in margins]
+    return AnonymizationResult(items, [Image.new("RGB", (32, 32), (0, int(255 * m), 0)) for m in margins],
                                tuple(margins), {"steps": 3})
 
 
 def test_galleries_and_metrics_label_every_image():
-    result = _result([0.0, 1.0])
-    captions = [c for _, c in ui.result_gallery(result)]
+    result = _result([0.0, 1.0], faces=(0, 2))
+    captions = [c for _, c in ui.face_gallery(result)]
     assert captions[:3] == ["Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour"]
     assert captions[3].startswith("Face 1: anonymized, m = 0,") and captions[4].startswith("Face 1: anonymized, m = 1,")
-    compare = [c for _, c in ui.compare_gallery(result)]
+    assert captions[5] == "Face 3: original" and len(captions) == 10
+    compare = [c for _, c in ui.face_gallery(result, compare=True)]
     assert compare[0] == "Face 1: original" and compare[1].startswith("m = 0 ") and compare[2].startswith("m = 1 ")
+    assert compare[3] == "Face 3: original" and len(compare) == 6
+    assert compare[2] == f"m = 1 (cosine {0.7:.3f}, same person)"
     rows = ui.metric_rows(result)
-    assert [r[4] for r in rows] == ["different person", "same person"]   # dlib distance 0.9 vs 0.4
+    assert [r[0] for r in rows] == [1, 1, 3, 3]
+    assert [r[4] for r in rows] == ["different person", "same person"] * 2   # dlib distance 0.9 vs 0.4
 
 
 def test_progress_names_each_item():
@@ -140,7 +147,6 @@ def test_progress_names_each_item():
 
 
 def test_downloads_hold_images_codes_and_record(tmp_path):
-    from safetensors.torch import load_file
     result = _result([0.0, 0.5])
     record = ui.run_record(result)
     paths = ui.write_downloads(result, record, tmp_path)
@@ -149,11 +155,45 @@ def test_downloads_hold_images_codes_and_record(tmp_path):
                             "face1_fake.png", "face1_m0_anonymized.png", "face1_m0.5_anonymized.png",
                             "wplus.safetensors", "run.json"])
     assert Image.open(tmp_path / "photo_m0.5.png").getpixel((0, 0)) == (0, 127, 0)
-    codes = load_file(str(tmp_path / "wplus.safetensors"))
-    assert codes["wplus"].shape == (2, 10, 64) and codes["margin"].tolist() == [0.0, 0.5]
-    assert torch.equal(codes["wplus"][1], result.faces[1].wplus)
+    assert Image.open(tmp_path / "face1_m0.5_anonymized.png").getpixel((0, 0)) == (127, 0, 0)
     saved = json.loads((tmp_path / "run.json").read_text())
-    assert saved == record and [f["same_person_to_recognizer"] for f in saved["faces"]] == [False, False]
+    assert saved == record and set(saved) == {"params", "faces"}
+    assert [f["same_person_for_dlib"] for f in saved["faces"]] == [False, False]   # dlib distances 0.9, 0.65
+
+
+def _latents(path):
+    with safe_open(str(path), "pt") as codes:
+        return {name: codes.get_tensor(name) for name in codes.keys()}, codes.metadata()
+
+
+def test_app_and_cli_write_the_same_record_and_codes(tmp_path):
+    """One run, both writers: the app's download and the CLI's output hold the same faces and W+ file."""
+    margins, faces = (0.0, 0.5, 1.0), (0, 2)
+    result = _result(margins, faces)
+    ui.write_downloads(result, ui.run_record(result), tmp_path / "app")
+    pipeline = SimpleNamespace(anonymize=lambda source, **kwargs: iter([result]))
+    cli.anonymize_one(pipeline, tmp_path / "x.png", "x.png", tmp_path / "cli", margins, OptimConfig(), 1, CliConfig())
+
+    app_record = json.loads((tmp_path / "app" / "run.json").read_text())
+    cli_record = json.loads((tmp_path / "cli" / "x.png.json").read_text())
+    assert app_record["faces"] == cli_record["faces"] == result.face_records()
+    assert app_record["params"] == cli_record["params"] == result.params
+    assert [(f["face"], f["margin"], f["fake_index"], f["fake_seed"]) for f in app_record["faces"]] == [
+        (f + 1, m, 3 + f, 7 + f) for f in faces for m in margins]   # face numbers count from 1, as the page's
+    assert (tmp_path / "app" / "face3_m1_anonymized.png").exists()
+
+    app_codes, app_meta = _latents(tmp_path / "app" / "wplus.safetensors")
+    cli_codes, cli_meta = _latents(tmp_path / "cli" / "x.png.latents.safetensors")
+    assert app_meta == cli_meta == {"what": WPLUS_FILE_METADATA}
+    assert app_codes.keys() == cli_codes.keys() == {"wplus", "wplus_inversion", "face", "margin", "fake_index"}
+    for name in app_codes:
+        assert torch.equal(app_codes[name], cli_codes[name]), name
+    assert app_codes["wplus"].shape == (2, 3, 10, 64) and app_codes["wplus"].dtype == torch.float32
+    for i, f in enumerate(result.faces):   # faces x margins, face-major
+        assert torch.equal(app_codes["wplus"][i // 3, i % 3], f.wplus)
+    assert torch.equal(app_codes["wplus_inversion"], torch.stack([torch.full((10, 64), -f - 1.0) for f in faces]))
+    assert app_codes["face"].tolist() == [1, 3] and app_codes["fake_index"].tolist() == [3, 5]
+    assert app_codes["margin"].tolist() == list(margins)
 
 
 def test_session_keeps_detections_and_removes_uploads(tmp_path):

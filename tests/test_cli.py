@@ -13,14 +13,13 @@ QUICK = OptimConfig(steps=1)
 
 
 @pytest.fixture
-def tree(tmp_path, fixtures_dir):
+def tree(tmp_path, astronaut):
     """in/ with two photos in nested folders, a file that is not an image and a photo without a face."""
-    src = fixtures_dir / "align" / "astronaut.png"
     root = tmp_path / "in"
     (root / "a").mkdir(parents=True)
     (root / "b" / "c").mkdir(parents=True)
-    shutil.copy(src, root / "a" / "astronaut.png")
-    Image.open(src).convert("RGB").save(root / "b" / "c" / "astronaut.JPG", quality=95)
+    shutil.copy(astronaut, root / "a" / "astronaut.png")
+    Image.open(astronaut).convert("RGB").save(root / "b" / "c" / "astronaut.JPG", quality=95)
     (root / "b" / "broken.jpg").write_bytes(b"not an image at all")
     Image.new("RGB", (160, 120), "gray").save(root / "b" / "blank.png")
     (root / "notes.txt").write_text("not a photo")
@@ -74,7 +73,7 @@ def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, 
     for relative, suffix in (("a/astronaut.png", ".png"), ("b/c/astronaut.JPG", ".JPG")):
         record = json.loads((out / (relative + ".json")).read_text())
         assert record["status"] == "ok" and record["source"] == relative
-        assert [(f["face"], f["margin"]) for f in record["faces"]] == [(0, 0.0), (0, 0.5)]
+        assert [(f["face"], f["margin"]) for f in record["faces"]] == [(1, 0.0), (1, 0.5)]   # numbered from 1
         assert all(f["recognizer_distance"] > 0 for f in record["faces"])
         assert record["params"]["optim"]["steps"] == 2
         for name in record["outputs"][:2]:
@@ -83,6 +82,8 @@ def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, 
                 assert image.size == (512, 512) and not image.getexif()
         latents = load_file(out / (relative + ".latents.safetensors"))
         assert latents["wplus"].shape == (1, 2, 10, 64) and latents["margin"].tolist() == [0.0, 0.5]
+        assert latents["wplus_inversion"].shape == (1, 10, 64) and latents["face"].tolist() == [1]
+        assert latents["fake_index"].tolist() == [record["faces"][0]["fake_index"]]
 
     broken = json.loads((out / "b" / "broken.jpg.json").read_text())
     blank = json.loads((out / "b" / "blank.png.json").read_text())

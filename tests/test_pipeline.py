@@ -15,13 +15,8 @@ OPTIM = OptimConfig(steps=STEPS, preview_every=3)
 
 
 @pytest.fixture(scope="module")
-def photo_path(fixtures_dir):
-    return fixtures_dir / "align" / "astronaut.png"
-
-
-@pytest.fixture(scope="module")
-def events(tiny_pipeline, photo_path):
-    return list(tiny_pipeline.anonymize(photo_path, margins=MARGINS, optim=OPTIM))
+def events(tiny_pipeline, astronaut):
+    return list(tiny_pipeline.anonymize(astronaut, margins=MARGINS, optim=OPTIM))
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +24,8 @@ def result(events) -> AnonymizationResult:
     return events[-1]
 
 
-def test_detect_finds_the_face_first(tiny_pipeline, photo_path):
-    faces = tiny_pipeline.detect(photo_path)
+def test_detect_finds_the_face_first(tiny_pipeline, astronaut):
+    faces = tiny_pipeline.detect(astronaut)
     assert len(faces) == 2 and faces[0].usable and not faces[1].usable   # face, then the mission patch
 
 
@@ -79,9 +74,9 @@ def test_result_holds_every_image_and_measure(result, tiny_pipeline):
     assert cosines == sorted(cosines)
 
 
-def test_pasted_photo_keeps_every_pixel_outside_the_face(result, tiny_pipeline, photo_path):
-    original = np.asarray(Image.open(photo_path).convert("RGB"))
-    quad = tiny_pipeline.detect(photo_path)[0].quad
+def test_pasted_photo_keeps_every_pixel_outside_the_face(result, tiny_pipeline, astronaut):
+    original = np.asarray(Image.open(astronaut).convert("RGB"))
+    quad = tiny_pipeline.detect(astronaut)[0].quad
     x0, y0 = np.floor(quad.min(0)).astype(int) - 1
     x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
     for photo in result.photos:
@@ -93,20 +88,20 @@ def test_pasted_photo_keeps_every_pixel_outside_the_face(result, tiny_pipeline, 
         assert (pasted[~outside] != original[~outside]).any(axis=-1).mean() > 0.1
 
 
-def test_a_batch_of_margins_equals_single_runs(tiny_pipeline, photo_path, result):
+def test_a_batch_of_margins_equals_single_runs(tiny_pipeline, astronaut, result):
     for batched in result.faces:
-        single = list(tiny_pipeline.anonymize(photo_path, margins=(batched.margin,), optim=OPTIM))[-1].faces[0]
+        single = list(tiny_pipeline.anonymize(astronaut, margins=(batched.margin,), optim=OPTIM))[-1].faces[0]
         torch.testing.assert_close(single.wplus, batched.wplus, atol=1e-5, rtol=1e-5)
         assert single.identity_cosine == pytest.approx(batched.identity_cosine, abs=1e-5)
         diff = np.abs(np.asarray(single.anonymized, np.int16) - np.asarray(batched.anonymized, np.int16))
         assert diff.max() <= 1
 
 
-def test_same_seed_same_result_and_faces_batch_together(tiny_pipeline, photo_path):
+def test_same_seed_same_result_and_faces_batch_together(tiny_pipeline, astronaut):
     optim = OptimConfig(steps=2, seed=5)
 
     def run(seed_optim):
-        return list(tiny_pipeline.anonymize(photo_path, faces=[0, 1], margins=(0.5,), optim=seed_optim, fake_k=8))[-1]
+        return list(tiny_pipeline.anonymize(astronaut, faces=[0, 1], margins=(0.5,), optim=seed_optim, fake_k=8))[-1]
 
     first, again = run(optim), run(optim)
     assert [(f.face_index, f.margin) for f in first.faces] == [(0, 0.5), (1, 0.5)]
@@ -121,12 +116,12 @@ def test_same_seed_same_result_and_faces_batch_together(tiny_pipeline, photo_pat
     assert len(draws) > 1
 
 
-def test_closing_the_stream_stops_the_work(tiny_pipeline, photo_path, monkeypatch):
+def test_closing_the_stream_stops_the_work(tiny_pipeline, astronaut, monkeypatch):
     generator = tiny_pipeline.nets.generator
     calls = []
     original_forward = generator.forward
     monkeypatch.setattr(generator, "forward", lambda *a, **k: calls.append(1) or original_forward(*a, **k))
-    stream = tiny_pipeline.anonymize(photo_path, optim=OptimConfig(steps=50))
+    stream = tiny_pipeline.anonymize(astronaut, optim=OptimConfig(steps=50))
     next(stream), next(stream)
     before = len(calls)   # inversions and fakes in one render, then two steps
     stream.close()
@@ -135,11 +130,11 @@ def test_closing_the_stream_stops_the_work(tiny_pipeline, photo_path, monkeypatc
     assert before == 3 and len(calls) == before
 
 
-def test_user_errors_are_one_line_messages(tiny_pipeline, photo_path):
+def test_user_errors_are_one_line_messages(tiny_pipeline, astronaut):
     with pytest.raises(NoFaceError):
         next(tiny_pipeline.anonymize(Image.new("RGB", (200, 200), "gray")))
     with pytest.raises(FalcoError, match="no face 3"):
-        next(tiny_pipeline.anonymize(photo_path, faces=[2]))
+        next(tiny_pipeline.anonymize(astronaut, faces=[2]))
 
 
 def test_previews_are_shrunk_before_leaving_the_device():
