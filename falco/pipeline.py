@@ -28,52 +28,19 @@ from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, FaceConfig, Opti
 from falco.errors import FalcoError, WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces, require_usable
 from falco.faces.io import PhotoSource
-from falco.models import freeze, io
-from falco.models.arcface import ArcFace
-from falco.models.e4e import Encoder4Editing
-from falco.models.farl import FaRL
-from falco.models.stylegan2 import Generator
 from falco.optimize import FalcoLoss, RealFeatures, optimize_latents, start_wplus
 from falco.speed import reuse_freed_memory
-from falco.weights import WeightPaths, fetch_weights
-
-NETWORK_NAMES = ("generator", "e4e", "arcface", "farl")
+from falco.weights import Networks, WeightPaths, fetch_weights, load_networks
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
+    """``device``, else CUDA where there is one, else the CPU; an unknown name is a FalcoError of one line."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class Networks:
-    device: torch.device
-    generator: Generator | None = None
-    mean_w: torch.Tensor | None = None        # [D] the generator's mean w
-    e4e: Encoder4Editing | None = None
-    latent_avg: torch.Tensor | None = None    # [num_ws, D] added to e4e's codes
-    arcface: ArcFace | None = None
-    farl: FaRL | None = None
-
-
-def load_networks(source: str | WeightPaths | None, device: torch.device,
-                  names: Sequence[str] = NETWORK_NAMES) -> Networks:
-    """The networks named, from a weights source (Hub repo id or folder) or fetched paths."""
-    paths = source if isinstance(source, WeightPaths) else fetch_weights(source, names=names)
-    loaded: dict = {"device": device}
-    if "generator" in names:
-        loaded["generator"], loaded["mean_w"] = io.load_generator(paths.generator, device)
-    if "e4e" in names:
-        loaded["e4e"], loaded["latent_avg"] = io.load_e4e(paths.e4e, device)
-    if "arcface" in names:
-        loaded["arcface"] = io.load_arcface(paths.arcface, device)
-    if "farl" in names:
-        loaded["farl"] = io.load_farl(paths.farl, device)
-    for name in NETWORK_NAMES:
-        if loaded.get(name) is not None:
-            freeze(loaded[name]).eval()   # only latent codes are ever optimised
-    return Networks(**loaded)
+    except RuntimeError as err:
+        raise FalcoError(f"Unknown device {device!r}: expected e.g. cpu, cuda or cuda:1.") from err
 
 
 class FaceRecognizer:

@@ -131,14 +131,10 @@ def zerogpu_available() -> bool:
 
 
 def app_device(device: str | None, zerogpu: bool) -> str:
-    """The device runs use: the one asked for, else CUDA on ZeroGPU or where there is one, else the CPU."""
-    if device:
-        try:
-            torch.device(device)
-        except RuntimeError as err:
-            raise FalcoError(f"Unknown device {device!r}: expected e.g. cpu, cuda or cuda:1.") from err
-        return device
-    return "cuda" if zerogpu or torch.cuda.is_available() else "cpu"
+    """The device runs use: the one asked for, else CUDA on ZeroGPU (whose GPU each run is lent, so none
+    is visible yet), else the pipeline's default.  An unknown name is a FalcoError of one line."""
+    from falco.pipeline import resolve_device  # its imports (open_clip, dlib) are the loader's anyway
+    return str(resolve_device(device or ("cuda" if zerogpu else None)))
 
 
 def start_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
@@ -148,12 +144,11 @@ def start_app(weights: str | None = None, device: str | None = None, config: App
 
     ``launch_kwargs`` go to ``gr.Blocks.launch`` (``prevent_thread_lock=True`` returns at once).
     """
+    # app_device imports the pipeline's modules (open_clip, dlib; no thread starts) here in the main thread,
+    # so that the loading thread and Gradio's import below never import the same modules at once.
     device = app_device(device, zerogpu_available())
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
-    # The pipeline's own imports (open_clip, dlib) happen here in the main thread, so that the
-    # loading thread and Gradio's import below never import the same modules at once.
-    import falco.pipeline  # noqa: F401
     page_built = threading.Event()
     loader = EngineLoader(pipeline_factory(weights, device, build_after=page_built))
     loader.start()

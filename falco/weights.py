@@ -25,14 +25,23 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, BankConfig, weights_source
 from falco.errors import FalcoError, WeightsError
+
+if TYPE_CHECKING:   # torch and the networks are imported where used: the manifest tools need neither
+    import torch
+
+    from falco.models.arcface import ArcFace
+    from falco.models.e4e import Encoder4Editing
+    from falco.models.farl import FaRL
+    from falco.models.stylegan2 import Generator
 
 # Artifact name -> filename, in the Hub repo and in a local folder alike.
 ARTIFACTS: dict[str, str] = {
@@ -331,8 +340,14 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 def _download(repo_id: str, filename: str, revision: str, size: int | None, progress: bool) -> Path:
     """hf_hub_download into the standard cache, every failure turned into a one-line WeightsError."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"{repo_id}@{revision}"
     cache = Path(constants.HF_HUB_CACHE)
@@ -386,7 +401,54 @@ def _ensure_space(size: int, directory: Path, filename: str) -> None:
                            f"has {free / 1e6:.0f} MB free; free some space or set HF_HOME to a larger disk.")
 
 
+# --- The networks of a weight set ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Networks:
+    device: torch.device
+    generator: Generator | None = None
+    mean_w: torch.Tensor | None = None        # [D] the generator's mean w
+    e4e: Encoder4Editing | None = None
+    latent_avg: torch.Tensor | None = None    # [num_ws, D] added to e4e's codes
+    arcface: ArcFace | None = None
+    farl: FaRL | None = None
+
+
+def load_networks(source: str | WeightPaths | None, device: torch.device,
+                  names: Sequence[str] = NETWORKS) -> Networks:
+    """The networks named, from a weights source (Hub repo id or folder) or fetched paths."""
+    from falco.models import freeze, io
+
+    paths = source if isinstance(source, WeightPaths) else fetch_weights(source, names=names)
+    loaded: dict = {"device": device}
+    if "generator" in names:
+        loaded["generator"], loaded["mean_w"] = io.load_generator(paths.generator, device)
+    if "e4e" in names:
+        loaded["e4e"], loaded["latent_avg"] = io.load_e4e(paths.e4e, device)
+    if "arcface" in names:
+        loaded["arcface"] = io.load_arcface(paths.arcface, device)
+    if "farl" in names:
+        loaded["farl"] = io.load_farl(paths.farl, device)
+    for name in NETWORKS:
+        if loaded.get(name) is not None:
+            freeze(loaded[name]).eval()   # only latent codes are ever optimised
+    return Networks(**loaded)
+
+
 # --- Random weight sets ---------------------------------------------------------------------------
+def random_network(name: str, tiny: bool = False) -> torch.nn.Module:
+    """One of ``NETWORKS`` with the reference seeding rule, on the CPU; built on the meta device, so no
+    throwaway initialisation is computed (seconds at full size)."""
+    import torch
+
+    from falco.models.random_weights import seeded_state_dict
+
+    with torch.device("meta"):
+        model = _network_classes()[name](**(TINY_CONFIGS[name] if tiny else {}))
+    seeded = seeded_state_dict(model.state_dict(), prefix=OFFICIAL_PREFIX[name])
+    model.load_state_dict(seeded, strict=True, assign=True)
+    return model
+
+
 def make_random_weights(out_dir: str | Path, tiny: bool, names: Iterable[str] | None = None,
                         bank_size: int | None = None, progress: bool = False) -> Manifest:
     """A complete set of random-noise weights in Hub layout (with manifest and model card).
@@ -399,22 +461,16 @@ def make_random_weights(out_dir: str | Path, tiny: bool, names: Iterable[str] | 
     import torch
 
     from falco.models import io
-    from falco.models.random_weights import seeded_state_dict
 
     names = _check_names(names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classes = _network_classes()
     needed = set(names) & set(NETWORKS)
     if "e4e" in names or "fake_bank" in names:
         needed.add("generator")   # e4e's latent_avg is the generator's mean w; the bank renders with it
     if "fake_bank" in names:
         needed.add("farl")
-    models: dict[str, torch.nn.Module] = {}
-    for name in sorted(needed):
-        model = classes[name](**(TINY_CONFIGS[name] if tiny else {}))
-        model.load_state_dict(seeded_state_dict(model.state_dict(), prefix=OFFICIAL_PREFIX[name]), strict=True)
-        models[name] = model
+    models = {name: random_network(name, tiny) for name in sorted(needed)}
     mean_w = io.estimate_mean_w(models["generator"]) if "generator" in models else None
     with torch.no_grad():
         if "generator" in names:
@@ -535,7 +591,8 @@ def _check_bank(bank_path: Path, generator_path: Path, farl_path: Path) -> None:
         raise WeightsError(f"{bank_path.name} has w [{bank.w.shape[1]}] / embeddings [{bank.embeddings.shape[1]}], "
                            "which do not fit the generator and FaRL being published.")
     w, emb = sample_rows(generator, mean_w, farl, bank.seeds[:1], bank.config["truncation_psi"], 1)
-    if not (torch.allclose(w, bank.w[:1], atol=1e-3, rtol=1e-3) and torch.allclose(emb, bank.embeddings[:1], atol=1e-2)):
+    if not (torch.allclose(w, bank.w[:1], atol=1e-3, rtol=1e-3)
+            and torch.allclose(emb, bank.embeddings[:1], atol=1e-2)):
         raise WeightsError(f"{bank_path.name} was built with other networks than the ones being published; "
                            "rebuild it with `python -m falco.bank build --weights <the converted folder>`.")
 
@@ -648,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fetch = sub.add_parser("fetch", help="download and verify the weights into the Hugging Face cache")
     fetch.add_argument("--weights", default=None,
-                       help=f"Hub repo id[@revision] or local folder (default ${WEIGHTS_REPO_ENV} or {DEFAULT_WEIGHTS_REPO})")
+                       help=f"Hub repo id[@revision] or local folder "
+                            f"(default ${WEIGHTS_REPO_ENV} or {DEFAULT_WEIGHTS_REPO})")
     fetch.add_argument("--names", nargs="+", choices=list(ARTIFACTS), default=None)
     fetch.add_argument("--manifest", type=Path, default=None, help="pinned manifest (default weights/manifest.json)")
     fetch.add_argument("--no-progress", action="store_true")

@@ -30,7 +30,7 @@ BF16_GRAD_COSINE = 0.99
 
 @pytest.fixture(scope="module")
 def nets(tiny_nets):
-    return bench.Networks(*tiny_nets)
+    return bench.Networks(torch.device("cpu"), **dict(zip(bench.NETWORKS, tiny_nets)))
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_close_to_compares_against_the_largest_magnitude():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graph_replays_take_the_eager_steps(nets, problem, caplog, monkeypatch):
     device = torch.device("cuda")
-    on_device = bench.Networks(*(net.to(device) for net in (nets.generator, nets.arcface, nets.farl)))
+    on_device = bench.Networks(device, **{name: getattr(nets, name).to(device) for name in bench.NETWORKS})
     real, wplus_real, w_fake = (t.to(device) for t in problem)
     loss = FalcoLoss(on_device.arcface, on_device.farl, 10.0, 0.1)
     features = loss.real_features(real)
@@ -340,6 +340,13 @@ def test_large_blocks_come_from_the_reused_heap():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", HEAP_CHECK], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_resident_memory_reads_the_current_and_peak_sets():
+    from falco.benchmarks import resident_bytes
+    held = torch.ones(64 * 2**20, dtype=torch.uint8)   # 64 MiB, touched
+    assert resident_bytes("VmHWM:") >= resident_bytes("VmRSS:") >= held.numel()
+    del held
 
 
 def test_benchmark_runs_both_loops_and_prints_the_ratio(nets, capsys):

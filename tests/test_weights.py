@@ -14,16 +14,31 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
-from types import SimpleNamespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
 
 from falco.errors import WeightsError
-from falco.weights import (ARTIFACTS, MANIFEST_NAME, PROJECT_MANIFEST, Manifest, _copy_dlib_model, fetch_weights,
-                           make_random_weights, parse_source, upload_weights)
+from falco.weights import (
+    ARTIFACTS,
+    MANIFEST_NAME,
+    NETWORKS,
+    OFFICIAL_PREFIX,
+    PROJECT_MANIFEST,
+    TINY_CONFIGS,
+    Manifest,
+    _copy_dlib_model,
+    _network_classes,
+    fetch_weights,
+    load_networks,
+    make_random_weights,
+    parse_source,
+    random_network,
+    upload_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "test-user/falco-tiny"
@@ -362,3 +377,31 @@ def test_complete_tiny_set_loads(tiny_weights):
         assert arcface(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
     dlib.shape_predictor(str(paths.dlib_landmarks))
     dlib.face_recognition_model_v1(str(paths.dlib_recognition))
+
+
+def test_networks_named_are_loaded_frozen(tiny_weights):
+    import torch
+
+    nets = load_networks(str(tiny_weights), torch.device("cpu"), names=("generator", "farl"))
+    assert nets.e4e is None and nets.arcface is None and nets.latent_avg is None
+    assert nets.mean_w.shape == (nets.generator.style_dim,)
+    assert not any(p.requires_grad for net in (nets.generator, nets.farl) for p in net.parameters())
+    assert not nets.generator.training and not nets.farl.training
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_random_network_is_the_seeded_network_built_without_init(name):
+    """Built on the meta device: the same weights as an ordinary build loaded with the seeding rule, nothing left
+    on the meta device, frozen."""
+    import torch
+
+    from falco.models.random_weights import seeded_state_dict
+
+    model = random_network(name, tiny=True)
+    ordinary = _network_classes()[name](**TINY_CONFIGS[name])
+    ordinary.load_state_dict(seeded_state_dict(ordinary.state_dict(), prefix=OFFICIAL_PREFIX[name]), strict=True)
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    expected = ordinary.state_dict()
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in model.state_dict().items())
+    assert model.state_dict().keys() == expected.keys()
+    assert not any(p.requires_grad for p in model.parameters())

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from importlib.util import find_spec
 from pathlib import Path
 
 from PIL import Image
 
 from falco.config import FaceConfig
 from falco.faces import FaceAnalyzer, align_face, load_photo, paste_faces, require_usable
+from falco.weights import ARTIFACTS, _packaged_dlib_model
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut.png"
 
@@ -34,11 +34,6 @@ def twelve_megapixel_photo(tile_path: Path = FIXTURE, grid: tuple[int, int] = (4
     return buffer.getvalue()
 
 
-def default_landmarks_path() -> Path | None:
-    spec = find_spec("face_recognition_models")  # not imported: it needs the removed pkg_resources
-    return Path(spec.submodule_search_locations[0]) / "models" / "shape_predictor_68_face_landmarks.dat" if spec else None
-
-
 def best_of(repeats: int, fn):
     times, result = [], None
     for _ in range(repeats):
@@ -50,12 +45,12 @@ def best_of(repeats: int, fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--landmarks", type=Path, default=default_landmarks_path(),
+    parser.add_argument("--landmarks", type=Path, default=None,
                         help="dlib 68-point model (default: the face_recognition_models copy)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the best is printed")
     args = parser.parse_args()
     config = FaceConfig()
-    analyzer = FaceAnalyzer(args.landmarks, config)
+    analyzer = FaceAnalyzer(args.landmarks or _packaged_dlib_model(ARTIFACTS["dlib_landmarks"]), config)
 
     data = twelve_megapixel_photo()
     t_load, photo = best_of(args.repeats, lambda: load_photo(data))
@@ -74,6 +69,7 @@ def main() -> None:
     print(f"detect + align all at {config.aligned_size}         {t_detect + timings[config.aligned_size]:7.3f} s")
     t_paste, _ = best_of(args.repeats, lambda: paste_faces(photo, [(a, a.image) for a in aligned], config))
     print(f"paste {len(aligned)} faces (256) back          {t_paste:7.3f} s")
+
 
 if __name__ == "__main__":
     main()

@@ -40,16 +40,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from falco.benchmarks import resident_bytes
 from falco.config import OptimConfig
 from falco.models.arcface import ArcFace
 from falco.models.farl import FaRL, farl_preprocess
-from falco.models.random_weights import seeded_state_dict
-from falco.models.stylegan2 import Generator
 from falco.optimize import FalcoLoss, LossTerms, compose_wplus, optimize_latents, start_wplus, step_losses
 from falco.speed import reuse_freed_memory
+from falco.weights import Networks, load_networks, random_network
 
 FACE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut_face0_1024.png"
 FULL_RUN_STEPS = OptimConfig().steps
+NETWORKS = ("generator", "arcface", "farl")   # what the loop runs; e4e and the bank play no part
 # Variant tokens, joined with "+": fp32 is the exact path as shipped (on CUDA its step is recorded
 # once as a CUDA graph and replayed, OptimConfig.cuda_graph); eager switches the recording off.
 TOKENS = {
@@ -65,33 +66,10 @@ TOKENS = {
 
 
 # --- Networks and problem --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Networks:
-    generator: Generator
-    arcface: ArcFace
-    farl: FaRL
-
-
-def load_networks(folder: str, device: torch.device) -> Networks:
-    """The networks of a weights folder in Hub layout (e.g. the real ones, to measure accuracy on them)."""
-    from falco.models import io
-    from falco.weights import ARTIFACTS
-
-    root = Path(folder)
-    generator, _ = io.load_generator(root / ARTIFACTS["generator"], device)
-    return Networks(generator, io.load_arcface(root / ARTIFACTS["arcface"], device),
-                    io.load_farl(root / ARTIFACTS["farl"], device))
-
-
+# falco.weights' Networks, not falco.pipeline's loading: the pipeline imports dlib, which the GPU machine lacks.
 def random_networks(device: torch.device) -> Networks:
-    """Full-size networks with the reference seeding rule, built on the meta device (no throwaway init)."""
-    nets = []
-    for cls, prefix in ((Generator, "g_ema."), (ArcFace, ""), (FaRL, "")):
-        with torch.device("meta"):
-            net = cls()
-        net.load_state_dict(seeded_state_dict(net.state_dict(), prefix), assign=True)
-        nets.append(net.to(device))
-    return Networks(*nets)
+    """Full-size networks with the reference seeding rule, as in falco.weights' random sets."""
+    return Networks(device, **{name: random_network(name).to(device) for name in NETWORKS})
 
 
 @dataclass(frozen=True)
@@ -125,11 +103,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field))
-
-
 class PeakMemory:
     """Peak memory over a block: CUDA allocations, or the process's resident set on the CPU."""
 
@@ -151,7 +124,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak = _rss_kib("VmHWM:") * 1024
+            self.peak = resident_bytes("VmHWM:")
 
 
 @dataclass
@@ -368,7 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m falco.benchmarks.optim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--weights", default=None,
-                        help="a weights folder in Hub layout instead of random weights (e.g. the real networks)")
+                        help="a weights folder in Hub layout or Hub repo id instead of random weights "
+                             "(e.g. the real networks)")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="batch sizes, i.e. values of m (default: 1 5 on CUDA; 1 on the CPU, where the exact "
                              "path at batch 5 needs about 25 GB of RAM)")
@@ -411,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"falco optimisation benchmark: torch {torch.__version__}, {platform.machine()}, {machine}")
     print(f"load average before: {load_average()}; warm-up {warmup}, timed steps {steps}, batches {batches}")
     t = time.perf_counter()
-    nets = load_networks(args.weights, device) if args.weights else random_networks(device)
+    nets = load_networks(args.weights, device, NETWORKS) if args.weights else random_networks(device)
     problem = make_problem(nets, device)
     print(f"networks {'loaded from ' + args.weights if args.weights else 'built with random weights'} "
           f"in {time.perf_counter() - t:.1f} s")

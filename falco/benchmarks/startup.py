@@ -24,6 +24,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from falco.benchmarks import resident_bytes
+
 FULL_BANK_ROWS = 60_000
 CHILD_FLAG = "--child"
 
@@ -55,8 +57,7 @@ class Clock:
 
 
 def rss_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
+    return resident_bytes(field) / 2**20
 
 
 class MarkStages(logging.Handler):
