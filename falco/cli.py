@@ -27,6 +27,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from falco.checks import check_run_settings
 from falco.config import BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, WeightsError
 
@@ -189,13 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if not args.in_dir.is_dir():
         parser.error(f"{args.in_dir} is not a folder")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     optim = replace(defaults, steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
+    try:   # the pipeline checks them again with the bank's size; here a typo costs no network load
+        margins = check_run_settings(args.margin, optim, args.fake_k)
+    except FalcoError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from falco.pipeline import FalcoPipeline
     try:
         pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
-        summary = anonymize_tree(pipeline, args.in_dir, args.out_dir, tuple(args.margin), optim, args.fake_k,
+        check_run_settings(margins, optim, args.fake_k, len(pipeline.bank))
+        summary = anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,
                                  shard, args.retry_failed, progress=not args.no_progress)
     except FalcoError as err:
         print(f"error: {err}", file=sys.stderr)

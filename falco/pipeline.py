@@ -24,6 +24,7 @@ from PIL import Image
 
 import falco
 from falco.bank import FakeBank
+from falco.checks import check_run_settings
 from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, FaceConfig, OptimConfig
 from falco.errors import FalcoError, WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces, require_usable
@@ -223,20 +224,22 @@ class FalcoPipeline:
                   ) -> Iterator[StepEvent | AnonymizationResult]:
         """StepEvent after every optimisation step, then one AnonymizationResult.
 
-        faces: indices into ``detections`` (default: every usable face); margins: the m
-        values, each face runs once per m (default: ``optim.margin``); fake_k: the fake is
-        drawn among this many nearest neighbours with ``optim.seed`` (1: the nearest).
-        ``detections``: those of an earlier ``detect`` on this photo, to skip detecting again.
+        faces: indices into ``detections`` (default: every usable face; an unusable one is
+        refused); margins: the m values in [0, 1], each face runs once per m (default:
+        ``optim.margin``); fake_k: the fake is drawn among this many nearest neighbours with
+        ``optim.seed`` (1: the nearest).  ``detections``: those of an earlier ``detect`` on this
+        photo, to skip detecting again.  Bad settings are a FalcoError before any work
+        (falco.checks).
         """
         optim = optim or OptimConfig()
-        margins = tuple(float(m) for m in (margins if margins is not None else (optim.margin,)))
-        if not margins:
-            raise FalcoError("Give at least one value of m.")
+        fake_k = BankConfig().k_nearest if fake_k is None else fake_k
+        margins = check_run_settings(margins if margins is not None else (optim.margin,), optim, fake_k,
+                                     len(self.bank))
         photo = load_photo(photo, self.face_config)
         detections = self.analyzer.detect(photo) if detections is None else detections
         loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
         prepared = self._prepare(photo, detections, self._choose(detections, faces), loss,
-                                 fake_k or BankConfig().k_nearest, optim.seed)
+                                 fake_k, optim.seed)
 
         # Batch items: every chosen face at every m, face-major.
         face_of = torch.arange(len(prepared.chosen), device=self.device).repeat_interleave(len(margins))
@@ -300,6 +303,10 @@ class FalcoPipeline:
         missing = [i for i in chosen if not 0 <= i < len(detections)]
         if missing:
             raise FalcoError(f"The photo has {len(detections)} detected face(s); there is no face {missing[0] + 1}.")
+        # The app never offers these faces; its API and other callers are refused them alike.
+        for i in chosen:
+            if not detections[i].usable:
+                raise FalcoError(f"Face {i + 1} cannot be anonymized: {detections[i].reason}.")
         return chosen
 
     def _params(self, prepared: _Prepared, margins: tuple[float, ...], optim: OptimConfig) -> dict:

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import pytest
@@ -95,6 +96,33 @@ def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, 
 def test_bad_shard_is_a_usage_error(tree, tmp_path):
     with pytest.raises(SystemExit):
         main(["anonymize", str(tree), str(tmp_path / "out"), "--shard", "3/3"])
+
+
+@pytest.fixture
+def no_networks(monkeypatch):
+    """Loading the networks fails the test: usage errors must come first."""
+    from falco.pipeline import FalcoPipeline
+    monkeypatch.setattr(FalcoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("networks loaded"))
+
+
+@pytest.mark.parametrize("option, match", [
+    (["--margin", "5"], "m must lie between 0 and 1"), (["--margin", "0", "-1"], "not -1"),
+    (["--margin", "nan"], "not nan"), (["--steps", "-3"], "Steps must be at least 1"), (["--steps", "0"], "not 0"),
+    (["--fake-k", "-2"], "fake_k"), (["--seed", str(2**70)], "seed")])
+def test_bad_settings_are_usage_errors_before_the_networks_load(tree, tmp_path, no_networks, capsys, option, match):
+    with pytest.raises(SystemExit) as stop:
+        main(["anonymize", str(tree), str(tmp_path / "out"), *option])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: " in last and re.search(match, last), last
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fake_k_beyond_the_bank_stops_before_the_first_image(tree, tmp_path, tiny_weights, capsys):
+    code = main(["anonymize", str(tree), str(tmp_path / "out"), "--weights", str(tiny_weights), "--fake-k", "99999",
+                 "--no-progress", "--device", "cpu"])
+    assert code != 0 and "error: fake_k is 99999 but the fake bank holds" in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("*.json"))
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tree, tmp_path, tiny_pipeline):

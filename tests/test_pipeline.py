@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,9 +100,12 @@ def test_a_batch_of_margins_equals_single_runs(tiny_pipeline, astronaut, result)
 
 def test_same_seed_same_result_and_faces_batch_together(tiny_pipeline, astronaut):
     optim = OptimConfig(steps=2, seed=5)
+    # The patch counts as a face here, so that two faces share the batch.
+    detections = [replace(face, usable=True, reason=None) for face in tiny_pipeline.detect(astronaut)]
 
     def run(seed_optim):
-        return list(tiny_pipeline.anonymize(astronaut, faces=[0, 1], margins=(0.5,), optim=seed_optim, fake_k=8))[-1]
+        return list(tiny_pipeline.anonymize(astronaut, faces=[0, 1], margins=(0.5,), optim=seed_optim, fake_k=8,
+                                            detections=detections))[-1]
 
     first, again = run(optim), run(optim)
     assert [(f.face_index, f.margin) for f in first.faces] == [(0, 0.5), (1, 0.5)]
@@ -135,6 +139,39 @@ def test_user_errors_are_one_line_messages(tiny_pipeline, astronaut):
         next(tiny_pipeline.anonymize(Image.new("RGB", (200, 200), "gray")))
     with pytest.raises(FalcoError, match="no face 3"):
         next(tiny_pipeline.anonymize(astronaut, faces=[2]))
+
+
+def test_a_face_the_app_would_not_offer_is_refused(tiny_pipeline, astronaut):
+    detections = tiny_pipeline.detect(astronaut)
+    with pytest.raises(FalcoError, match="Face 2 cannot be anonymized: .*probably not a face"):
+        next(tiny_pipeline.anonymize(astronaut, faces=[0, 1], detections=detections))
+
+
+@pytest.mark.parametrize("margins, optim, fake_k, match", [
+    ((5.0,), OptimConfig(), 1, "m must lie between 0 and 1, not 5"),
+    ((0.0, -1.0), OptimConfig(), 1, "not -1"),
+    ((float("nan"),), OptimConfig(), 1, "not nan"),
+    ((), OptimConfig(), 1, "at least one value of m"),
+    ((0.0,), OptimConfig(steps=0), 1, "Steps must be at least 1"),
+    ((0.0,), OptimConfig(steps=-3), 1, "not -3"),
+    ((0.0,), OptimConfig(lr=-1.0), 1, "learning rate"),
+    ((0.0,), OptimConfig(lambda_attr=float("inf")), 1, "lambda_attr"),
+    ((0.0,), OptimConfig(seed=-5), 1, "seed"),
+    ((0.0,), OptimConfig(seed=2**70), 1, "seed"),
+    ((0.0,), OptimConfig(), -2, "fake_k .* at least 1"),
+    ((0.0,), OptimConfig(), 0, "fake_k .* at least 1"),
+    ((0.0,), OptimConfig(), 10**6, "fake bank holds"),
+])
+def test_bad_settings_are_refused_before_any_work(tiny_pipeline, astronaut, monkeypatch, margins, optim, fake_k,
+                                                  match):
+    monkeypatch.setattr(tiny_pipeline.analyzer, "detect", lambda photo: pytest.fail("detected a bad run's faces"))
+    with pytest.raises(FalcoError, match=match):
+        next(tiny_pipeline.anonymize(astronaut, margins=margins, optim=optim, fake_k=fake_k))
+
+
+def test_margins_at_the_limits_pass_and_repeats_go(tiny_pipeline):
+    from falco.checks import check_run_settings
+    assert check_run_settings([1, 0, 1.0], OptimConfig(seed=2**63 - 1), 1, len(tiny_pipeline.bank)) == (1.0, 0.0)
 
 
 def test_previews_are_shrunk_before_leaving_the_device():
