@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -93,6 +94,35 @@ def is_done(record: Path, retry_failed: bool) -> bool:
     return status == "ok" or (status == "failed" and not retry_failed)
 
 
+def prepare_out_dir(in_dir: Path, out_dir: Path) -> None:
+    """Creates ``out_dir`` and proves it writable; a FalcoError saying why it cannot hold the outputs."""
+    source, target = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if target == source:
+        raise FalcoError(f"{out_dir} is the input folder: the outputs would sit beside the photos. "
+                         "Give another output folder.")
+    if source.is_relative_to(target):
+        raise FalcoError(f"{in_dir} lies inside {out_dir}: outputs could overwrite photos. "
+                         "Give an output folder outside the input folder.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FalcoError(f"{out_dir} is a file, not a folder.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FalcoError(f"Cannot create the output folder {out_dir}: {err.strerror or err}.") from None
+    problem = _unwritable(out_dir)
+    if problem:
+        raise FalcoError(f"Cannot write to the output folder {out_dir}: {problem}.")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder``, or None when one can."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as err:
+        return err.strerror or str(err)
+
+
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -142,6 +172,7 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
                    shard: Shard = Shard(0, 1), retry_failed: bool = False, progress: bool = True,
                    config: CliConfig = CliConfig()) -> Summary:
     in_dir, out_dir = Path(in_dir), Path(out_dir)
+    prepare_out_dir(in_dir, out_dir)
     files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
     summary = Summary(total=len(files))
     bar = tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress)
@@ -156,8 +187,16 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
             raise   # every other image would fail the same way
         except Exception as err:   # one bad photo must not stop a dataset run
             log.warning("%s: %s", relative, err)
-            record_failure(out_dir, relative, margins, err)
             summary.failed += 1
+            try:
+                record_failure(out_dir, relative, margins, err)
+            except OSError as unrecorded:
+                problem = _unwritable(out_dir)
+                if problem:   # every later image would fail the same way
+                    raise FalcoError(f"Cannot write to the output folder {out_dir} any more ({problem}); stopped "
+                                     f"after {summary.done + summary.skipped + summary.failed} of {summary.total} "
+                                     "images.") from None
+                log.warning("%s: the failure could not be recorded either: %s", relative, unrecorded)
         bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
     return summary
 
@@ -191,8 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.in_dir.is_dir():
         parser.error(f"{args.in_dir} is not a folder")
     optim = replace(defaults, steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
-    try:   # the pipeline checks them again with the bank's size; here a typo costs no network load
+    try:   # before the networks load, so a typo costs no load (the pipeline checks again, with the bank's size)
         margins = check_run_settings(args.margin, optim, args.fake_k)
+        prepare_out_dir(args.in_dir, args.out_dir)
     except FalcoError as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -205,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  shard, args.retry_failed, progress=not args.no_progress)
     except FalcoError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1
     print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
     return 0
 

@@ -167,3 +167,48 @@ def test_shards_split_the_work_between_runs(tree, tmp_path):
     calls = [name for run in runs for name in run.calls]
     assert sorted(calls) == sorted(["astronaut.png", "astronaut.JPG", "blank.png", "broken.jpg"])
     assert len(list(out.rglob("*.json"))) == 4
+
+
+@pytest.mark.parametrize("case, match", [
+    ("file", "is a file, not a folder"), ("same", "is the input folder"), ("parent", "lies inside"),
+    ("under_a_file", "Cannot create the output folder")])
+def test_an_output_folder_that_cannot_hold_the_outputs_is_a_usage_error(tree, tmp_path, no_networks, capsys, case,
+                                                                        match):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = {"file": tmp_path / "a_file", "same": tree, "parent": tmp_path,
+           "under_a_file": tmp_path / "a_file" / "out"}[case]
+    with pytest.raises(SystemExit) as stop:
+        main(["anonymize", str(tree), str(out)])
+    assert stop.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+class Vandal:
+    """Anonymizes nothing; on the named photo it replaces the output folder by a file, then fails."""
+
+    def __init__(self, out, on: str):
+        self.out, self.on, self.calls = out, on, []
+
+    def anonymize(self, photo, **kwargs):
+        self.calls.append(photo.name)
+        if photo.name == self.on:
+            shutil.rmtree(self.out)
+            self.out.write_text("the output folder is gone")
+        raise FalcoError("refused")
+
+
+def test_a_failure_that_cannot_be_recorded_is_reported_and_the_run_goes_on(tree, tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b").write_text("a file where the records of b/ should go")
+    summary = anonymize_tree(Refusing(), tree, out, progress=False)
+    assert (summary.total, summary.failed) == (4, 4)
+    assert json.loads((out / "a" / "astronaut.png.json").read_text())["status"] == "failed"
+    assert caplog.text.count("could not be recorded") == 3
+
+
+def test_an_output_folder_that_goes_away_stops_the_run_with_a_clear_message(tree, tmp_path):
+    out = tmp_path / "out"
+    vandal = Vandal(out, on="blank.png")
+    with pytest.raises(FalcoError, match=r"Cannot write to the output folder .* stopped after 2 of 4 images"):
+        anonymize_tree(vandal, tree, out, progress=False)
+    assert vandal.calls == ["astronaut.png", "blank.png"]
