@@ -4,9 +4,11 @@
 
 For IN_DIR/a/b/x.jpg it writes OUT_DIR/a/b/x.jpg (every usable face anonymized; with
 several margins x.m0.5.jpg, one per m), x.jpg.latents.safetensors (the W+ codes) and,
-last, x.jpg.json, the record of the run.  An image with a record is done and skipped,
-so a run that was interrupted picks up where it stopped; a failed image gets a record
-with the error (retried with --retry-failed) and the run goes on.  ``--shard i/n`` takes
+last, x.jpg.json, the record of the run with its settings.  An image recorded with the
+same settings is done and skipped, so a run that was interrupted picks up where it
+stopped; one recorded with other settings (m, steps, seed, fake k, weights, ...) is done
+again and its earlier outputs replaced.  A failed image gets a record with the error
+(retried with --retry-failed) and the run goes on.  ``--shard i/n`` takes
 the files whose path hashes to i modulo n, so n machines given 0/n .. n-1/n split a
 dataset without talking to each other and every file lands in exactly one shard.
 """
@@ -62,6 +64,7 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    redone: int = 0    # of done and failed: images recorded before with other settings
 
 
 def list_images(root: Path, extensions: Sequence[str], exclude: Path | None = None) -> list[str]:
@@ -86,12 +89,19 @@ def output_paths(out_dir: Path, relative: str, margins: Sequence[float]) -> tupl
     return images, target.with_name(target.name + ".latents.safetensors"), target.with_name(target.name + ".json")
 
 
-def is_done(record: Path, retry_failed: bool) -> bool:
+def run_settings(pipeline, margins: Sequence[float], optim: OptimConfig, fake_k: int) -> dict:
+    """What decides an image's outputs, as its record keeps it (JSON types): the device does not."""
+    return json.loads(json.dumps({"margins": list(margins), "optim": asdict(optim), "fake_k": fake_k,
+                                  "weights": pipeline.source}))
+
+
+def read_record(record: Path) -> dict | None:
+    """An image's record; None when there is none or it is damaged (the image is done again)."""
     try:
-        status = json.loads(record.read_text()).get("status")
+        entry = json.loads(record.read_text())
     except (OSError, ValueError):
-        return False   # no record, or a damaged one: do it again
-    return status == "ok" or (status == "failed" and not retry_failed)
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 def prepare_out_dir(in_dir: Path, out_dir: Path) -> None:
@@ -136,15 +146,15 @@ def _save_image(image: Image.Image, path: Path, config: CliConfig) -> None:
     _write_atomic(path, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
-def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float],
-                  optim: OptimConfig, fake_k: int, config: CliConfig) -> dict:
+def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, settings: dict,
+                  optim: OptimConfig, config: CliConfig) -> dict:
     """Anonymize one photo and write its images, latents and (last) record; returns the record."""
     # Loaded with the pipeline by now; main imports falco.pipeline late, so that usage errors answer fast.
     from falco.pipeline import WPLUS_FILE_METADATA
     started = time.monotonic()
-    images, latents, record = output_paths(out_dir, relative, margins)
+    images, latents, record = output_paths(out_dir, relative, settings["margins"])
     result = None
-    for event in pipeline.anonymize(source, margins=margins, optim=optim, fake_k=fake_k):
+    for event in pipeline.anonymize(source, margins=settings["margins"], optim=optim, fake_k=settings["fake_k"]):
         result = event
     record.parent.mkdir(parents=True, exist_ok=True)
     for photo, path in zip(result.photos, images):
@@ -153,18 +163,30 @@ def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins:
                                                  metadata={"what": WPLUS_FILE_METADATA}))
     entry = {"source": relative, "status": "ok",
              "outputs": [p.relative_to(out_dir).as_posix() for p in (*images, latents)],
-             "faces": result.face_records(),
+             "faces": result.face_records(), "settings": settings,
              "params": result.params, "seconds": round(time.monotonic() - started, 3)}
     _write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
     return entry
 
 
-def record_failure(out_dir: Path, relative: str, margins: Sequence[float], err: Exception) -> None:
-    _, _, record = output_paths(out_dir, relative, margins)
+def record_failure(out_dir: Path, relative: str, settings: dict, err: Exception) -> dict:
+    _, _, record = output_paths(out_dir, relative, settings["margins"])
     record.parent.mkdir(parents=True, exist_ok=True)
     entry = {"source": relative, "status": "failed", "error": str(err) or type(err).__name__,
-             "error_type": type(err).__name__}
+             "error_type": type(err).__name__, "settings": settings}
     _write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+    return entry
+
+
+def _remove_superseded(out_dir: Path, relative: str, earlier: dict, now: dict) -> None:
+    """Deletes the files of an earlier record that the new one does not list (other m values: other names)."""
+    record = output_paths(out_dir, relative, now["settings"]["margins"])[2]
+    keep = {record, *(out_dir / name for name in now.get("outputs", []))}
+    for name in earlier.get("outputs", []):
+        path = out_dir / name
+        # A damaged record cannot point outside the output folder.
+        if path not in keep and path.resolve().is_relative_to(out_dir.resolve()):
+            path.unlink(missing_ok=True)
 
 
 def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[float] = (0.0,),
@@ -173,15 +195,23 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
                    config: CliConfig = CliConfig()) -> Summary:
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     prepare_out_dir(in_dir, out_dir)
+    settings = run_settings(pipeline, margins, optim, fake_k)
     files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
     summary = Summary(total=len(files))
     bar = tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress)
     for relative in bar:
-        if is_done(output_paths(out_dir, relative, margins)[2], retry_failed):
-            summary.skipped += 1
-            continue
+        earlier = read_record(output_paths(out_dir, relative, margins)[2])
+        if earlier is not None and earlier.get("settings") == settings:
+            if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
+                summary.skipped += 1
+                continue
+        elif earlier is not None:
+            if not summary.redone:
+                log.warning("%s was done with other settings: it is done again, and so is every such image",
+                            relative)
+            summary.redone += 1
         try:
-            anonymize_one(pipeline, in_dir / relative, relative, out_dir, margins, optim, fake_k, config)
+            entry = anonymize_one(pipeline, in_dir / relative, relative, out_dir, settings, optim, config)
             summary.done += 1
         except WeightsError:
             raise   # every other image would fail the same way
@@ -189,7 +219,7 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
             log.warning("%s: %s", relative, err)
             summary.failed += 1
             try:
-                record_failure(out_dir, relative, margins, err)
+                entry = record_failure(out_dir, relative, settings, err)
             except OSError as unrecorded:
                 problem = _unwritable(out_dir)
                 if problem:   # every later image would fail the same way
@@ -197,6 +227,9 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
                                      f"after {summary.done + summary.skipped + summary.failed} of {summary.total} "
                                      "images.") from None
                 log.warning("%s: the failure could not be recorded either: %s", relative, unrecorded)
+                entry = None   # the earlier record stands, and its files with it
+        if earlier is not None and entry is not None:
+            _remove_superseded(out_dir, relative, earlier, entry)
         bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
     return summary
 

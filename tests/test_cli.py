@@ -32,6 +32,7 @@ class Interrupting:
 
     def __init__(self, pipeline, interrupt_on: str | None = None):
         self.pipeline, self.interrupt_on, self.calls = pipeline, interrupt_on, []
+        self.source = pipeline.source
 
     def anonymize(self, photo, **kwargs):
         self.calls.append(photo.name)
@@ -149,6 +150,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tree, tmp_path, tiny_pipeli
 
 class Refusing:
     """A pipeline that turns every photo down at once: the split is all that is under test."""
+    source = "refusing"
 
     def __init__(self):
         self.calls = []
@@ -184,6 +186,7 @@ def test_an_output_folder_that_cannot_hold_the_outputs_is_a_usage_error(tree, tm
 
 class Vandal:
     """Anonymizes nothing; on the named photo it replaces the output folder by a file, then fails."""
+    source = "vandal"
 
     def __init__(self, out, on: str):
         self.out, self.on, self.calls = out, on, []
@@ -212,3 +215,29 @@ def test_an_output_folder_that_goes_away_stops_the_run_with_a_clear_message(tree
     with pytest.raises(FalcoError, match=r"Cannot write to the output folder .* stopped after 2 of 4 images"):
         anonymize_tree(vandal, tree, out, progress=False)
     assert vandal.calls == ["astronaut.png", "blank.png"]
+
+
+def test_a_rerun_with_other_settings_redoes_the_images_and_replaces_their_outputs(tree, tmp_path, tiny_pipeline):
+    out = tmp_path / "out"
+    photo = out / "a" / "astronaut.png"
+    first = anonymize_tree(Interrupting(tiny_pipeline), tree, out, margins=(0.0, 0.5), optim=QUICK, progress=False)
+    assert (first.done, first.failed, first.redone) == (2, 2, 0)
+    assert sorted(p.name for p in photo.parent.iterdir()) == [
+        "astronaut.m0.5.png", "astronaut.m0.png", "astronaut.png.json", "astronaut.png.latents.safetensors"]
+
+    again = anonymize_tree(Interrupting(tiny_pipeline), tree, out, margins=(0.0, 0.5), optim=QUICK, progress=False)
+    assert (again.skipped, again.redone) == (4, 0)
+
+    for change in ({"optim": OptimConfig(steps=2)}, {"optim": OptimConfig(steps=2, seed=3)},
+                   {"optim": OptimConfig(steps=2, seed=3), "fake_k": 4}):
+        rerun = Interrupting(tiny_pipeline)
+        summary = anonymize_tree(rerun, tree, out, margins=(0.5,), **change, progress=False)
+        assert sorted(rerun.calls) == ["astronaut.JPG", "astronaut.png", "blank.png", "broken.jpg"]
+        assert (summary.done, summary.failed, summary.redone, summary.skipped) == (2, 2, 4, 0)
+        record = json.loads((out / "a" / "astronaut.png.json").read_text())
+        assert record["settings"]["margins"] == [0.5] and record["params"]["optim"] == record["settings"]["optim"]
+        assert record["settings"]["optim"]["seed"] == change["optim"].seed
+        assert record["settings"]["fake_k"] == change.get("fake_k", 1)
+        # One m now: x.png, and the earlier x.m0.png and x.m0.5.png are gone.
+        assert sorted(p.name for p in photo.parent.iterdir()) == [
+            "astronaut.png", "astronaut.png.json", "astronaut.png.latents.safetensors"]
