@@ -34,14 +34,25 @@ from falco.speed import reuse_freed_memory
 from falco.weights import Networks, WeightPaths, fetch_weights, load_networks
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, else CUDA where there is one, else the CPU; an unknown name is a FalcoError of one line."""
+def resolve_device(device: str | torch.device | None = None, present: bool = True) -> torch.device:
+    """``device``, else CUDA where there is one, else the CPU.  An unknown name, or a CUDA device this machine
+    does not have, is a FalcoError of one line; ``present=False`` skips the second check (ZeroGPU lends each run
+    a GPU that the process cannot see before)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise FalcoError(f"Unknown device {device!r}: expected e.g. cpu, cuda or cuda:1.") from err
+    if present and resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FalcoError(f"Device {str(device)!r} is not available: PyTorch finds no CUDA GPU on this machine; "
+                             "use cpu.")
+        if resolved.index is not None and resolved.index >= count:
+            raise FalcoError(f"Device {str(device)!r} is not available: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}.")
+    return resolved
 
 
 class FaceRecognizer:
@@ -192,8 +203,8 @@ class FalcoPipeline:
                         face_config: FaceConfig = FaceConfig(), progress: bool = True) -> FalcoPipeline:
         """Every network and model of a weight set (Hub repo id or folder, or its fetched paths); CUDA when
         available."""
+        device = resolve_device(device)   # before the fetch: a missing GPU costs no download
         paths = source if isinstance(source, WeightPaths) else fetch_weights(source, progress=progress)
-        device = resolve_device(device)
         if device.type == "cpu":
             reuse_freed_memory()   # ~2x faster CPU steps; best called first thing in the program (falco.speed)
         networks = load_networks(paths, device)

@@ -132,9 +132,10 @@ def zerogpu_available() -> bool:
 
 def app_device(device: str | None, zerogpu: bool) -> str:
     """The device runs use: the one asked for, else CUDA on ZeroGPU (whose GPU each run is lent, so none
-    is visible yet), else the pipeline's default.  An unknown name is a FalcoError of one line."""
+    is visible yet), else the pipeline's default.  An unknown name, or off ZeroGPU a GPU this machine does
+    not have, is a FalcoError of one line."""
     from falco.pipeline import resolve_device  # its imports (open_clip, dlib) are the loader's anyway
-    return str(resolve_device(device or ("cuda" if zerogpu else None)))
+    return str(resolve_device(device or ("cuda" if zerogpu else None), present=not zerogpu))
 
 
 def start_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
