@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -65,6 +66,18 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     redone: int = 0    # of done and failed: images recorded before with other settings
+
+    @property
+    def handled(self) -> int:
+        return self.done + self.skipped + self.failed
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, from ``main``) during ``anonymize_tree``; ``summary`` counts what was handled."""
+
+    def __init__(self, summary: Summary):
+        super().__init__(f"interrupted after {summary.handled} of {summary.total} images")
+        self.summary = summary
 
 
 def list_images(root: Path, extensions: Sequence[str], exclude: Path | None = None) -> list[str]:
@@ -135,8 +148,12 @@ def _unwritable(folder: Path) -> str | None:
 
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:   # Ctrl-C included: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _save_image(image: Image.Image, path: Path, config: CliConfig) -> None:
@@ -198,40 +215,51 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
     settings = run_settings(pipeline, margins, optim, fake_k)
     files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
     summary = Summary(total=len(files))
-    bar = tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress)
-    for relative in bar:
-        earlier = read_record(output_paths(out_dir, relative, margins)[2])
-        if earlier is not None and earlier.get("settings") == settings:
-            if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
-                summary.skipped += 1
-                continue
-        elif earlier is not None:
-            if not summary.redone:
-                log.warning("%s was done with other settings: it is done again, and so is every such image",
-                            relative)
-            summary.redone += 1
+    with tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress) as bar:
         try:
-            entry = anonymize_one(pipeline, in_dir / relative, relative, out_dir, settings, optim, config)
-            summary.done += 1
-        except WeightsError:
-            raise   # every other image would fail the same way
-        except Exception as err:   # one bad photo must not stop a dataset run
-            log.warning("%s: %s", relative, err)
-            summary.failed += 1
-            try:
-                entry = record_failure(out_dir, relative, settings, err)
-            except OSError as unrecorded:
-                problem = _unwritable(out_dir)
-                if problem:   # every later image would fail the same way
-                    raise FalcoError(f"Cannot write to the output folder {out_dir} any more ({problem}); stopped "
-                                     f"after {summary.done + summary.skipped + summary.failed} of {summary.total} "
-                                     "images.") from None
-                log.warning("%s: the failure could not be recorded either: %s", relative, unrecorded)
-                entry = None   # the earlier record stands, and its files with it
-        if earlier is not None and entry is not None:
-            _remove_superseded(out_dir, relative, earlier, entry)
-        bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
+            for relative in bar:
+                _anonymize_file(pipeline, in_dir, out_dir, relative, settings, optim, retry_failed, config, summary)
+                bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
+        except KeyboardInterrupt as stop:
+            raise Interrupted(summary) from stop
     return summary
+
+
+def _anonymize_file(pipeline, in_dir: Path, out_dir: Path, relative: str, settings: dict, optim: OptimConfig,
+                    retry_failed: bool, config: CliConfig, summary: Summary) -> None:
+    """Does one image of the tree, or skips it; counts it in ``summary``."""
+    earlier = read_record(output_paths(out_dir, relative, settings["margins"])[2])
+    if earlier is not None and earlier.get("settings") == settings:
+        if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
+            summary.skipped += 1
+            return
+    elif earlier is not None:
+        if not summary.redone:
+            log.warning("%s was done with other settings: it is done again, and so is every such image", relative)
+        summary.redone += 1
+    try:
+        entry = anonymize_one(pipeline, in_dir / relative, relative, out_dir, settings, optim, config)
+        summary.done += 1
+    except WeightsError:
+        raise   # every other image would fail the same way
+    except Exception as err:   # one bad photo must not stop a dataset run
+        log.warning("%s: %s", relative, err)
+        summary.failed += 1
+        try:
+            entry = record_failure(out_dir, relative, settings, err)
+        except OSError as unrecorded:
+            problem = _unwritable(out_dir)
+            if problem:   # every later image would fail the same way
+                raise FalcoError(f"Cannot write to the output folder {out_dir} any more ({problem}); stopped "
+                                 f"after {summary.handled} of {summary.total} images.") from None
+            log.warning("%s: the failure could not be recorded either: %s", relative, unrecorded)
+            return   # the earlier record stands, and its files with it
+    if earlier is not None:
+        _remove_superseded(out_dir, relative, earlier, entry)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from falco.pipeline import FalcoPipeline
+    # SIGTERM (a scheduler's stop) ends the run as Ctrl-C does: between two files, nothing half-written.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        from falco.pipeline import FalcoPipeline
         pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
         check_run_settings(margins, optim, args.fake_k, len(pipeline.bank))
         summary = anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,
@@ -279,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FalcoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as stop:
+        when = str(stop) if isinstance(stop, Interrupted) else "interrupted before the first image"
+        print(f"{when}; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
     return 0
 

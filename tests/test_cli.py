@@ -1,12 +1,14 @@
 import json
+import os
 import re
 import shutil
+import signal
 
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from falco.cli import Shard, anonymize_tree, list_images, main
+from falco.cli import Shard, _write_atomic, anonymize_tree, list_images, main
 from falco.config import CliConfig, OptimConfig
 from falco.errors import FalcoError
 
@@ -30,15 +32,17 @@ def tree(tmp_path, astronaut):
 class Interrupting:
     """A pipeline whose run of one chosen photo is interrupted (Ctrl-C); counts the runs."""
 
-    def __init__(self, pipeline, interrupt_on: str | None = None):
+    def __init__(self, pipeline, interrupt_on: str | None = None, signal_number: int | None = None):
         self.pipeline, self.interrupt_on, self.calls = pipeline, interrupt_on, []
-        self.source = pipeline.source
+        self.source, self.bank, self.signal_number = pipeline.source, pipeline.bank, signal_number
 
     def anonymize(self, photo, **kwargs):
         self.calls.append(photo.name)
         for event in self.pipeline.anonymize(photo, **kwargs):
             if self.interrupt_on == photo.name and getattr(event, "step", 0) == 1:
-                raise KeyboardInterrupt
+                if self.signal_number is None:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), self.signal_number)
             yield event
 
 
@@ -129,8 +133,9 @@ def test_a_fake_k_beyond_the_bank_stops_before_the_first_image(tree, tmp_path, t
 def test_an_interrupted_run_resumes_where_it_stopped(tree, tmp_path, tiny_pipeline):
     out = tmp_path / "out"
     first = Interrupting(tiny_pipeline, interrupt_on="astronaut.JPG")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stop:
         anonymize_tree(first, tree, out, optim=QUICK, progress=False)
+    assert str(stop.value) == "interrupted after 3 of 4 images"
     assert first.calls == ["astronaut.png", "blank.png", "broken.jpg", "astronaut.JPG"]
     assert json.loads((out / "a" / "astronaut.png.json").read_text())["status"] == "ok"
     assert not (out / "b" / "c").exists() or not list((out / "b" / "c").iterdir())   # nothing half-written
@@ -241,3 +246,27 @@ def test_a_rerun_with_other_settings_redoes_the_images_and_replaces_their_output
         # One m now: x.png, and the earlier x.m0.png and x.m0.5.png are gone.
         assert sorted(p.name for p in photo.parent.iterdir()) == [
             "astronaut.png", "astronaut.png.json", "astronaut.png.latents.safetensors"]
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_the_command_with_one_line(tree, tmp_path, tiny_pipeline, monkeypatch, capsys,
+                                                          signal_number):
+    from falco.pipeline import FalcoPipeline
+    stopping = Interrupting(tiny_pipeline, interrupt_on="astronaut.JPG", signal_number=signal_number)
+    monkeypatch.setattr(FalcoPipeline, "from_pretrained", lambda *a, **k: stopping)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["anonymize", str(tree), str(tmp_path / "out"), "--steps", "1", "--no-progress"])
+    assert code == 130 and signal.getsignal(signal.SIGTERM) == before
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted after 3 of 4 images; run the same command again to resume")
+    assert not list((tmp_path / "out" / "b" / "c").glob("*"))
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path):
+    def write(tmp):
+        tmp.write_bytes(b"half an image")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomic(tmp_path / "x.png", write)
+    assert list(tmp_path.iterdir()) == []
