@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from falco.checks import check_run_settings
@@ -176,8 +176,9 @@ def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, settings
     record.parent.mkdir(parents=True, exist_ok=True)
     for photo, path in zip(result.photos, images):
         _save_image(photo, path, config)
-    _write_atomic(latents, lambda tmp: save_file(result.latent_tensors(), str(tmp),
-                                                 metadata={"what": WPLUS_FILE_METADATA}))
+    # As bytes: safetensors' own save_file creates files readable by their owner alone, not per the umask.
+    codes = save(result.latent_tensors(), metadata={"what": WPLUS_FILE_METADATA})
+    _write_atomic(latents, lambda tmp: tmp.write_bytes(codes))
     entry = {"source": relative, "status": "ok",
              "outputs": [p.relative_to(out_dir).as_posix() for p in (*images, latents)],
              "faces": result.face_records(), "settings": settings,

@@ -69,7 +69,14 @@ def test_listing_finds_images_and_skips_the_output_tree(tree):
         "a/astronaut.png", "b/blank.png", "b/broken.jpg", "b/c/astronaut.JPG"]
 
 
-def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, tiny_weights, capsys):
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, tiny_weights, capsys, umask_022):
     out = tmp_path / "out"
     code = main(["anonymize", str(tree), str(out), "--weights", str(tiny_weights), "--steps", "2",
                  "--margin", "0", "0.5", "--no-progress", "--device", "cpu"])
@@ -96,6 +103,8 @@ def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, 
     assert broken["status"] == "failed" and broken["error_type"] == "InputImageError"
     assert blank["status"] == "failed" and blank["error_type"] == "NoFaceError"
     assert not (out / "notes.txt.json").exists()
+    # Every file as the umask says, the W+ codes too.
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}
 
 
 def test_bad_shard_is_a_usage_error(tree, tmp_path):
