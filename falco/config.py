@@ -92,7 +92,8 @@ class BankConfig:
 # --- Batch command line ----------------------------------------------------------------
 @dataclass(frozen=True)
 class CliConfig:
-    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+    # As the app: an animated GIF or multi-page TIFF is read (and written) as its first frame.
+    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
     jpeg_quality: int = 95
 
 

@@ -279,3 +279,16 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _write_atomic(tmp_path / "x.png", write)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gif_is_anonymized_as_its_first_frame_like_the_app_does(tmp_path, tiny_pipeline, astronaut):
+    root = tmp_path / "in"
+    root.mkdir()
+    face = Image.open(astronaut).convert("RGB")
+    face.save(root / "moving.gif", save_all=True, append_images=[Image.new("RGB", face.size, "gray")], duration=100)
+    out = tmp_path / "out"
+    summary = anonymize_tree(Interrupting(tiny_pipeline), root, out, optim=QUICK, progress=False)
+    assert (summary.total, summary.done) == (1, 1)
+    assert json.loads((out / "moving.gif.json").read_text())["outputs"][0] == "moving.gif"
+    with Image.open(out / "moving.gif") as image:
+        assert image.format == "GIF" and image.size == face.size and getattr(image, "n_frames", 1) == 1
