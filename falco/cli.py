@@ -102,10 +102,10 @@ def output_paths(out_dir: Path, relative: str, margins: Sequence[float]) -> tupl
     return images, target.with_name(target.name + ".latents.safetensors"), target.with_name(target.name + ".json")
 
 
-def run_settings(pipeline, margins: Sequence[float], optim: OptimConfig, fake_k: int) -> dict:
+def run_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str) -> dict:
     """What decides an image's outputs, as its record keeps it (JSON types): the device does not."""
     return json.loads(json.dumps({"margins": list(margins), "optim": asdict(optim), "fake_k": fake_k,
-                                  "weights": pipeline.source}))
+                                  "weights": weights}))
 
 
 def read_record(record: Path) -> dict | None:
@@ -163,15 +163,17 @@ def _save_image(image: Image.Image, path: Path, config: CliConfig) -> None:
     _write_atomic(path, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
-def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, settings: dict,
-                  optim: OptimConfig, config: CliConfig) -> dict:
-    """Anonymize one photo and write its images, latents and (last) record; returns the record."""
+def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float],
+                  optim: OptimConfig, fake_k: int, config: CliConfig, settings: dict | None = None) -> dict:
+    """Anonymize one photo and write its images, latents and (last) record; returns the record.
+
+    ``settings``: ``run_settings`` of this run, kept in the record; without them a tree run does the photo again."""
     # Loaded with the pipeline by now; main imports falco.pipeline late, so that usage errors answer fast.
     from falco.pipeline import WPLUS_FILE_METADATA
     started = time.monotonic()
-    images, latents, record = output_paths(out_dir, relative, settings["margins"])
+    images, latents, record = output_paths(out_dir, relative, margins)
     result = None
-    for event in pipeline.anonymize(source, margins=settings["margins"], optim=optim, fake_k=settings["fake_k"]):
+    for event in pipeline.anonymize(source, margins=margins, optim=optim, fake_k=fake_k):
         result = event
     record.parent.mkdir(parents=True, exist_ok=True)
     for photo, path in zip(result.photos, images):
@@ -213,7 +215,7 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
                    config: CliConfig = CliConfig()) -> Summary:
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     prepare_out_dir(in_dir, out_dir)
-    settings = run_settings(pipeline, margins, optim, fake_k)
+    settings = run_settings(margins, optim, fake_k, pipeline.source)
     files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
     summary = Summary(total=len(files))
     with tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress) as bar:
@@ -239,7 +241,8 @@ def _anonymize_file(pipeline, in_dir: Path, out_dir: Path, relative: str, settin
             log.warning("%s was done with other settings: it is done again, and so is every such image", relative)
         summary.redone += 1
     try:
-        entry = anonymize_one(pipeline, in_dir / relative, relative, out_dir, settings, optim, config)
+        entry = anonymize_one(pipeline, in_dir / relative, relative, out_dir, settings["margins"], optim,
+                              settings["fake_k"], config, settings)
         summary.done += 1
     except WeightsError:
         raise   # every other image would fail the same way
@@ -288,15 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         shard = Shard.parse(args.shard)
     except ValueError as err:
-        parser.error(str(err))
+        run.error(str(err))
     if not args.in_dir.is_dir():
-        parser.error(f"{args.in_dir} is not a folder")
+        run.error(f"{args.in_dir} is not a folder")
     optim = replace(defaults, steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
     try:   # before the networks load, so a typo costs no load (the pipeline checks again, with the bank's size)
         margins = check_run_settings(args.margin, optim, args.fake_k)
         prepare_out_dir(args.in_dir, args.out_dir)
     except FalcoError as err:
-        parser.error(str(err))
+        run.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # SIGTERM (a scheduler's stop) ends the run as Ctrl-C does: between two files, nothing half-written.
