@@ -35,5 +35,5 @@ if __name__ == "__main__":
     from falco.serving import start_app  # after argparse: --help answers without importing torch
     try:
         start_app(weights=args.weights, device=args.device, host=args.host, port=args.port)
-    except FalcoError as err:   # a bad argument: one line, no traceback
+    except FalcoError as err:   # a bad argument, or weights that a retry cannot fix: one line, no traceback
         raise SystemExit(f"app.py: {err}") from None

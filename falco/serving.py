@@ -6,10 +6,12 @@ Order matters, for the start-up time and for CPU speed:
    threads (``falco.speed``: the CPU steps are ~2x faster in a thread that starts after it);
 2. the weights are fetched and their sha256 checked in the background while Gradio is
    imported (seconds of import; hashing and I/O leave the GIL free);
-3. the networks are built once the page is (building is Python work: run against Gradio's
-   import, both took longer), and the page says when they are ready.
+3. the networks are built once the page is served (building is Python work: run against
+   Gradio's import, both took longer), and the page says when they are ready.
 
-Nothing here imports Gradio, so ``python app.py`` can start the loader first.
+Weights that a retry cannot fix stop the process (``load_failure_is_final``); the Hub or the
+network failing keeps the page up, and the next run tries again.  Nothing here imports Gradio,
+so ``python app.py`` can start the fetch first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
     from falco.pipeline import FalcoPipeline
     from falco.ui import FalcoApp
+    from falco.weights import WeightPaths
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ OOM_MESSAGE = ("The GPU ran out of memory. Try fewer faces, fewer m values, or f
                "or try again when the Space is less busy.")
 ZEROGPU_ENV = "SPACES_ZERO_GPU"
 UNEXPECTED_MESSAGE = "Something went wrong on the server (it has been logged). Please try again."
+LOAD_FAILED_MESSAGE = "The models could not be loaded; the server log says why."
 
 
 def describe_error(err: BaseException) -> str:
@@ -56,16 +61,21 @@ def describe_error(err: BaseException) -> str:
 class EngineLoader:
     """Builds the pipeline once per process.
 
-    ``start()`` loads in a background thread so the page comes up at once; ``get()``
-    waits for that load.  A failed load (the Hub unreachable, say) is retried by the next
-    ``get()``, so the app recovers without a restart once the cause is fixed.
+    ``get()`` loads it (or waits for the load in progress); ``start()`` loads in a background thread so
+    the page comes up at once.  A failed load is logged with its reason and raised as LOAD_FAILED_MESSAGE
+    (what visitors see: the reason may name server paths).  The next ``get()`` tries again, so the app
+    recovers without a restart once the Hub is back, say; unless ``final(err)`` says a retry cannot help:
+    then every later ``get()`` raises at once, and the error is ``final_failure``, left for the caller to
+    report (``start_app`` stops the process with it; ``start()``'s thread logs it).
     """
 
-    def __init__(self, factory: Callable[[], FalcoPipeline]):
-        self._factory = factory
+    def __init__(self, factory: Callable[[], FalcoPipeline],
+                 final: Callable[[BaseException], bool] = lambda err: False):
+        self._factory, self._final = factory, final
         self._lock = threading.Lock()
         self._engine: FalcoPipeline | None = None
-        self._failure: str | None = None   # what the page says about the last failed load
+        self._failed = False
+        self.final_failure: BaseException | None = None
         self._start_lock = threading.Lock()   # not self._lock: get() holds that for the whole load
         self._started = False
 
@@ -80,42 +90,94 @@ class EngineLoader:
     def get(self) -> FalcoPipeline:
         with self._lock:
             if self._engine is None:
+                if self.final_failure is not None:
+                    raise FalcoError(LOAD_FAILED_MESSAGE) from self.final_failure
                 try:
                     self._engine = self._factory()
-                    self._failure = None
+                    self._failed = False
                 except Exception as err:
-                    self._failure = describe_error(err)
-                    raise
+                    self._failed = True
+                    if self._final(err):
+                        self.final_failure = err
+                    elif isinstance(err, FalcoError):
+                        log.warning("loading the networks failed; the next run tries again: %s", err)
+                    else:
+                        describe_error(err)   # logs it with its traceback
+                    raise FalcoError(LOAD_FAILED_MESSAGE) from err
             return self._engine
 
     def _load_quietly(self) -> None:
         try:
             self.get()
             log.info("the networks are loaded")
-        except Exception:
-            log.warning("loading the networks failed: %s", self._failure)
+        except FalcoError:
+            if self.final_failure is not None:
+                log.error("the networks cannot be loaded; fix this and restart: %s", self.final_failure)
 
     def status(self) -> tuple[str, str]:
         """(state, one line for the page); state is "ready", "loading" or "failed"."""
         if self._engine is not None:
             return "ready", "The networks are loaded."
-        if self._failure is not None:
-            return "failed", f"The networks could not be loaded: {self._failure}"
+        if self._failed:
+            return "failed", LOAD_FAILED_MESSAGE
         return "loading", "Loading the networks; the first run starts when they are ready."
 
 
+def hub_unavailable(err: BaseException | None) -> bool:
+    """Whether ``err`` is the Hub or the network failing for now: unreachable (and not HF_HUB_OFFLINE), timed
+    out, a 5xx, 408 or 429 answer.  A repo, revision or file the Hub does not have is not."""
+    import httpx
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    if isinstance(err, LocalEntryNotFoundError):   # not in the cache, and the Hub did not answer
+        return not constants.HF_HUB_OFFLINE
+    if isinstance(err, (OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
+        return False
+    if isinstance(err, HfHubHTTPError):
+        status = err.response.status_code if err.response is not None else None
+        return status is None or status >= 500 or status in (408, 429)
+    return isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def load_failure_is_final(err: BaseException) -> bool:
+    """A FalcoError of the weights that loading again cannot fix: a folder or file missing or corrupt, a bad
+    repo id, a repo, revision or file the Hub does not have, a checksum mismatch, a full disk.  The Hub or
+    the network failing (``hub_unavailable``) is not final, nor an unexpected error (a bug, logged in full)."""
+    return isinstance(err, FalcoError) and not hub_unavailable(err.__cause__)
+
+
 def pipeline_factory(source: str | None, device: str | None,
-                     build_after: threading.Event | None = None) -> Callable[[], FalcoPipeline]:
-    """Loads the pipeline: the weight files are fetched and checked, then (once ``build_after`` is set,
-    where given) the networks are built."""
+                     fetched: Future[WeightPaths] | None = None) -> Callable[[], FalcoPipeline]:
+    """Loads the pipeline: the weight files are fetched and checked, then the networks are built.  The first
+    load takes the files of ``fetched`` (a fetch started earlier) where given; a later one fetches anew."""
+    earlier = [fetched] if fetched is not None else []
+
     def load() -> FalcoPipeline:
         from falco.pipeline import FalcoPipeline
         from falco.weights import fetch_weights
-        paths = fetch_weights(source)   # downloads and sha256 checks: I/O and hashing, which leave the GIL free
-        if build_after is not None:
-            build_after.wait()          # building is Python work that would contend for the GIL with the page's
+        paths = earlier.pop().result() if earlier else fetch_weights(source)
         return FalcoPipeline.from_pretrained(paths, device=device)
     return load
+
+
+def in_background(work: Callable[[], Any], name: str) -> Future:
+    """``work()`` in a daemon thread (a process that stops does not wait for it), as a Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as err:
+            future.set_exception(err)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def zerogpu_available() -> bool:
@@ -141,24 +203,45 @@ def app_device(device: str | None, zerogpu: bool) -> str:
 def start_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
               host: str | None = None, port: int | None = None,
               **launch_kwargs: Any) -> tuple[gr.Blocks, FalcoApp]:
-    """What ``python app.py`` does: choose the device, start loading, import and serve the page.
+    """What ``python app.py`` does: choose the device, fetch the weights while Gradio imports, serve the page,
+    build the networks.
 
-    ``launch_kwargs`` go to ``gr.Blocks.launch`` (``prevent_thread_lock=True`` returns at once).
+    A bad device or weights argument, or weights that a retry cannot fix (``load_failure_is_final``), raise
+    their FalcoError: before the page is served where known by then, else once the first load fails (the page
+    closes).  The Hub or the network failing keeps the page up; the next run tries again.
+    ``launch_kwargs`` go to ``gr.Blocks.launch``; with ``prevent_thread_lock=True`` this returns once the page
+    serves and the networks load in the background, a final failure then being logged (and raised by
+    ``app.loader.get()``).
     """
+    from falco.weights import fetch_weights, parse_source
+
     # app_device imports the pipeline's modules (open_clip, dlib; no thread starts) here in the main thread,
-    # so that the loading thread and Gradio's import below never import the same modules at once.
+    # so that the fetching thread and Gradio's import below never import the same modules at once.
     device = app_device(device, zerogpu_available())
+    parse_source(weights)   # a folder that does not exist, or a malformed repo id, stops here
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
-    page_built = threading.Event()
-    loader = EngineLoader(pipeline_factory(weights, device, build_after=page_built))
-    loader.start()
-    log.info("fetching and checking the weights in the background; starting the page")
+    # Fetching and hashing is I/O that leaves the GIL free; building the networks is Python work that
+    # would contend with Gradio's import for it, so that waits for the page.
+    fetched = in_background(lambda: fetch_weights(weights), name="falco-fetch")
+    loader = EngineLoader(pipeline_factory(weights, device, fetched), final=load_failure_is_final)
+    log.info("fetching and checking the weights in the background; building the page")
+    from falco.ui import build_app, launch_app
+    demo, app = build_app(device=device, config=config, loader=loader, load_now=False)
+    if fetched.done() and fetched.exception() is not None and load_failure_is_final(fetched.exception()):
+        raise fetched.exception()
+    block = not launch_kwargs.pop("prevent_thread_lock", False)
+    launch_app(demo, config, host=host, port=port, prevent_thread_lock=True, **launch_kwargs)
+    log.info("serving the page; the networks load on %s", device)
+    if not block:
+        loader.start()
+        return demo, app
     try:
-        from falco.ui import build_app, launch_app
-        demo, app = build_app(device=device, config=config, loader=loader, load_now=False)   # already loading
-    finally:
-        page_built.set()
-    log.info("page built; building the networks on %s", device)
-    launch_app(demo, config, host=host, port=port, **launch_kwargs)
+        loader.get()
+        log.info("the networks are loaded")
+    except FalcoError:
+        if loader.final_failure is not None:
+            demo.close()
+            raise loader.final_failure from None
+    demo.block_thread()
     return demo, app

@@ -1,16 +1,32 @@
 """The app's start: its device (one parser, falco.pipeline.resolve_device, for the app, the command lines and the
 pipeline) and what a failed load of the weights does."""
 
+import errno
+import logging
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
+import gradio as gr
+import httpx
+import huggingface_hub
 import pytest
 import torch
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
-from falco.errors import FalcoError
+from falco import serving, ui
+from falco.errors import FalcoError, WeightsError
 from falco.pipeline import resolve_device
 from falco.serving import app_device
+from falco.weights import ARTIFACTS, MANIFEST_NAME, Artifact, Manifest, fetch_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,9 +72,148 @@ def run_app(*args: str) -> subprocess.CompletedProcess:
                           check=False)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_app_refuses_cuda_without_a_gpu_in_one_line():
-    done = run_app("--device", "cuda")
+
+# --- A failed load: final (stop the app) or the Hub failing for now (the page stays, the next run retries) --------
+def hub_error(cls, status: int):
+    return cls(f"{status}", response=httpx.Response(status, request=httpx.Request("HEAD", "https://hub.test/x")))
+
+
+@pytest.mark.parametrize("raised, final", [
+    (LocalEntryNotFoundError("no connection and not in the cache"), False),
+    (httpx.ConnectError("connection refused"), False),
+    (hub_error(HfHubHTTPError, 503), False),
+    (hub_error(HfHubHTTPError, 429), False),
+    (hub_error(HfHubHTTPError, 400), True),
+    (hub_error(RepositoryNotFoundError, 404), True),
+    (hub_error(RevisionNotFoundError, 404), True),
+    (hub_error(RemoteEntryNotFoundError, 404), True),
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+])
+def test_hub_failures_for_now_are_retried_the_others_are_final(monkeypatch, raised, final):
+    def download(*args, **kwargs):
+        raise raised
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)   # falco.weights imports it when it downloads
+    with pytest.raises(WeightsError) as failed:
+        fetch_weights("someone/falco-weights", names=("fake_bank",), progress=False)
+    assert failed.value.__cause__ is raised and serving.load_failure_is_final(failed.value) == final
+
+
+def test_offline_mode_without_the_files_is_final(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    err = WeightsError("HF_HUB_OFFLINE is set and manifest.json is not in the cache")
+    err.__cause__ = LocalEntryNotFoundError("offline")
+    assert serving.load_failure_is_final(err)
+
+
+def test_bad_local_weights_and_repo_ids_are_final(tmp_path):
+    (tmp_path / "empty").mkdir()
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    (mismatched / ARTIFACTS["fake_bank"]).write_bytes(b"not the published bytes")
+    Manifest(None, None, {"fake_bank": Artifact("fake_bank", ARTIFACTS["fake_bank"], 23, "0" * 64)}).write(
+        mismatched / MANIFEST_NAME)
+    for source, reason in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "has no"),
+                           (mismatched, "does not match its manifest"), ("not a/repo id", "neither")):
+        with pytest.raises(WeightsError, match=reason) as failed:
+            fetch_weights(str(source), names=("fake_bank",), progress=False)
+        assert serving.load_failure_is_final(failed.value)
+    assert not serving.load_failure_is_final(RuntimeError("a bug: logged in full and retried"))
+
+
+def wait_for_load() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "falco-load":
+            thread.join()
+
+
+def test_a_failed_load_tells_visitors_nothing_of_the_server_and_the_log_why(caplog):
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise WeightsError("Cannot reach the Hub to download manifest.json; the cache /srv/secret/hub lacks "
+                               "it.") from LocalEntryNotFoundError("no connection")
+        return "engine"
+
+    loader = serving.EngineLoader(factory, final=serving.load_failure_is_final)
+    with caplog.at_level(logging.WARNING, logger="falco.serving"):
+        with pytest.raises(FalcoError) as failed:
+            loader.get()
+    assert str(failed.value) == serving.LOAD_FAILED_MESSAGE and loader.status() == ("failed", str(failed.value))
+    assert "/srv/secret" not in str(failed.value) and "/srv/secret/hub lacks it" in caplog.text
+    assert loader.final_failure is None and loader.get() == "engine" and loader.status()[0] == "ready"
+
+
+def test_a_final_failure_is_not_retried_and_the_loading_thread_logs_it(caplog):
+    attempts = []
+    bad = WeightsError("/srv/weights/e4e.safetensors does not match its manifest.")
+
+    def factory():
+        attempts.append(1)
+        raise bad
+
+    loader = serving.EngineLoader(factory, final=serving.load_failure_is_final)
+    with caplog.at_level(logging.ERROR, logger="falco.serving"):
+        loader.start()
+        wait_for_load()
+    assert loader.final_failure is bad and "/srv/weights/e4e.safetensors does not match" in caplog.text
+    with pytest.raises(FalcoError, match=serving.LOAD_FAILED_MESSAGE):
+        loader.get()
+    assert len(attempts) == 1 and loader.status() == ("failed", serving.LOAD_FAILED_MESSAGE)
+
+
+# --- start_app: a final failure stops it (before serving where known by then); the Hub failing does not --------
+@pytest.fixture
+def served_pages(monkeypatch):
+    """The pages start_app launched; none blocks the test's thread."""
+    pages = []
+    launch = ui.launch_app
+    monkeypatch.setattr(ui, "launch_app", lambda demo, *a, **k: pages.append(demo) or launch(demo, *a, **k))
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda demo: None)
+    yield pages
+    for demo in pages:
+        demo.close()
+
+
+def test_weights_found_bad_before_the_page_is_served_stop_start_app(tmp_path, monkeypatch, served_pages):
+    build = ui.build_app
+
+    def build_once_fetched(*args, **kwargs):   # the fetch of an empty folder ends at once; made certain here
+        for thread in threading.enumerate():
+            if thread.name == "falco-fetch":
+                thread.join()
+        return build(*args, **kwargs)
+    monkeypatch.setattr(ui, "build_app", build_once_fetched)
+    with pytest.raises(WeightsError, match="has no"):
+        serving.start_app(weights=str(tmp_path), device="cpu", host="127.0.0.1", quiet=True)
+    assert served_pages == []
+
+
+def test_weights_found_bad_while_building_close_the_page(tmp_path, tiny_weights, served_pages):
+    for path in tiny_weights.iterdir():   # no manifest, so only building finds the damaged file
+        if path.name != MANIFEST_NAME:
+            (tmp_path / path.name).symlink_to(path)
+    (tmp_path / ARTIFACTS["e4e"]).unlink()
+    (tmp_path / ARTIFACTS["e4e"]).write_bytes((tiny_weights / ARTIFACTS["e4e"]).read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        serving.start_app(weights=str(tmp_path), device="cpu", host="127.0.0.1", quiet=True)
+    assert len(served_pages) == 1 and not served_pages[0].is_running
+
+
+def test_the_hub_failing_keeps_the_page_up(monkeypatch, served_pages):
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("no connection and not in the cache")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    demo, app = serving.start_app(weights="someone/falco-weights", device="cpu", host="127.0.0.1", quiet=True)
+    assert served_pages == [demo] and demo.is_running
+    with urllib.request.urlopen(demo.local_url, timeout=30) as page:
+        assert page.status == 200
+    assert app.loader.status() == ("failed", serving.LOAD_FAILED_MESSAGE) and app.loader.final_failure is None
+    assert serving.LOAD_FAILED_MESSAGE in app.status_text()
+
+
+def test_app_stops_in_one_line_on_a_weights_folder_that_does_not_exist(tmp_path):
+    done = run_app("--weights", str(tmp_path / "nope"))
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.splitlines() == ["app.py: Device 'cuda' is not available: PyTorch finds no CUDA GPU on this "
-                                        "machine; use cpu."]
+    assert done.stderr.splitlines() == [f"app.py: The weights folder {tmp_path / 'nope'} does not exist."]
