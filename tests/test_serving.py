@@ -74,6 +74,12 @@ def run_app(*args: str) -> subprocess.CompletedProcess:
 
 
 # --- A failed load: final (stop the app) or the Hub failing for now (the page stays, the next run retries) --------
+@pytest.fixture
+def online(monkeypatch):
+    """As if HF_HUB_OFFLINE were unset, whatever this run's environment says (offline, missing files are final)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 def hub_error(cls, status: int):
     return cls(f"{status}", response=httpx.Response(status, request=httpx.Request("HEAD", "https://hub.test/x")))
 
@@ -89,7 +95,7 @@ def hub_error(cls, status: int):
     (hub_error(RemoteEntryNotFoundError, 404), True),
     (OSError(errno.ENOSPC, "No space left on device"), True),
 ])
-def test_hub_failures_for_now_are_retried_the_others_are_final(monkeypatch, raised, final):
+def test_hub_failures_for_now_are_retried_the_others_are_final(monkeypatch, online, raised, final):
     def download(*args, **kwargs):
         raise raised
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)   # falco.weights imports it when it downloads
@@ -126,7 +132,7 @@ def wait_for_load() -> None:
             thread.join()
 
 
-def test_a_failed_load_tells_visitors_nothing_of_the_server_and_the_log_why(caplog):
+def test_a_failed_load_tells_visitors_nothing_of_the_server_and_the_log_why(caplog, online):
     attempts = []
 
     def factory():
@@ -201,7 +207,7 @@ def test_weights_found_bad_while_building_close_the_page(tmp_path, tiny_weights,
     assert len(served_pages) == 1 and not served_pages[0].is_running
 
 
-def test_the_hub_failing_keeps_the_page_up(monkeypatch, served_pages):
+def test_the_hub_failing_keeps_the_page_up(monkeypatch, online, served_pages):
     def unreachable(*args, **kwargs):
         raise LocalEntryNotFoundError("no connection and not in the cache")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
