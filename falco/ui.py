@@ -6,17 +6,25 @@ page does lives here, so tests build exactly the same app in-process.
 Process and sessions: the pipeline loads once per process, in a background thread, so
 the page is served at once and says when the networks are ready (or why they are not).
 A run is a generator that streams the optimisation; Gradio's queue runs one job at a
-time and tells a waiting visitor their place.  Nothing of a visitor is kept in globals:
-their values live in components and in a ``gr.State`` whose files go when the session
-ends.
+time and tells a waiting visitor their place.  A visitor's values live in components and
+in a ``gr.State`` (``Session``); every file the page shows them is written in the
+session's own folder inside Gradio's cache (Gradio serves files there as they are, so no
+other session shares them), and the folder goes when the session ends.  Uploads are the
+exception: Gradio names them by content, so two visitors with the same photo share one
+file, which ``SharedFiles`` deletes when the last session holding it ends.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import math
+import shutil
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,16 +32,20 @@ from typing import Any
 
 import gradio as gr
 import torch
+from gradio.data_classes import ImageData
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
 
 from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
-from falco.pipeline import WPLUS_FILE_METADATA, AnonymizationResult, StepEvent
+from falco.pipeline import WPLUS_FILE_METADATA, AnonymizationResult, FaceResult, StepEvent
 from falco.serving import EngineLoader, app_device, describe_error, pipeline_factory, zerogpu_available
 
 log = logging.getLogger(__name__)
+
+PHOTO_GONE = "The photo is no longer on the server; please upload it again."
+SEED_LIMIT = 2**63   # seeds travel as 64-bit signed integers (torch generators, JSON readers)
 
 EXAMPLES = (Path(__file__).resolve().parent / "assets" / "astronaut.jpg",)
 INTRO = """# FALCO: face anonymization that keeps the attributes
@@ -45,6 +57,8 @@ lighting and age (Barattin et al., CVPR 2023).
    original as the face recogniser can tell; higher values keep more of the identity.
 3. **Run** streams the optimisation as it goes; **Compare m** runs several values of m at once.
 """
+# Gradio's file list offers to remove each file of a list, downloads included.
+PAGE_CSS = "#falco-downloads .label-clear-button { display: none; }"
 
 
 # --- Errors ---------------------------------------------------------------------------
@@ -103,11 +117,37 @@ def parse_margins(text: str, limit: int) -> tuple[float, ...]:
 
 def optim_settings(base: OptimConfig, steps: float, lr: float, lambda_id: float, lambda_attr: float,
                    seed: float, max_steps: int) -> OptimConfig:
+    """The form's numbers over ``base``; a FalcoError of one line for any that is missing or out of range."""
+    numbers = {"Steps": steps, "The learning rate": lr, "lambda_id": lambda_id, "lambda_attr": lambda_attr,
+               "The seed": seed}
+    for name, value in numbers.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise FalcoError(f"{name} must be a number.")
     if not 1 <= int(steps) <= max_steps or lr <= 0 or lambda_id < 0 or lambda_attr < 0:
         raise FalcoError(f"Steps must lie between 1 and {max_steps}, the learning rate above 0, "
                          "and the lambdas must not be negative.")
+    if seed != int(seed) or not 0 <= int(seed) < SEED_LIMIT:
+        raise FalcoError(f"The seed must be a whole number from 0 to 2**63 - 1, not {seed:g}.")
     return replace(base, steps=int(steps), lr=float(lr), lambda_id=float(lambda_id),
                    lambda_attr=float(lambda_attr), seed=int(seed))
+
+
+def read_photo(path: str) -> Image.Image:
+    """The uploaded photo at ``path``; gone from the server (its session ended): a FalcoError that shows no path."""
+    try:
+        data = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise FalcoError(PHOTO_GONE) from None
+    return load_photo(data)
+
+
+def check_picks(picked: Sequence[Any], faces: Sequence[DetectedFace]) -> tuple[int, ...]:
+    """The ticked faces (0-based), each one of this photo's usable faces."""
+    if not picked:
+        raise FalcoError("Tick at least one face to anonymize.")
+    if any(not isinstance(i, int) or not 0 <= i < len(faces) or not faces[i].usable for i in picked):
+        raise FalcoError("The faces ticked are not among this photo's faces; tick them again.")
+    return tuple(sorted(set(picked)))
 
 
 # --- Pictures and text for the page ----------------------------------------------------------
@@ -137,12 +177,26 @@ def face_summary(faces: Sequence[DetectedFace]) -> tuple[list[tuple[str, int]], 
     return choices, [value for _, value in choices], "\n".join([found, *lines])
 
 
-def preview_strip(images: Sequence[Image.Image], tile: int) -> Image.Image:
-    """The previews side by side, each tile x tile (previews of a small generator are smaller than that)."""
-    strip = Image.new("RGB", (tile * len(images), tile))
+def preview_grid(images: Sequence[Image.Image], tile: int, columns: int) -> Image.Image:
+    """The previews in rows of ``columns``, each tile x tile (previews of a small generator are smaller)."""
+    columns = max(1, min(columns, len(images)))
+    grid = Image.new("RGB", (tile * columns, tile * math.ceil(len(images) / columns)))
     for i, image in enumerate(images):
-        strip.paste(image.convert("RGB").resize((tile, tile), Image.BILINEAR), (i * tile, 0))
-    return strip
+        grid.paste(image.convert("RGB").resize((tile, tile), Image.BILINEAR), (i % columns * tile, i // columns * tile))
+    return grid
+
+
+def progress_box(text: str) -> str:
+    return f'<div id="falco-progress">{text}</div>'
+
+
+def stopped_html(progress: str | None) -> str:
+    """What the progress box says after Stop: "Stopped" over a run's steps, else unchanged (a run stopped
+    before its first step leaves the earlier results and their line)."""
+    progress = progress or ""
+    if "Step <b>" not in progress:
+        return progress
+    return progress_box(f"Stopped after step {progress.split('Step <b>', 1)[1].split('</b>', 1)[0]}.")
 
 
 def progress_html(event: StepEvent) -> str:
@@ -165,20 +219,31 @@ def metric_rows(result: AnonymizationResult) -> list[list[Any]]:
 METRIC_HEADERS = ["face", "m", "identity cosine (ArcFace)", "recogniser distance (dlib)", "verdict"]
 
 
-def face_gallery(result: AnonymizationResult, compare: bool = False) -> list[tuple[Image.Image, str]]:
+def face_files(r: FaceResult) -> dict[str, Image.Image]:
+    """A face result's images by their download file name (faces numbered from 1, as on the page)."""
+    number = r.face_index + 1
+    return {f"face{number}_aligned.png": r.aligned, f"face{number}_inversion.png": r.inversion,
+            f"face{number}_fake.png": r.fake, f"face{number}_m{r.margin:g}_anonymized.png": r.anonymized}
+
+
+def face_gallery(result: AnonymizationResult, compare: bool = False,
+                 folder: Path | None = None) -> list[tuple[Image.Image | str, str]]:
     """Per face: the original aligned (then its e4e inversion and fake neighbour, unless comparing), then
-    the anonymized face at each m.  Comparing, a face's images are one row of the gallery."""
+    the anonymized face at each m.  Comparing, a face's images are one row of the gallery.
+    ``folder``: where ``write_downloads`` put this result; the gallery then shows those files."""
     items, seen = [], set()
     for r in result.faces:
         name = f"Face {r.face_index + 1}"
+        aligned, inversion, fake, anonymized = (str(folder / f) if folder else image
+                                                for f, image in face_files(r).items())
         if r.face_index not in seen:
             seen.add(r.face_index)
-            items.append((r.aligned, f"{name}: original"))
+            items.append((aligned, f"{name}: original"))
             if not compare:
-                items += [(r.inversion, f"{name}: e4e inversion"), (r.fake, f"{name}: fake neighbour")]
+                items += [(inversion, f"{name}: e4e inversion"), (fake, f"{name}: fake neighbour")]
         caption = (f"m = {r.margin:g} (cosine {r.identity_cosine:.3f}, {verdict(r.recognizer_distance)})" if compare
                    else f"{name}: anonymized, m = {r.margin:g}, cosine {r.identity_cosine:.3f}")
-        items.append((r.anonymized, caption))
+        items.append((anonymized, caption))
     return items
 
 
@@ -195,10 +260,7 @@ def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder:
         paths.append(folder / f"photo_m{margin:g}.png")
         photo.save(paths[-1])
     for r in result.faces:
-        number = r.face_index + 1   # as the page and the record number faces
-        images = {f"face{number}_{kind}.png": getattr(r, kind) for kind in ("aligned", "inversion", "fake")}
-        images[f"face{number}_m{r.margin:g}_anonymized.png"] = r.anonymized
-        for name, image in images.items():
+        for name, image in face_files(r).items():
             if folder / name not in paths:
                 image.save(folder / name)
                 paths.append(folder / name)
@@ -230,21 +292,75 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
 
 # --- The session ---------------------------------------------------------------------------
+class SharedFiles:
+    """Files that several holders may use at once, deleted when the last one lets go.
+
+    Gradio stores an upload at a path named by its content, so two visitors (or one who
+    reloaded the page) who upload the same photo get the same file."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holders: Counter[str] = Counter()
+
+    def hold(self, path: str) -> None:
+        with self._lock:
+            self._holders[path] += 1
+
+    def release(self, path: str) -> None:
+        with self._lock:
+            self._holders[path] -= 1
+            if self._holders[path] > 0:
+                return
+            del self._holders[path]
+            Path(path).unlink(missing_ok=True)
+
+
+UPLOADS = SharedFiles()   # one per process, as Gradio's cache is
+
+
 @dataclass
 class Session:
-    """One visitor's state: the photos they uploaded (removed when the session ends) and
-    the faces found in the current photo (so a run does not detect them again)."""
-    uploads: set[str] = field(default_factory=set)
+    """One visitor's state: the photo shown and its faces (so a run does not detect them
+    again), the uploads it holds, and its folder of every file the page shows it.  All of
+    them go when the session ends."""
     photo: str | None = None
     detections: list[DetectedFace] | None = None
+    uploads: set[str] = field(default_factory=set)
+    folder: str | None = None      # inside Gradio's cache, made at the first file
+    made: int = 0                  # subfolders made, to name the next
 
     def detections_for(self, photo_path: str | None) -> list[DetectedFace] | None:
         return self.detections if photo_path is not None and photo_path == self.photo else None
 
+    def hold(self, upload: str) -> None:
+        if upload not in self.uploads:
+            UPLOADS.hold(upload)
+            self.uploads.add(upload)
+
+    def new_folder(self, cache: Path, kind: str) -> Path:
+        """A new subfolder for one photo's or one run's files."""
+        if self.folder is None:
+            cache.mkdir(parents=True, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix="falco-session-", dir=cache)
+        self.made += 1
+        folder = Path(self.folder) / f"{kind}-{self.made}"
+        folder.mkdir()
+        return folder
+
+    def drop_others(self, keep: Path) -> None:
+        """Removes the subfolders of keep's kind but keep: what the page no longer shows."""
+        kind = keep.name.split("-")[0]
+        for folder in keep.parent.glob(f"{kind}-*"):
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def forget(self) -> None:
-        for path in self.uploads:
-            Path(path).unlink(missing_ok=True)
+        for upload in self.uploads:
+            UPLOADS.release(upload)
         self.uploads.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 def _end_session(session: Session | None) -> None:
@@ -260,6 +376,7 @@ class FalcoApp:
                  gpu: Callable | None = None):
         self.loader, self.config, self.on_gpu = loader, config, on_gpu
         self.default_optim = OptimConfig() if on_gpu else config.cpu_optim
+        self.cache = Path(gr.utils.get_upload_folder())   # Gradio's cache: files there are served as they are
         # On ZeroGPU only this part holds a GPU; loading, detection and files stay outside.
         self._device_run = gpu(self._anonymize) if gpu is not None else self._anonymize
 
@@ -275,7 +392,7 @@ class FalcoApp:
         try:
             if not photo_path:
                 raise FalcoError("Upload a photo first.")
-            photo = load_photo(photo_path)
+            photo = read_photo(photo_path)
             self.loader.get()   # wait for the networks here, not inside the GPU slot
             yield from self._device_run(photo, settings)
         except gr.Error:
@@ -297,72 +414,106 @@ class FalcoApp:
         """Refreshes the banner until the load has ended either way."""
         return self.status_text(), gr.Timer(active=self.loader.status()[0] == "loading")
 
-    def on_photo(self, photo_path: str | None, session: Session):
-        """Detects the faces of a new photo: numbered outlines, the face picker and a summary."""
+    def on_photo(self, photo_path: str | None, session: Session) -> dict:
+        """Detects the faces of a new photo (numbered outlines, the face picker, a summary) and clears
+        the previous photo's results."""
+        c = self.components
         session.photo, session.detections = photo_path, None
+        update = {c.progress: "", c.live: None, c.result_photo: None, c.gallery: [], c.metrics: [],
+                  c.downloads: None, c.faces_view: None, c.picked: gr.CheckboxGroup(choices=[], value=[]),
+                  c.picked_for: photo_path or "", c.session: session}
         if not photo_path:
-            return None, gr.CheckboxGroup(choices=[], value=[]), "", session
+            return update | {c.faces_text: ""}
         if photo_path not in self.photo.keep_in_cache:   # example files are shared by every session
-            session.uploads.add(photo_path)
+            session.hold(photo_path)
         try:
-            photo = load_photo(photo_path)
+            photo = read_photo(photo_path)
             faces = self.loader.get().detect(photo)
         except Exception as err:
-            return None, gr.CheckboxGroup(choices=[], value=[]), f"⚠️ {describe_error(err)}", session
+            return update | {c.faces_text: f"⚠️ {describe_error(err)}"}
         session.detections = faces
+        folder = session.new_folder(self.cache, "photo")
+        session.drop_others(folder)
+        update[c.faces_view] = str(folder / "faces.webp")
+        annotate_faces(photo, faces).save(update[c.faces_view])
         if not faces:
-            return photo, gr.CheckboxGroup(choices=[], value=[]), "⚠️ No face was found in this photo.", session
+            return update | {c.faces_text: "⚠️ No face was found in this photo."}
         choices, ticked, text = face_summary(faces)
-        return annotate_faces(photo, faces), gr.CheckboxGroup(choices=choices, value=ticked), text, session
+        return update | {c.picked: gr.CheckboxGroup(choices=choices, value=ticked), c.faces_text: text}
 
-    def _ui_settings(self, photo_path: str | None, session: Session, picked: list[int],
-                     margins: tuple[float, ...], steps, lr, lambda_id, lambda_attr, seed, another_fake) -> RunSettings:
-        if not picked:
-            raise gr.Error("Tick at least one face to anonymize.", print_exception=False)
-        try:
-            optim = optim_settings(self.default_optim, steps, lr, lambda_id, lambda_attr, seed, self.config.max_steps)
-        except FalcoError as err:
-            raise _as_gr_error(err) from err
-        return RunSettings(tuple(sorted(picked)), margins, optim, bool(another_fake),
-                           session.detections_for(photo_path))
+    def _photo_path(self, payload: dict | None) -> str | None:
+        # Runs take the page's values unprocessed (see build), the photo as Gradio's file record.
+        return None if payload is None else self.photo.preprocess(ImageData(**payload))
 
-    def _ui_run(self, photo_path: str | None, settings: RunSettings, compare: bool):
-        """Streams previews and progress, then the results, as dicts keyed by component."""
+    def _ui_settings(self, photo_path: str | None, picked_for: str | None, session: Session, picked: list,
+                     margins: tuple[float, ...], steps, lr, lambda_id, lambda_attr, seed,
+                     another_fake) -> RunSettings:
+        if not photo_path:
+            raise FalcoError("Upload a photo first.")
+        if picked_for != photo_path:   # the picker still shows an earlier photo's faces
+            raise FalcoError("The faces of this photo are still being found; tick them once they are "
+                             "numbered, then run again.")
+        optim = optim_settings(self.default_optim, steps, lr, lambda_id, lambda_attr, seed, self.config.max_steps)
+        faces = session.detections_for(photo_path)
+        if faces is None:   # the session's photo changed since (or its detection failed): find them again
+            faces = self.loader.get().detect(read_photo(photo_path))
+        return RunSettings(check_picks(picked, faces), margins, optim, bool(another_fake), faces)
+
+    def _ui_run(self, session: Session, ask: Callable[[], tuple[str, RunSettings]], compare: bool):
+        """Streams previews and progress, then the results, as dicts keyed by component.  ``ask`` gives the
+        photo and settings (or raises a FalcoError); every error ends in the progress box."""
         c = self.components
-        yield {c.progress: '<div id="falco-progress">Starting…</div>', c.live: None, c.result_photo: None,
-               c.gallery: [], c.metrics: [], c.downloads: None}
-        started = time.monotonic()
-        for event in self._stream(photo_path, settings):
-            if isinstance(event, StepEvent):
-                update = {c.progress: progress_html(event)}
-                if event.previews:
-                    update[c.live] = preview_strip(event.previews, settings.optim.preview_size)
-                yield update
-                continue
-            with tempfile.TemporaryDirectory(prefix="falco-run-") as folder:
-                paths = write_downloads(event, run_record(event), Path(folder))
-                # Gradio copies the files into its cache before it resumes this generator.
-                yield {c.progress: f'<div id="falco-progress">Done: {settings.optim.steps} steps in '
-                                   f"{time.monotonic() - started:.1f} s.</div>",
-                       c.result_photo: event.photo,
-                       c.gallery: gr.update(value=face_gallery(event, compare),
+        try:
+            try:
+                photo_path, settings = ask()
+            except Exception as err:
+                raise _as_gr_error(err) from err
+            folder = session.new_folder(self.cache, "run")
+            started, first = time.monotonic(), True
+            for event in self._stream(photo_path, settings):
+                if isinstance(event, StepEvent):
+                    update = {c.progress: progress_html(event)}
+                    # Until its first step a run shows nothing (Gradio shows it waiting): one stopped or
+                    # cancelled before then leaves the earlier results as they were.
+                    if first:
+                        update |= {c.result_photo: None, c.gallery: [], c.metrics: [], c.downloads: None,
+                                   c.session: session}   # a session that ran registers its cleanup
+                        first = False
+                    if event.previews:
+                        update[c.live] = str(folder / f"preview-{event.step}.webp")
+                        columns = len(settings.margins) if compare else len(event.previews)
+                        preview_grid(event.previews, settings.optim.preview_size, columns).save(update[c.live])
+                    yield update
+                    continue
+                paths = write_downloads(event, run_record(event), folder)
+                session.drop_others(folder)
+                yield {c.progress: progress_box(f"Done: {settings.optim.steps} steps in "
+                                                f"{time.monotonic() - started:.1f} s."),
+                       c.result_photo: paths[0],   # the photo at the first m
+                       c.gallery: gr.update(value=face_gallery(event, compare, folder),
                                             columns=1 + len(event.margins) if compare else 4),
                        c.metrics: metric_rows(event), c.downloads: paths}
+        except gr.Error as err:
+            yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}")}
+            raise
 
-    def run(self, photo_path, picked, margin, steps, lr, lambda_id, lambda_attr, seed, another_fake, session):
-        settings = self._ui_settings(photo_path, session, picked, (float(margin),), steps, lr, lambda_id,
-                                     lambda_attr, seed, another_fake)
-        yield from self._ui_run(photo_path, settings, compare=False)
+    def run(self, photo, picked_for, picked, margin, steps, lr, lambda_id, lambda_attr, seed, another_fake,
+            session):
+        def ask():
+            path = self._photo_path(photo)
+            margins = parse_margins(str(margin), 1)
+            return path, self._ui_settings(path, picked_for, session, picked, margins, steps, lr, lambda_id,
+                                           lambda_attr, seed, another_fake)
+        yield from self._ui_run(session, ask, compare=False)
 
-    def compare(self, photo_path, picked, margins_text, steps, lr, lambda_id, lambda_attr, seed, another_fake,
-                session):
-        try:
-            margins = parse_margins(margins_text, self.config.max_margins)
-        except FalcoError as err:
-            raise _as_gr_error(err) from err
-        settings = self._ui_settings(photo_path, session, picked, margins, steps, lr, lambda_id, lambda_attr,
-                                     seed, another_fake)
-        yield from self._ui_run(photo_path, settings, compare=True)
+    def compare(self, photo, picked_for, picked, margins_text, steps, lr, lambda_id, lambda_attr, seed,
+                another_fake, session):
+        def ask():
+            path = self._photo_path(photo)
+            margins = parse_margins(margins_text or "", self.config.max_margins)
+            return path, self._ui_settings(path, picked_for, session, picked, margins, steps, lr, lambda_id,
+                                           lambda_attr, seed, another_fake)
+        yield from self._ui_run(session, ask, compare=True)
 
     def api_anonymize(self, photo: str, faces: str, margins: str, steps: float, lr: float, lambda_id: float,
                       lambda_attr: float, seed: float, another_fake: bool):
@@ -383,11 +534,18 @@ class FalcoApp:
                                    bool(another_fake))
         except FalcoError as err:
             raise _as_gr_error(err) from err
-        for event in self._stream(photo, settings):
-            if isinstance(event, AnonymizationResult):
-                record = run_record(event)
-                with tempfile.TemporaryDirectory(prefix="falco-api-") as folder:
-                    yield event.photo, face_gallery(event), record, write_downloads(event, record, Path(folder))
+        if photo:   # the upload goes with the call, unless a page session shows the same file
+            UPLOADS.hold(photo)
+        try:
+            for event in self._stream(photo, settings):
+                if isinstance(event, AnonymizationResult):
+                    record = run_record(event)
+                    with tempfile.TemporaryDirectory(prefix="falco-api-") as folder:
+                        # Gradio copies the files into its cache before it resumes this generator.
+                        yield event.photo, face_gallery(event), record, write_downloads(event, record, Path(folder))
+        finally:
+            if photo:
+                UPLOADS.release(photo)
 
     # -- layout --
     def build(self) -> gr.Blocks:
@@ -406,6 +564,7 @@ class FalcoApp:
                     faces_text = gr.Markdown(elem_id="falco-faces-text")
                     picked = gr.CheckboxGroup(label="Faces to anonymize", choices=[], value=[], type="value",
                                               elem_id="falco-picked")
+                    picked_for = gr.Textbox(visible=False)   # the photo whose faces the picker shows
                     margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
                                        info="0: as unlike the original as possible; 1: keeps the identity")
                     with gr.Row():
@@ -445,21 +604,30 @@ class FalcoApp:
                                gr.JSON(label="record"), gr.File(label="files", file_count="multiple")]
                 api_btn = gr.Button()
             self.photo = photo
-            self.components = _Outputs(progress, live, result_photo, gallery, metrics, downloads)
+            self.components = _Components(progress, live, result_photo, gallery, metrics, downloads, faces_view,
+                                          picked, faces_text, picked_for, session)
 
             timer = gr.Timer(1.0, active=self.loader.status()[0] == "loading")
             timer.tick(self.status_update, outputs=[banner, timer], queue=False, api_visibility="private")
             demo.load(self.status_update, outputs=[banner, timer], queue=False, api_visibility="private")
-            photo.change(self.on_photo, inputs=[photo, session], outputs=[faces_view, picked, faces_text, session],
-                         concurrency_id="detect", concurrency_limit=2, api_visibility="private")
             advanced = [steps, lr, lambda_id, lambda_attr, seed, another_fake]
-            outputs = [progress, live, result_photo, gallery, metrics, downloads]
-            run_event = run_btn.click(self.run, inputs=[photo, picked, margin, *advanced, session], outputs=outputs,
-                                      show_progress_on=[live], concurrency_id="gpu", api_visibility="private")
-            compare_event = compare_btn.click(self.compare, inputs=[photo, picked, margins_text, *advanced, session],
+            outputs = [progress, live, result_photo, gallery, metrics, downloads, session]
+            # Unprocessed inputs: Gradio's own checks of the form (the picker's choices, the numbers' bounds) raise
+            # its messages with a server traceback, and a pick made before the new photo's faces were numbered
+            # fails the picker's check; _ui_settings checks every value and says what is wrong.
+            run_event = run_btn.click(self.run, inputs=[photo, picked_for, picked, margin, *advanced, session],
+                                      outputs=outputs, show_progress_on=[live], concurrency_id="gpu",
+                                      api_visibility="private", preprocess=False)
+            compare_event = compare_btn.click(self.compare,
+                                              inputs=[photo, picked_for, picked, margins_text, *advanced, session],
                                               outputs=outputs, show_progress_on=[live], concurrency_id="gpu",
-                                              api_visibility="private")
-            stop_btn.click(None, cancels=[run_event, compare_event])
+                                              api_visibility="private", preprocess=False)
+            stop_btn.click(stopped_html, inputs=[progress], outputs=[progress], cancels=[run_event, compare_event],
+                           queue=False, api_visibility="private")
+            # A new photo ends a run on the previous one and clears its results.
+            photo.change(self.on_photo, inputs=[photo, session], cancels=[run_event, compare_event],
+                         outputs=[*outputs, faces_view, picked, faces_text, picked_for],
+                         concurrency_id="detect", concurrency_limit=2, api_visibility="private")
             api_btn.click(self.api_anonymize, inputs=api_inputs, outputs=api_outputs, api_name="anonymize",
                           concurrency_id="gpu")
         demo.queue(max_size=cfg.queue_max_size, default_concurrency_limit=1)
@@ -467,13 +635,18 @@ class FalcoApp:
 
 
 @dataclass(frozen=True)
-class _Outputs:
+class _Components:
     progress: gr.HTML
     live: gr.Image
     result_photo: gr.Image
     gallery: gr.Gallery
     metrics: gr.Dataframe
     downloads: gr.File
+    faces_view: gr.Image
+    picked: gr.CheckboxGroup
+    faces_text: gr.Markdown
+    picked_for: gr.Textbox
+    session: gr.State
 
 
 def build_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
@@ -499,4 +672,4 @@ def launch_app(demo: gr.Blocks, config: AppConfig = AppConfig(), host: str | Non
                port: int | None = None, **kwargs: Any):
     """``demo.launch`` with the app's limits; host/port None use GRADIO_SERVER_NAME/PORT or Gradio's defaults."""
     return demo.launch(server_name=host, server_port=port, max_file_size=config.max_upload_bytes,
-                       show_error=True, **kwargs)
+                       show_error=True, css=PAGE_CSS, **kwargs)

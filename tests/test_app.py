@@ -48,9 +48,36 @@ def bad_photos(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture
+def upload(astronaut, tmp_path) -> Path:
+    """A copy of the astronaut standing for an upload: a session that ends deletes it."""
+    path = tmp_path / "upload" / "astronaut.png"
+    path.parent.mkdir()
+    path.write_bytes(astronaut.read_bytes())
+    return path
+
+
 def anonymize(client: Client, photo: Path, margins: str = "0", steps: int = 2, faces: str = "all"):
     return client.predict(handle_file(str(photo)), faces, margins, steps, *API_DEFAULTS.values(),
                           api_name="/anonymize")
+
+
+def payload(path) -> dict:
+    """The photo as a run receives it: Gradio's file record, unprocessed."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+def ui_run(app, session, photo, picked=(0,), steps=3, seed=0, lr=0.01, picked_for=None):
+    return app.run(payload(photo) if photo else None, str(photo) if picked_for is None else picked_for,
+                   list(picked), 0.0, steps, lr, 10.0, 0.1, seed, False, session)
+
+
+def shown_files(update: dict, c) -> list[Path]:
+    """Every file an update shows the visitor."""
+    files = [update.get(c.faces_view), update.get(c.live), update.get(c.result_photo), *(update.get(c.downloads) or [])]
+    gallery = update.get(c.gallery)
+    files += [image for image, _ in (gallery["value"] if gallery else [])]
+    return [Path(f) for f in files if f]
 
 
 def outside_faces_equal(result: Path, original: Path) -> bool:
@@ -92,19 +119,22 @@ def test_api_anonymizes_with_several_margins(client, astronaut, tiny_pipeline):
     assert not torch.equal(codes["wplus"][..., start:stop, :], inversion[..., start:stop, :])
 
 
-def test_ui_run_streams_previews_then_results(served, astronaut):
+def test_ui_run_streams_previews_then_results(served, upload):
     app, _ = served
     c = app.components
     session = ui.Session()
-    faces_view, picker, text, session = app.on_photo(str(astronaut), session)
-    assert "1 usable" in text and picker.value == [0] and faces_view.size == (512, 512)
-    assert session.detections_for(str(astronaut)) is not None
-    updates = list(app.run(str(astronaut), [0], 0.0, 3, 0.01, 10.0, 0.1, 0, False, session))
-    previews = [u[c.live] for u in updates[1:] if c.live in u]
-    assert len(previews) == 3 and all(isinstance(p, Image.Image) for p in previews)
+    shown = app.on_photo(str(upload), session)
+    assert "1 usable" in shown[c.faces_text] and shown[c.picked].value == [0]
+    assert Image.open(shown[c.faces_view]).size == (512, 512) and shown[c.picked_for] == str(upload)
+    assert session.detections_for(str(upload)) is not None
+    updates = list(ui_run(app, session, upload))
+    previews = [u[c.live] for u in updates if c.live in u]
+    assert len(previews) == 3 and all(Image.open(p).size == (256, 256) for p in previews)
+    assert "Step <b>1</b>" in updates[0][c.progress]   # nothing before the first step: a run stopped earlier
+    assert updates[0][c.result_photo] is None and updates[0][c.gallery] == []   # leaves the old results shown
     assert 'value="3" max="3"' in updates[-2][c.progress]
     final = updates[-1]
-    assert "Done" in final[c.progress] and final[c.result_photo].size == (512, 512)
+    assert "Done" in final[c.progress] and Image.open(final[c.result_photo]).size == (512, 512)
     assert [caption for _, caption in final[c.gallery]["value"]] == [
         "Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour",
         f"Face 1: anonymized, m = 0, cosine {final[c.metrics][0][2]:.3f}"]
@@ -112,8 +142,74 @@ def test_ui_run_streams_previews_then_results(served, astronaut):
     assert len(final[c.metrics]) == 1 and final[c.metrics][0][:2] == [1, 0.0]
     assert final[c.metrics][0][4] in ("same person", "different person")
 
+    # Every file shown (faces found, previews, results, downloads) is the session's own, and goes with it.
+    files = [f for update in [shown, *updates] for f in shown_files(update, c)]
+    assert len(files) == 1 + 3 + 1 + 4 + 7 and all(f.exists() for f in files)   # faces, previews, results
+    assert all(f.is_relative_to(session.folder) and f.is_relative_to(app.cache) for f in files)
+    ui._end_session(session)
+    assert not any(f.exists() for f in files) and not upload.exists()
 
-def test_ui_compare_runs_margins_as_one_batch(served, astronaut, monkeypatch, tiny_pipeline):
+
+def test_a_photo_two_sessions_share_stays_until_both_end(served, upload):
+    """Gradio gives two sessions that upload the same file the same path: one ending keeps it for the other."""
+    app, _ = served
+    c = app.components
+    first, second = ui.Session(), ui.Session()
+    for session in (first, second):
+        app.on_photo(str(upload), session)
+    ui._end_session(first)
+    assert upload.exists()
+    assert "Done" in list(ui_run(app, second, upload, steps=1))[-1][c.progress]
+    ui._end_session(second)
+    assert not upload.exists()
+    # A photo gone anyway (its session ended in another tab) is a message without the server's path.
+    assert run_error(app, ui.Session(), upload, steps=1) == (ui.PHOTO_GONE, ui.progress_box(f"⚠️ {ui.PHOTO_GONE}"))
+    assert app.on_photo(str(upload), ui.Session())[c.faces_text] == f"⚠️ {ui.PHOTO_GONE}"
+
+
+def run_error(app, *args, **kwargs) -> tuple[str, str]:
+    """(message, progress box) of a run that fails before it starts."""
+    updates = ui_run(app, *args, **kwargs)
+    shown = None
+    with pytest.raises(ui.gr.Error) as caught:
+        for shown in updates:
+            pass
+    return caught.value.message, shown[app.components.progress]
+
+
+def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos):
+    app, _ = served
+    session = ui.Session()
+    app.on_photo(str(astronaut), session)
+    assert run_error(app, session, None) == ("Upload a photo first.", ui.progress_box("⚠️ Upload a photo first."))
+    # Run clicked before the new photo's faces were numbered: the picks are those of the previous photo.
+    message, box = run_error(app, session, bad_photos["no face"], picked=[0], picked_for=str(astronaut))
+    assert "still being found" in message and "still being found" in box
+    for picked in ([1], [3], ["0"]):   # the astronaut's face 2 is not usable; there is no face 4
+        assert "not among this photo's faces" in run_error(app, session, astronaut, picked=picked)[0]
+    # Faces the session has not seen are found again before the check.
+    assert "not among this photo's faces" in run_error(app, ui.Session(), astronaut, picked=[1])[0]
+    message, box = run_error(app, session, astronaut, seed=-5)
+    assert "seed must be a whole number" in message and "seed" in box
+    assert "learning rate above 0" in run_error(app, session, astronaut, lr=-1)[0]
+    assert "The seed must be a number" in run_error(app, session, astronaut, seed=None)[0]
+
+
+def test_a_new_photo_clears_the_results(served, astronaut, bad_photos):
+    app, _ = served
+    c = app.components
+    session = ui.Session()
+    app.on_photo(str(astronaut), session)
+    shown = app.on_photo(str(bad_photos["no face"]), session)
+    assert shown[c.result_photo] is None and shown[c.gallery] == [] and shown[c.metrics] == []
+    assert shown[c.downloads] is None and shown[c.live] is None and shown[c.progress] == ""
+    assert shown[c.picked].value == [] and shown[c.picked_for] == str(bad_photos["no face"])
+    session.uploads.clear()   # fixtures, not uploads
+    session.forget()
+
+
+
+def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_pipeline):
     app, _ = served
     c = app.components
     batches = []
@@ -124,21 +220,28 @@ def test_ui_compare_runs_margins_as_one_batch(served, astronaut, monkeypatch, ti
         yield from original(photo, **kwargs)
 
     monkeypatch.setattr(tiny_pipeline, "anonymize", spy)
-    updates = list(app.compare(str(astronaut), [0], "0, 0.5, 1", 1, 0.01, 10.0, 0.1, 0, False, ui.Session()))
+    session = ui.Session()
+    app.on_photo(str(upload), session)
+    updates = list(app.compare(payload(upload), str(upload), [0], "0, 0.5, 1", 1, 0.01, 10.0, 0.1, 0, False,
+                               session))
     assert batches == [(0.0, 0.5, 1.0)]
     gallery = updates[-1][c.gallery]
     assert gallery["columns"] == 4 and [caption for _, caption in gallery["value"]][:2] == [
         "Face 1: original", f"m = 0 (cosine {updates[-1][c.metrics][0][2]:.3f}, {updates[-1][c.metrics][0][4]})"]
     assert [row[1] for row in updates[-1][c.metrics]] == [0.0, 0.5, 1.0]
+    live = [u[c.live] for u in updates if c.live in u]
+    assert Image.open(live[-1]).size == (3 * 256, 256)   # one face: one row of its three m
+    session.forget()
 
 
 def test_ui_messages_for_bad_photos(served, bad_photos):
     app, _ = served
-    assert "not an image" in app.on_photo(str(bad_photos["text"]), ui.Session())[2]
-    assert "No face" in app.on_photo(str(bad_photos["no face"]), ui.Session())[2]
-    assert "too large" in app.on_photo(str(bad_photos["huge"]), ui.Session())[2]
+    text = app.components.faces_text
+    assert "not an image" in app.on_photo(str(bad_photos["text"]), ui.Session())[text]
+    assert "No face" in app.on_photo(str(bad_photos["no face"]), ui.Session())[text]
+    assert "too large" in app.on_photo(str(bad_photos["huge"]), ui.Session())[text]
     with pytest.raises(ui.gr.Error, match="Tick at least one face"):
-        list(app.run(str(bad_photos["no face"]), [], 0.0, 3, 0.01, 10.0, 0.1, 0, False, ui.Session()))
+        list(ui_run(app, ui.Session(), bad_photos["no face"], picked=[]))
 
 
 def test_api_error_messages_then_keeps_serving(client, astronaut, bad_photos):
@@ -146,10 +249,23 @@ def test_api_error_messages_then_keeps_serving(client, astronaut, bad_photos):
              (bad_photos["huge"], "0", "too large"), (astronaut, "0, 2", "between 0 and 1")]
     with pytest.raises(AppError, match="Steps must lie between 1 and"):
         anonymize(client, astronaut, steps=TEST_CONFIG.max_steps + 1)
+    with pytest.raises(AppError, match="seed must be a whole number from 0 to 2"):
+        client.predict(handle_file(str(astronaut)), "all", "0", 1, *{**API_DEFAULTS, "seed": 2**70}.values(),
+                       api_name="/anonymize")
     for photo, margins, expected in cases:
         with pytest.raises(AppError, match=expected):
             anonymize(client, photo, margins=margins, steps=1)
     assert outside_faces_equal(Path(anonymize(client, astronaut, steps=1)[0]), astronaut)
+
+
+def test_api_upload_is_deleted_after_the_call(served, client, upload):
+    app, _ = served
+    named = upload.with_name("api-upload-only.png")
+    upload.rename(named)
+    photo, _, _, files = anonymize(client, named, steps=1)
+    assert outside_faces_equal(Path(photo), named)
+    assert not list(app.cache.rglob(named.name))   # the server's copy of the upload
+    assert all(Path(f).exists() for f in files)   # what the call returned stays for the client (and the sweep)
 
 
 @pytest.mark.parametrize("failure, message", [(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried 2 GiB"),
@@ -181,7 +297,7 @@ def test_weights_unavailable_is_a_message(tmp_path, astronaut):
             assert str(failed.value) == serving.LOAD_FAILED_MESSAGE   # no server path for visitors
         state, line = app.loader.status()
         assert state == "failed" and line == serving.LOAD_FAILED_MESSAGE and "no-such" not in app.status_text()
-        assert serving.LOAD_FAILED_MESSAGE in app.on_photo(str(astronaut), ui.Session())[2]
+        assert serving.LOAD_FAILED_MESSAGE in app.on_photo(str(astronaut), ui.Session())[app.components.faces_text]
     finally:
         demo.close()
 

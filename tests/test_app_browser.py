@@ -137,12 +137,15 @@ def test_upload_run_stream_and_results(page, fixtures_dir):
     page.wait_for_function("() => document.querySelector('#falco-downloads')?.innerText.includes('wplus')")
     downloads = page.locator("#falco-downloads").inner_text()
     assert all(name in downloads for name in ("photo_m0", "wplus", "safetensors", "run", "json"))
+    remove = page.locator("#falco-downloads .label-clear-button")   # the list offers no "remove" on downloads
+    assert remove.count() >= 2 and not any(remove.nth(i).is_visible() for i in range(remove.count()))
     assert page.locator("#falco-gallery img").count() >= 4
     with Image.open(ARTIFACTS / "app_results.png") as shot:   # a picture of the page, not an empty file
         assert shot.format == "PNG" and min(shot.size) >= 200
 
 
 def progress_value(page) -> int:
+    page.locator("#falco-progress progress").wait_for()   # a run under way
     return int(page.locator("#falco-progress progress").get_attribute("value"))
 
 
@@ -152,25 +155,34 @@ def test_stop_ends_a_run(page):
     start_run(page)
     page.wait_for_function("() => Number(document.querySelector('#falco-progress progress')?.value) >= 2")
     page.locator("#falco-stop").click()
-    page.wait_for_timeout(1000)   # updates already on their way land
-    stopped_at = progress_value(page)
+    page.locator("#falco-progress").get_by_text("Stopped after step").wait_for()
+    stopped_at = int(page.locator("#falco-progress b").inner_text())
     page.wait_for_timeout(3000)   # several steps' worth of time, were the run still going
-    assert progress_value(page) == stopped_at < 200
+    assert page.locator("#falco-progress").inner_text() == f"Stopped after step {stopped_at}." and stopped_at < 200
     assert page.locator("#falco-progress").get_by_text("Done").count() == 0
+    assert page.locator("#falco-progress-box").inner_text().startswith("Stopped")
     # The GPU slot is free again: a short run goes through.
     set_steps(page, 2)
     start_run(page)
     page.locator("#falco-progress").get_by_text("Done").wait_for()
 
 
-def test_uploads_are_removed_when_the_session_ends(browser, app_url, gradio_cache, fixtures_dir, tmp_path):
+def test_uploads_and_results_are_removed_when_the_session_ends(browser, app_url, gradio_cache, fixtures_dir,
+                                                                tmp_path):
     photo = tmp_path / "only-this-session.png"
     photo.write_bytes((fixtures_dir / "align" / "astronaut.png").read_bytes())
+    before = set(gradio_cache.glob("falco-session-*"))
     page = open_page(browser, app_url)
     page.locator("#falco-photo input[type=file]").set_input_files(str(photo))
     page.locator("#falco-faces-text").get_by_text("usable").wait_for()
+    page.get_by_text("Advanced").click()
+    set_steps(page, 1)
+    start_run(page)
+    page.locator("#falco-progress").get_by_text("Done").wait_for()
     uploaded = list(gradio_cache.rglob(photo.name))
-    assert uploaded
+    shown = [f for folder in set(gradio_cache.glob("falco-session-*")) - before for f in folder.rglob("*.png")]
+    assert uploaded and any(f.name == "face1_aligned.png" for f in shown)   # this visitor's face, in its folder
+    uploaded += shown
     page.close()
     for _ in range(240):
         if not any(p.exists() for p in uploaded):

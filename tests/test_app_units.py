@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,9 +43,43 @@ def test_optim_settings_override_and_validation():
     optim = ui.optim_settings(base, steps=7.0, lr=0.02, lambda_id=5, lambda_attr=0.5, seed=4.0, max_steps=10)
     assert (optim.steps, optim.lr, optim.lambda_id, optim.lambda_attr, optim.seed) == (7, 0.02, 5.0, 0.5, 4)
     assert optim.preview_every == 3 and optim.loss_on_skip256   # what the form does not show is kept
-    for steps, lr in ((0, 0.01), (11, 0.01), (5, 0.0)):
+    for steps, lr in ((0, 0.01), (11, 0.01), (5, 0.0), (5, -1.0), (5, None), (5, float("nan"))):
         with pytest.raises(FalcoError):
             ui.optim_settings(base, steps, lr, 1, 1, 0, max_steps=10)
+    assert ui.optim_settings(base, 5, 0.1, 1, 1, 2**63 - 1, max_steps=10).seed == 2**63 - 1
+    for seed in (-5, 2**63, 2**70, 1e30, 1.5, float("inf"), None, "3"):
+        with pytest.raises(FalcoError, match="[Ss]eed"):
+            ui.optim_settings(base, 5, 0.1, 1, 1, seed, max_steps=10)
+
+
+def test_picks_must_be_usable_faces_of_the_photo():
+    faces = [_face([[0, 0]] * 4), _face([[0, 0]] * 4, usable=False, reason="too small"), _face([[0, 0]] * 4)]
+    assert ui.check_picks([2, 0, 2], faces) == (0, 2)
+    with pytest.raises(FalcoError, match="Tick at least one face"):
+        ui.check_picks([], faces)
+    for picked in ([1], [3], [-1], ["0"], [0.0]):
+        with pytest.raises(FalcoError, match="not among this photo's faces"):
+            ui.check_picks(picked, faces)
+
+
+def test_stop_says_stopped_over_a_run_only():
+    going = ui.progress_html(StepEvent(4, 10, [(0, 0.0)], [], {}, [0.5]))
+    assert ui.stopped_html(going) == ui.progress_box("Stopped after step 4.")
+    for settled in ("", None, ui.progress_box("Done: 3 steps in 1.0 s."), ui.progress_box("⚠️ No face")):   # idle
+        assert ui.stopped_html(settled) == (settled or "")
+
+
+def test_page_wiring():
+    """Runs take the form's values unprocessed (Gradio's checks of the picker and the numbers would answer
+    with its own messages before the handler); Stop and a new photo end a run."""
+    demo, app = ui.build_app(loader=serving.EngineLoader(object), device="cpu", load_now=False)
+    fns = {fn.name: fn for fn in demo.fns.values()}
+    runs = sorted([fns["run"]._id, fns["compare"]._id])
+    assert not fns["run"].preprocess and not fns["compare"].preprocess
+    cancelled_by = {target: sorted(fn.cancels) for fn in demo.fns.values() if fn.cancels for target in fn.targets}
+    assert cancelled_by[(app.photo._id, "change")] == runs   # a new photo
+    assert [cancelled_by[target] for target in fns["stopped_html"].targets] == [runs]   # Stop
+    assert app.components.session in fns["run"].outputs   # a session that ran registers its cleanup
 
 
 def test_describe_error(caplog):
@@ -107,10 +142,14 @@ def test_annotate_and_summarise_faces():
     assert "Found 2 faces, 1 usable" in text and "Face 2 cannot be anonymized: the face is too small" in text
 
 
-def test_preview_strip_tiles_previews():
-    strip = ui.preview_strip([Image.new("RGB", (64, 64), c) for c in ("red", "blue")], tile=32)
+def test_preview_grid_tiles_previews_in_rows():
+    strip = ui.preview_grid([Image.new("RGB", (64, 64), c) for c in ("red", "blue")], tile=32, columns=2)
     assert strip.size == (64, 32)
     assert strip.getpixel((5, 5)) == (255, 0, 0) and strip.getpixel((40, 5)) == (0, 0, 255)
+    colours = [(i, 0, 0) for i in range(15)]   # 3 faces x 5 m: a row per face
+    grid = ui.preview_grid([Image.new("RGB", (8, 8), c) for c in colours], tile=16, columns=5)
+    assert grid.size == (80, 48) and grid.getpixel((8, 8)) == (0, 0, 0) and grid.getpixel((72, 40)) == (14, 0, 0)
+    assert grid.getpixel((8, 24)) == (5, 0, 0)
 
 
 def _result(margins, faces=(0,)):
@@ -196,14 +235,40 @@ def test_app_and_cli_write_the_same_record_and_codes(tmp_path):
     assert app_codes["margin"].tolist() == list(margins)
 
 
-def test_session_keeps_detections_and_removes_uploads(tmp_path):
+def test_session_keeps_detections_and_removes_its_files(tmp_path):
     uploads = [tmp_path / "a.png", tmp_path / "b.png"]
     for path in uploads:
         path.write_bytes(b"x")
-    session = ui.Session(uploads={str(p) for p in uploads}, photo=str(uploads[0]), detections=["face"])
+    session = ui.Session(photo=str(uploads[0]), detections=["face"])
+    for path in uploads:
+        session.hold(str(path))
     assert session.detections_for(str(uploads[0])) == ["face"] and session.detections_for(str(uploads[1])) is None
+    first, second = session.new_folder(tmp_path / "cache", "run"), session.new_folder(tmp_path / "cache", "run")
+    photo = session.new_folder(tmp_path / "cache", "photo")
+    assert first != second and first.parent == photo.parent == Path(session.folder)
+    session.drop_others(second)   # a finished run: the earlier runs' files go, the photo's stay
+    assert not first.exists() and second.is_dir() and photo.is_dir()
     ui._end_session(session)
-    assert not any(p.exists() for p in uploads) and not session.uploads
+    assert not any(p.exists() for p in uploads) and not session.uploads and not photo.parent.exists()
+
+
+def test_shared_files_go_with_their_last_holder(tmp_path):
+    shared = tmp_path / "same-content" / "photo.png"
+    shared.parent.mkdir()
+    shared.write_bytes(b"x")
+    first, second = ui.Session(), ui.Session()
+    for session in (first, second, first):   # holding twice counts once
+        session.hold(str(shared))
+    first.forget()
+    assert shared.exists()
+    second.forget()
+    assert not shared.exists()
+
+
+def test_a_photo_gone_is_a_message_without_its_path(tmp_path):
+    with pytest.raises(FalcoError) as caught:
+        ui.read_photo(str(tmp_path / "gone.png"))
+    assert str(caught.value) == ui.PHOTO_GONE
 
 
 def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
