@@ -36,6 +36,7 @@ from gradio.data_classes import ImageData
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
 
+from falco.checks import SEED_LIMIT
 from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
@@ -45,7 +46,6 @@ from falco.serving import EngineLoader, app_device, describe_error, pipeline_fac
 log = logging.getLogger(__name__)
 
 PHOTO_GONE = "The photo is no longer on the server; please upload it again."
-SEED_LIMIT = 2**63   # seeds travel as 64-bit signed integers (torch generators, JSON readers)
 
 EXAMPLES = (Path(__file__).resolve().parent / "assets" / "astronaut.jpg",)
 INTRO = """# FALCO: face anonymization that keeps the attributes
@@ -328,6 +328,7 @@ class Session:
     uploads: set[str] = field(default_factory=set)
     folder: str | None = None      # inside Gradio's cache, made at the first file
     made: int = 0                  # subfolders made, to name the next
+    stops: int = 0                 # Stop clicks: a run yields nothing more once this changes
 
     def detections_for(self, photo_path: str | None) -> list[DetectedFace] | None:
         return self.detections if photo_path is not None and photo_path == self.photo else None
@@ -469,8 +470,10 @@ class FalcoApp:
             except Exception as err:
                 raise _as_gr_error(err) from err
             folder = session.new_folder(self.cache, "run")
-            started, first = time.monotonic(), True
+            started, first, stops = time.monotonic(), True, session.stops
             for event in self._stream(photo_path, settings):
+                if session.stops != stops:   # Stop was clicked: no update may land after its "Stopped"
+                    return
                 if isinstance(event, StepEvent):
                     update = {c.progress: progress_html(event)}
                     # Until its first step a run shows nothing (Gradio shows it waiting): one stopped or
@@ -496,6 +499,10 @@ class FalcoApp:
         except gr.Error as err:
             yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}")}
             raise
+
+    def stop(self, progress: str | None, session: Session) -> str:
+        session.stops += 1
+        return stopped_html(progress)
 
     def run(self, photo, picked_for, picked, margin, steps, lr, lambda_id, lambda_attr, seed, another_fake,
             session):
@@ -622,8 +629,9 @@ class FalcoApp:
                                               inputs=[photo, picked_for, picked, margins_text, *advanced, session],
                                               outputs=outputs, show_progress_on=[live], concurrency_id="gpu",
                                               api_visibility="private", preprocess=False)
-            stop_btn.click(stopped_html, inputs=[progress], outputs=[progress], cancels=[run_event, compare_event],
-                           queue=False, api_visibility="private")
+            # Queued (never waiting: no limit), so that "Stopped" reaches the page after the run's last update.
+            stop_btn.click(self.stop, inputs=[progress, session], outputs=[progress],
+                           cancels=[run_event, compare_event], concurrency_limit=None, api_visibility="private")
             # A new photo ends a run on the previous one and clears its results.
             photo.change(self.on_photo, inputs=[photo, session], cancels=[run_event, compare_event],
                          outputs=[*outputs, faces_view, picked, faces_text, picked_for],

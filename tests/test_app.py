@@ -195,6 +195,21 @@ def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos
     assert "The seed must be a number" in run_error(app, session, astronaut, seed=None)[0]
 
 
+def test_stop_ends_the_updates_of_a_run(served, astronaut):
+    """Stop cancels the run's job; the run itself yields nothing after Stop either, so that no update in
+    flight lands after "Stopped"."""
+    app, _ = served
+    c = app.components
+    session = ui.Session()
+    app.on_photo(str(astronaut), session)
+    updates = ui_run(app, session, astronaut, steps=3)
+    first = next(updates)
+    assert app.stop(first[c.progress], session) == ui.progress_box("Stopped after step 1.")
+    assert list(updates) == []
+    session.uploads.clear()   # a fixture, not an upload
+    session.forget()
+
+
 def test_a_new_photo_clears_the_results(served, astronaut, bad_photos):
     app, _ = served
     c = app.components

@@ -78,7 +78,7 @@ def test_page_wiring():
     assert not fns["run"].preprocess and not fns["compare"].preprocess
     cancelled_by = {target: sorted(fn.cancels) for fn in demo.fns.values() if fn.cancels for target in fn.targets}
     assert cancelled_by[(app.photo._id, "change")] == runs   # a new photo
-    assert [cancelled_by[target] for target in fns["stopped_html"].targets] == [runs]   # Stop
+    assert [cancelled_by[target] for target in fns["stop"].targets] == [runs]   # Stop
     assert app.components.session in fns["run"].outputs   # a session that ran registers its cleanup
 
 
