@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,11 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Gradio's file cache for in-process app tests: their own, gone when the run ends (not /tmp/gradio, shared
+# with every Gradio app on the machine; tests that never end a session would leave files there).
+_GRADIO_CACHE = tempfile.mkdtemp(prefix="falco-tests-gradio-")
+os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_CACHE)
+atexit.register(shutil.rmtree, _GRADIO_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):
