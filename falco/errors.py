@@ -20,3 +20,7 @@ class NoFaceError(FalcoError):
 
 class WeightsError(FalcoError):
     """Weights are missing, corrupted, or cannot be downloaded."""
+
+
+class HubUnavailableError(WeightsError):
+    """The Hub or the network failed for now (unreachable, timed out, a 5xx, 408 or 429): a later try may work."""

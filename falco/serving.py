@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from falco.config import AppConfig
-from falco.errors import FalcoError
+from falco.errors import FalcoError, HubUnavailableError
 from falco.speed import reuse_freed_memory
 
 if TYPE_CHECKING:
@@ -123,34 +123,12 @@ class EngineLoader:
         return "loading", "Loading the networks; the first run starts when they are ready."
 
 
-def hub_unavailable(err: BaseException | None) -> bool:
-    """Whether ``err`` is the Hub or the network failing for now: unreachable (and not HF_HUB_OFFLINE), timed
-    out, a 5xx, 408 or 429 answer.  A repo, revision or file the Hub does not have is not."""
-    import httpx
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    if isinstance(err, LocalEntryNotFoundError):   # not in the cache, and the Hub did not answer
-        return not constants.HF_HUB_OFFLINE
-    if isinstance(err, (OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
-        return False
-    if isinstance(err, HfHubHTTPError):
-        status = err.response.status_code if err.response is not None else None
-        return status is None or status >= 500 or status in (408, 429)
-    return isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError))
-
-
 def load_failure_is_final(err: BaseException) -> bool:
     """A FalcoError of the weights that loading again cannot fix: a folder or file missing or corrupt, a bad
     repo id, a repo, revision or file the Hub does not have, a checksum mismatch, a full disk.  The Hub or
-    the network failing (``hub_unavailable``) is not final, nor an unexpected error (a bug, logged in full)."""
-    return isinstance(err, FalcoError) and not hub_unavailable(err.__cause__)
+    the network failing for now (HubUnavailableError, sorted where the download fails) is not final, nor an
+    unexpected error (a bug, logged in full)."""
+    return isinstance(err, FalcoError) and not isinstance(err, HubUnavailableError)
 
 
 def pipeline_factory(source: str | None, device: str | None,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, BankConfig, weights_source
-from falco.errors import FalcoError, WeightsError
+from falco.errors import FalcoError, HubUnavailableError, WeightsError
 
 if TYPE_CHECKING:   # torch and the networks are imported where used: the manifest tools need neither
     import torch
@@ -338,7 +338,9 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def _download(repo_id: str, filename: str, revision: str, size: int | None, progress: bool) -> Path:
-    """hf_hub_download into the standard cache, every failure turned into a one-line WeightsError."""
+    """hf_hub_download into the standard cache, every failure turned into a one-line WeightsError
+    (HubUnavailableError where the Hub or the network fails for now)."""
+    import httpx
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -367,23 +369,30 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
         if constants.HF_HUB_OFFLINE:
             raise WeightsError(offline_hint) from err
-        raise WeightsError(f"Cannot reach {constants.ENDPOINT} to download {filename} and it is not in the cache "
-                           f"{cache}: check the network connection (or HF_ENDPOINT), or set {WEIGHTS_REPO_ENV} "
-                           "to a local weights folder.") from err
+        error = WeightsError if isinstance(err, OfflineModeIsEnabled) else HubUnavailableError
+        raise error(f"Cannot reach {constants.ENDPOINT} to download {filename} and it is not in the cache "
+                    f"{cache}: check the network connection (or HF_ENDPOINT), or set {WEIGHTS_REPO_ENV} "
+                    "to a local weights folder.") from err
     except EntryNotFoundError as err:
         raise WeightsError(f"{filename} is missing from the weights repo {where}: it does not hold a complete "
                            "FALCO weight set; publish one with `python -m falco.weights publish`.") from err
     except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else "an error"
-        raise WeightsError(f"The Hub answered {status} for {filename} of {where}; try again later.") from err
+        status = err.response.status_code if err.response is not None else None
+        for_now = status is None or status >= 500 or status in (408, 429)
+        raise (HubUnavailableError if for_now else WeightsError)(
+            f"The Hub answered {status or 'an error'} for {filename} of {where}; try again later.") from err
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise WeightsError(f"The disk filled up while downloading {filename} into {cache}: free some space "
                                "or set HF_HOME to a larger disk.") from err
-        raise WeightsError(f"Downloading {filename} from {where} failed: {_first_line(err)}") from err
+        for_now = isinstance(err, (ConnectionError, TimeoutError))
+        raise (HubUnavailableError if for_now else WeightsError)(
+            f"Downloading {filename} from {where} failed: {_first_line(err)}") from err
     except Exception as err:   # transport errors of the HTTP client, which vary across versions
-        raise WeightsError(f"Downloading {filename} from {where} failed ({type(err).__name__}: "
-                           f"{_first_line(err)}); check the network connection and try again.") from err
+        for_now = isinstance(err, httpx.TransportError)
+        raise (HubUnavailableError if for_now else WeightsError)(
+            f"Downloading {filename} from {where} failed ({type(err).__name__}: {_first_line(err)}); "
+            "check the network connection and try again.") from err
 
 
 def _first_line(err: BaseException) -> str:

@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 )
 
 from falco import serving, ui
-from falco.errors import FalcoError, WeightsError
+from falco.errors import FalcoError, HubUnavailableError, WeightsError
 from falco.pipeline import resolve_device
 from falco.serving import app_device
 from falco.weights import ARTIFACTS, MANIFEST_NAME, Artifact, Manifest, fetch_weights
@@ -138,8 +138,8 @@ def test_a_failed_load_tells_visitors_nothing_of_the_server_and_the_log_why(capl
     def factory():
         attempts.append(1)
         if len(attempts) == 1:
-            raise WeightsError("Cannot reach the Hub to download manifest.json; the cache /srv/secret/hub lacks "
-                               "it.") from LocalEntryNotFoundError("no connection")
+            raise HubUnavailableError("Cannot reach the Hub to download manifest.json; the cache /srv/secret/hub lacks "
+                                      "it.") from LocalEntryNotFoundError("no connection")
         return "engine"
 
     loader = serving.EngineLoader(factory, final=serving.load_failure_is_final)
