@@ -4,7 +4,7 @@
     python app.py --weights ./weights   # a local folder laid out like the Hub repo
     python app.py --host 0.0.0.0 --port 8080 --device cpu
 
-The page and its handlers live in falco/ui.py; the start-up order in falco/serving.py.
+The page and its handlers live in falco/ui/page.py; the start-up order in falco/ui/startup.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
     from falco.errors import FalcoError
-    from falco.serving import start_app  # after argparse: --help answers without importing torch
+    from falco.ui.startup import start_app  # after argparse: --help answers without importing torch
     try:
         start_app(weights=args.weights, device=args.device, host=args.host, port=args.port)
     except FalcoError as err:   # a bad argument, or weights that a retry cannot fix: one line, no traceback

@@ -8,12 +8,11 @@ is what makes the builder resumable and lets any N extend a smaller bank.
 File format (safetensors): ``w`` [N, 512] float32, ``embeddings`` [N, 512] float32,
 ``seeds`` [N] int64; metadata ``config`` (JSON: psi, seed, generator config, ...).
 
-    python -m falco.bank build --out fake_bank.safetensors --n 60000
+Built with ``python -m falco.cli bank build --out fake_bank.safetensors --n 60000``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from falco.config import BankConfig
 from falco.errors import WeightsError
+from falco.files import save_tensors
 from falco.models.farl import farl_preprocess
 
 BANK_FORMAT = "falco-fake-bank-v1"
@@ -101,6 +101,13 @@ def sample_rows(generator, mean_w: torch.Tensor, farl, seeds: torch.Tensor, psi:
     return torch.cat(ws).float(), torch.cat(embs).float()
 
 
+def made_by(bank: FakeBank, generator, mean_w: torch.Tensor, farl) -> bool:
+    """Whether ``bank`` comes from these networks: its first row, recomputed, matches."""
+    w, emb = sample_rows(generator, mean_w, farl, bank.seeds[:1], bank.config["truncation_psi"], 1)
+    return (torch.allclose(w.cpu(), bank.w[:1], atol=1e-3, rtol=1e-3)
+            and torch.allclose(emb.cpu(), bank.embeddings[:1], atol=1e-2))
+
+
 def bank_config(generator, config: BankConfig) -> dict:
     return {"truncation_psi": config.truncation_psi, "seed": config.seed,
             "generator": generator.config, "embedding": "farl"}
@@ -162,48 +169,12 @@ def _check_compatible(done: list[FakeBank], meta: dict, generator, mean_w, farl,
     if json.loads(json.dumps(meta)) != first.config:
         raise WeightsError("The existing fake bank was built with other settings; "
                            "choose another --out or remove the old file.")
-    w, emb = sample_rows(generator, mean_w, farl, first.seeds[:1], config.truncation_psi, 1)
-    if not (torch.allclose(w.cpu(), first.w[:1], atol=1e-3, rtol=1e-3)
-            and torch.allclose(emb.cpu(), first.embeddings[:1], atol=1e-2)):
+    if not made_by(first, generator, mean_w, farl):
         raise WeightsError("The existing fake bank was built with other network weights; "
                            "choose another --out or remove the old file.")
 
 
 def _save_rows(path: Path, w, embeddings, seeds, config: dict) -> None:
-    # Write then rename, so an interruption never leaves a truncated file behind.
-    tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"w": w.contiguous(), "embeddings": embeddings.contiguous(), "seeds": seeds.contiguous()},
-              str(tmp), metadata={"format": BANK_FORMAT, "config": json.dumps(config)})
-    tmp.replace(path)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from falco.pipeline import load_networks, resolve_device
-
-    defaults = BankConfig()
-    parser = argparse.ArgumentParser(prog="python -m falco.bank", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build (or resume, or extend) a fake bank")
-    build.add_argument("--out", required=True, type=Path)
-    build.add_argument("--n", type=int, default=defaults.size)
-    build.add_argument("--psi", type=float, default=defaults.truncation_psi)
-    build.add_argument("--seed", type=int, default=defaults.seed)
-    build.add_argument("--chunk", type=int, default=defaults.chunk_rows, help="rows per resumable part")
-    build.add_argument("--batch", type=int, default=defaults.render_batch, help="images per generator call")
-    build.add_argument("--weights", default=None, help="Hub repo id or local folder of the networks")
-    build.add_argument("--device", default=None)
-    build.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error("--n must be at least 1")
-    config = BankConfig(truncation_psi=args.psi, size=args.n, seed=args.seed,
-                        chunk_rows=args.chunk, render_batch=args.batch)
-    nets = load_networks(args.weights, resolve_device(args.device), names=("generator", "farl"))
-    bank = build_bank(args.out, args.n, nets.generator, nets.mean_w, nets.farl, config,
-                      progress=not args.no_progress)
-    print(f"{args.out}: {len(bank)} fakes")
-
-
-if __name__ == "__main__":
-    main()
+    save_tensors(path, {"w": w.contiguous(), "embeddings": embeddings.contiguous(), "seeds": seeds.contiguous()},
+                 metadata={"format": BANK_FORMAT, "config": json.dumps(config)})

@@ -24,3 +24,9 @@ class WeightsError(FalcoError):
 
 class HubUnavailableError(WeightsError):
     """The Hub or the network failed for now (unreachable, timed out, a 5xx, 408 or 429): a later try may work."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (or its type's name), for one-line messages that quote a cause."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

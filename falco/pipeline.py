@@ -11,134 +11,28 @@ iterating (or closes it) stops the work at the next step.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass
 
-import dlib
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import falco
 from falco.bank import FakeBank
-from falco.checks import check_run_settings
-from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, FaceConfig, OptimConfig
-from falco.errors import FalcoError, WeightsError
-from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces, require_usable
+from falco.checks import check_face_picks, check_run_settings
+from falco.config import BankConfig, FaceConfig, OptimConfig
+from falco.device import resolve_device
+from falco.errors import WeightsError
+from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
 from falco.faces.io import PhotoSource
+from falco.faces.recognize import FaceRecognizer
+from falco.models.networks import Networks, load_networks
 from falco.optimize import FalcoLoss, RealFeatures, optimize_latents, start_wplus
+from falco.pixels import preview_images, to_image, to_tensor
+from falco.results import AnonymizationResult, FaceResult, StepEvent
 from falco.speed import reuse_freed_memory
-from falco.weights import Networks, WeightPaths, fetch_weights, load_networks
-
-
-def resolve_device(device: str | torch.device | None = None, present: bool = True) -> torch.device:
-    """``device``, else CUDA where there is one, else the CPU.  An unknown name, or a CUDA device this machine
-    does not have, is a FalcoError of one line; ``present=False`` skips the second check (ZeroGPU lends each run
-    a GPU that the process cannot see before)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise FalcoError(f"Unknown device {device!r}: expected e.g. cpu, cuda or cuda:1.") from err
-    if present and resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise FalcoError(f"Device {str(device)!r} is not available: PyTorch finds no CUDA GPU on this machine; "
-                             "use cpu.")
-        if resolved.index is not None and resolved.index >= count:
-            raise FalcoError(f"Device {str(device)!r} is not available: this machine has {count} CUDA GPU(s), "
-                             f"cuda:0 to cuda:{count - 1}.")
-    return resolved
-
-
-class FaceRecognizer:
-    """dlib's ResNet face recogniser: an identity judge independent of ArcFace."""
-
-    def __init__(self, model_path):
-        try:
-            self._model = dlib.face_recognition_model_v1(str(model_path))
-        except RuntimeError as err:
-            raise WeightsError(f"{model_path} is not a dlib face recognition model ({err}).") from err
-        self._lock = threading.Lock()   # dlib models are not thread-safe
-
-    def descriptor(self, image: Image.Image, landmarks: np.ndarray) -> np.ndarray:
-        """128-d descriptor of the face at ``landmarks`` [68, 2] (image pixels)."""
-        points = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in landmarks])
-        left, top = np.floor(landmarks.min(0)).astype(int)
-        right, bottom = np.ceil(landmarks.max(0)).astype(int)
-        shape = dlib.full_object_detection(dlib.rectangle(left, top, right, bottom), points)
-        with self._lock:
-            return np.array(self._model.compute_face_descriptor(np.asarray(image.convert("RGB")), shape))
-
-    def distance(self, original: Image.Image, other: Image.Image, landmarks: np.ndarray) -> float:
-        # Both crops are FFHQ-aligned (StyleGAN2 renders faces at the canonical place and
-        # the attribute loss keeps the pose), so the original's landmarks locate both faces.
-        return float(np.linalg.norm(self.descriptor(original, landmarks) - self.descriptor(other, landmarks)))
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    step: int                          # 1..total_steps
-    total_steps: int
-    items: list[tuple[int, float]]     # (face index, m) of each batch item, in preview order
-    previews: list[Image.Image]        # one per item every `preview_every` steps and at the last; else []
-    losses: dict[str, list[float]]     # identity, attribute, total: one value per item
-    identity_cosine: list[float]       # ArcFace cosine to the original, per item
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    face_index: int                    # index into the photo's detections
-    margin: float
-    aligned: Image.Image               # the original, FFHQ-aligned
-    inversion: Image.Image             # e4e reconstruction
-    fake: Image.Image                  # the fake neighbour from the bank
-    anonymized: Image.Image
-    wplus: torch.Tensor                # [num_ws, D] anonymized W+ (latent_avg included), CPU
-    wplus_inversion: torch.Tensor      # [num_ws, D]
-    fake_index: int                    # row of the fake bank
-    fake_seed: int
-    identity_cosine: float             # ArcFace cosine between original and anonymized
-    recognizer_distance: float         # dlib distance; >= 0.6 means "another person" to dlib
-
-
-# The "what" of every W+ file written from an AnonymizationResult (the app's download, the CLI's output).
-WPLUS_FILE_METADATA = ("FALCO W+ codes (latent_avg included): wplus [faces, margins, rows, dim] anonymized, "
-                       "wplus_inversion [faces, rows, dim] e4e; face counts from 1 in detection order")
-
-
-@dataclass(frozen=True)
-class AnonymizationResult:
-    faces: list[FaceResult]            # faces x margins, face-major
-    photos: list[Image.Image]          # the photo with every face pasted back, one per margin
-    margins: tuple[float, ...]
-    params: dict
-
-    @property
-    def photo(self) -> Image.Image:
-        return self.photos[0]
-
-    def face_records(self) -> list[dict]:
-        """One JSON-ready dict per face and m, as the app and the CLI record them.  ``face`` counts from 1
-        in detection order (the number the app shows), unlike ``FaceResult.face_index``."""
-        return [{"face": r.face_index + 1, "margin": r.margin, "identity_cosine": r.identity_cosine,
-                 "recognizer_distance": r.recognizer_distance,
-                 "same_person_for_dlib": r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
-                 "fake_index": r.fake_index, "fake_seed": r.fake_seed} for r in self.faces]
-
-    def latent_tensors(self) -> dict[str, torch.Tensor]:
-        """The W+ codes as a safetensors dict (see WPLUS_FILE_METADATA); ``face`` as in ``face_records``."""
-        per_face = self.faces[::len(self.margins)]
-        wplus = torch.stack([r.wplus.float() for r in self.faces]).unflatten(0, (len(per_face), len(self.margins)))
-        return {"wplus": wplus.cpu().contiguous(),
-                "wplus_inversion": torch.stack([r.wplus_inversion.float() for r in per_face]).cpu().contiguous(),
-                "face": torch.tensor([r.face_index + 1 for r in per_face]),
-                "margin": torch.tensor(self.margins, dtype=torch.float32),
-                "fake_index": torch.tensor([r.fake_index for r in per_face])}
+from falco.weights import WeightPaths, fetch_weights
 
 
 @dataclass(frozen=True)
@@ -153,37 +47,6 @@ class _Prepared:
     fake_k: int
     inversions: list[Image.Image]
     fakes: list[Image.Image]
-
-
-def to_pixels(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] on the host, in one copy."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_image(x: torch.Tensor, size: int | None = None) -> Image.Image:
-    """[3, H, W] in [-1, 1] -> RGB PIL, resized to size x size when given."""
-    image = Image.fromarray(to_pixels(x[None])[0], "RGB")
-    if size is not None and image.width != size:
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
-    return image
-
-
-def preview_images(images: torch.Tensor, size: int) -> list[Image.Image]:
-    """[B, 3, R, R] -> B RGB PIL images of at most size x size, shrunk where the images are (on the GPU:
-    a 256 preview crosses to the host instead of the 1024 image, and PIL does no resampling)."""
-    images = images.detach().float()
-    if images.shape[-1] > size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return [Image.fromarray(p, "RGB") for p in to_pixels(images)]
-
-
-def to_tensor(images: Sequence[Image.Image], device: torch.device, size: int | None = None) -> torch.Tensor:
-    """RGB PIL images -> [B, 3, S, S] in [-1, 1]; resized (bilinear, as e4e's transform) when size is given."""
-    if size is not None:
-        images = [im if im.width == size else im.resize((size, size), Image.Resampling.BILINEAR) for im in images]
-    array = np.stack([np.asarray(im.convert("RGB")) for im in images])
-    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 class FalcoPipeline:
@@ -249,7 +112,7 @@ class FalcoPipeline:
         photo = load_photo(photo, self.face_config)
         detections = self.analyzer.detect(photo) if detections is None else detections
         loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
-        prepared = self._prepare(photo, detections, self._choose(detections, faces), loss,
+        prepared = self._prepare(photo, detections, list(check_face_picks(faces, detections)), loss,
                                  fake_k, optim.seed)
 
         # Batch items: every chosen face at every m, face-major.
@@ -304,21 +167,6 @@ class FalcoPipeline:
         photos = [paste_faces(photo, [(a, results[f * n + j].anonymized) for f, a in enumerate(prepared.aligned)],
                               self.face_config) for j in range(n)]
         return AnonymizationResult(results, photos, margins, self._params(prepared, margins, optim))
-
-    def _choose(self, detections: list[DetectedFace], faces: Sequence[int] | None) -> list[int]:
-        if faces is None:
-            return require_usable(detections)
-        chosen = sorted({int(i) for i in faces})
-        if not chosen:
-            raise FalcoError("Choose at least one face to anonymize.")
-        missing = [i for i in chosen if not 0 <= i < len(detections)]
-        if missing:
-            raise FalcoError(f"The photo has {len(detections)} detected face(s); there is no face {missing[0] + 1}.")
-        # The app never offers these faces; its API and other callers are refused them alike.
-        for i in chosen:
-            if not detections[i].usable:
-                raise FalcoError(f"Face {i + 1} cannot be anonymized: {detections[i].reason}.")
-        return chosen
 
     def _params(self, prepared: _Prepared, margins: tuple[float, ...], optim: OptimConfig) -> dict:
         return {"faces": prepared.chosen, "margins": list(margins), "optim": asdict(optim), "fake_k": prepared.fake_k,

@@ -38,7 +38,7 @@ def astronaut(fixtures_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A complete tiny random weight set in Hub layout (falco.weights), built once per session."""
-    from falco.weights import make_random_weights
+    from falco.weights.random_set import make_random_weights
     folder = tmp_path_factory.mktemp("tiny-weights")
     make_random_weights(folder, tiny=True)
     return folder

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,8 @@ from gradio_client.utils import Status
 from PIL import Image
 from safetensors.torch import load_file
 
-from falco import serving, ui
 from falco.config import AppConfig, OptimConfig
+from falco.ui import engine, messages, page, render, sessions
 
 # Few steps, a preview at each: enough to see streaming, quick on a CPU.
 TEST_CONFIG = AppConfig(cpu_optim=OptimConfig(steps=3, preview_every=1, loss_on_skip256=True))
@@ -26,8 +27,8 @@ API_DEFAULTS = dict(lr=0.01, lambda_id=10.0, lambda_attr=0.1, seed=0, another_fa
 
 @pytest.fixture(scope="module")
 def served(tiny_pipeline):
-    demo, app = ui.build_app(loader=serving.EngineLoader(lambda: tiny_pipeline), device="cpu", config=TEST_CONFIG)
-    _, url, _ = ui.launch_app(demo, TEST_CONFIG, host="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    demo, app = page.build_app(loader=engine.EngineLoader(lambda: tiny_pipeline), device="cpu", config=TEST_CONFIG)
+    _, url, _ = page.launch_app(demo, TEST_CONFIG, host="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield app, url
     demo.close()
 
@@ -67,9 +68,16 @@ def payload(path) -> dict:
     return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
 
 
-def ui_run(app, session, photo, picked=(0,), steps=3, seed=0, lr=0.01, picked_for=None):
-    return app.run(payload(photo) if photo else None, str(photo) if picked_for is None else picked_for,
-                   list(picked), 0.0, steps, lr, 10.0, 0.1, seed, False, session)
+def form_data(app, session, photo, picked=(0,), steps=3, seed=0, lr=0.01, picked_for=None, margins="0") -> dict:
+    """The form as Run and Compare m receive it: one dict keyed by component, values unprocessed."""
+    c = app.components
+    return {c.photo: payload(photo) if photo else None, c.picked_for: str(photo) if picked_for is None else picked_for,
+            c.picked: list(picked), c.margin: 0.0, c.margins_text: margins, c.steps: steps, c.lr: lr,
+            c.lambda_id: 10.0, c.lambda_attr: 0.1, c.seed: seed, c.another_fake: False, c.session: session}
+
+
+def ui_run(app, session, photo, **form):
+    return app.run(form_data(app, session, photo, **form))
 
 
 def shown_files(update: dict, c) -> list[Path]:
@@ -122,7 +130,7 @@ def test_api_anonymizes_with_several_margins(client, astronaut, tiny_pipeline):
 def test_ui_run_streams_previews_then_results(served, upload):
     app, _ = served
     c = app.components
-    session = ui.Session()
+    session = sessions.Session()
     shown = app.on_photo(str(upload), session)
     assert "1 usable" in shown[c.faces_text] and shown[c.picked].value == [0]
     assert Image.open(shown[c.faces_view]).size == (512, 512) and shown[c.picked_for] == str(upload)
@@ -146,7 +154,7 @@ def test_ui_run_streams_previews_then_results(served, upload):
     files = [f for update in [shown, *updates] for f in shown_files(update, c)]
     assert len(files) == 1 + 3 + 1 + 4 + 7 and all(f.exists() for f in files)   # faces, previews, results
     assert all(f.is_relative_to(session.folder) and f.is_relative_to(app.cache) for f in files)
-    ui._end_session(session)
+    sessions.end_session(session)
     assert not any(f.exists() for f in files) and not upload.exists()
 
 
@@ -154,24 +162,24 @@ def test_a_photo_two_sessions_share_stays_until_both_end(served, upload):
     """Gradio gives two sessions that upload the same file the same path: one ending keeps it for the other."""
     app, _ = served
     c = app.components
-    first, second = ui.Session(), ui.Session()
+    first, second = sessions.Session(), sessions.Session()
     for session in (first, second):
         app.on_photo(str(upload), session)
-    ui._end_session(first)
+    sessions.end_session(first)
     assert upload.exists()
     assert "Done" in list(ui_run(app, second, upload, steps=1))[-1][c.progress]
-    ui._end_session(second)
+    sessions.end_session(second)
     assert not upload.exists()
     # A photo gone anyway (its session ended in another tab) is a message without the server's path.
-    assert run_error(app, ui.Session(), upload, steps=1) == (ui.PHOTO_GONE, ui.progress_box(f"⚠️ {ui.PHOTO_GONE}"))
-    assert app.on_photo(str(upload), ui.Session())[c.faces_text] == f"⚠️ {ui.PHOTO_GONE}"
+    assert run_error(app, sessions.Session(), upload, steps=1) == (messages.PHOTO_GONE, render.progress_box(f"⚠️ {messages.PHOTO_GONE}"))
+    assert app.on_photo(str(upload), sessions.Session())[c.faces_text] == f"⚠️ {messages.PHOTO_GONE}"
 
 
 def run_error(app, *args, **kwargs) -> tuple[str, str]:
     """(message, progress box) of a run that fails before it starts."""
     updates = ui_run(app, *args, **kwargs)
     shown = None
-    with pytest.raises(ui.gr.Error) as caught:
+    with pytest.raises(gr.Error) as caught:
         for shown in updates:
             pass
     return caught.value.message, shown[app.components.progress]
@@ -179,33 +187,46 @@ def run_error(app, *args, **kwargs) -> tuple[str, str]:
 
 def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos):
     app, _ = served
-    session = ui.Session()
+    session = sessions.Session()
     app.on_photo(str(astronaut), session)
-    assert run_error(app, session, None) == ("Upload a photo first.", ui.progress_box("⚠️ Upload a photo first."))
+    assert run_error(app, session, None) == ("Upload a photo first.", render.progress_box("⚠️ Upload a photo first."))
     # Run clicked before the new photo's faces were numbered: the picks are those of the previous photo.
     message, box = run_error(app, session, bad_photos["no face"], picked=[0], picked_for=str(astronaut))
     assert "still being found" in message and "still being found" in box
-    for picked in ([1], [3], ["0"]):   # the astronaut's face 2 is not usable; there is no face 4
-        assert "not among this photo's faces" in run_error(app, session, astronaut, picked=picked)[0]
+    # The astronaut's face 2 is not usable; there is no face 4.
+    for picked, reason in (([1], "Face 2 cannot be anonymized"), ([3], "there is no face 4"),
+                           (["0"], "chosen by number")):
+        assert reason in run_error(app, session, astronaut, picked=picked)[0]
     # Faces the session has not seen are found again before the check.
-    assert "not among this photo's faces" in run_error(app, ui.Session(), astronaut, picked=[1])[0]
+    assert "Face 2 cannot be anonymized" in run_error(app, sessions.Session(), astronaut, picked=[1])[0]
     message, box = run_error(app, session, astronaut, seed=-5)
-    assert "seed must be a whole number" in message and "seed" in box
-    assert "learning rate above 0" in run_error(app, session, astronaut, lr=-1)[0]
+    assert "seed must lie between 0 and 2**63 - 1, not -5" in message and "seed" in box
+    assert "learning rate must be above 0, not -1" in run_error(app, session, astronaut, lr=-1)[0]
     assert "The seed must be a number" in run_error(app, session, astronaut, seed=None)[0]
 
 
-def test_stop_ends_the_updates_of_a_run(served, astronaut):
-    """Stop cancels the run's job; the run itself yields nothing after Stop either, so that no update in
-    flight lands after "Stopped"."""
+def test_stop_makes_the_run_say_stopped_as_its_last_update(served, astronaut):
+    """Stop only asks; the run's own last update says "Stopped after step k" (k kept in the session), so no
+    update already on its way can land after it.  A Stop while the run waits ends it before it starts; a Stop
+    clicked before the run was asked for does not."""
     app, _ = served
     c = app.components
-    session = ui.Session()
+    session = sessions.Session()
     app.on_photo(str(astronaut), session)
+    app.request_run(session)
     updates = ui_run(app, session, astronaut, steps=3)
-    first = next(updates)
-    assert app.stop(first[c.progress], session) == ui.progress_box("Stopped after step 1.")
-    assert list(updates) == []
+    next(updates)
+    assert session.last_step == 1
+    app.stop(session)
+    assert list(updates) == [{c.progress: render.progress_box("Stopped after step 1.")}]
+
+    app.request_run(session)
+    app.stop(session)   # while the run waits in the queue
+    assert list(ui_run(app, session, astronaut, steps=3)) == []
+
+    app.stop(session)   # nothing running: the next run is not stopped by it
+    app.request_run(session)
+    assert "Done: 1 steps" in list(ui_run(app, session, astronaut, steps=1))[-1][c.progress]
     session.uploads.clear()   # a fixture, not an upload
     session.forget()
 
@@ -213,7 +234,7 @@ def test_stop_ends_the_updates_of_a_run(served, astronaut):
 def test_a_new_photo_clears_the_results(served, astronaut, bad_photos):
     app, _ = served
     c = app.components
-    session = ui.Session()
+    session = sessions.Session()
     app.on_photo(str(astronaut), session)
     shown = app.on_photo(str(bad_photos["no face"]), session)
     assert shown[c.result_photo] is None and shown[c.gallery] == [] and shown[c.metrics] == []
@@ -235,10 +256,9 @@ def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_
         yield from original(photo, **kwargs)
 
     monkeypatch.setattr(tiny_pipeline, "anonymize", spy)
-    session = ui.Session()
+    session = sessions.Session()
     app.on_photo(str(upload), session)
-    updates = list(app.compare(payload(upload), str(upload), [0], "0, 0.5, 1", 1, 0.01, 10.0, 0.1, 0, False,
-                               session))
+    updates = list(app.compare(form_data(app, session, upload, steps=1, margins="0, 0.5, 1")))
     assert batches == [(0.0, 0.5, 1.0)]
     gallery = updates[-1][c.gallery]
     assert gallery["columns"] == 4 and [caption for _, caption in gallery["value"]][:2] == [
@@ -252,11 +272,11 @@ def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_
 def test_ui_messages_for_bad_photos(served, bad_photos):
     app, _ = served
     text = app.components.faces_text
-    assert "not an image" in app.on_photo(str(bad_photos["text"]), ui.Session())[text]
-    assert "No face" in app.on_photo(str(bad_photos["no face"]), ui.Session())[text]
-    assert "too large" in app.on_photo(str(bad_photos["huge"]), ui.Session())[text]
-    with pytest.raises(ui.gr.Error, match="Tick at least one face"):
-        list(ui_run(app, ui.Session(), bad_photos["no face"], picked=[]))
+    assert "not an image" in app.on_photo(str(bad_photos["text"]), sessions.Session())[text]
+    assert "No face" in app.on_photo(str(bad_photos["no face"]), sessions.Session())[text]
+    assert "too large" in app.on_photo(str(bad_photos["huge"]), sessions.Session())[text]
+    with pytest.raises(gr.Error, match="Choose at least one face"):
+        list(ui_run(app, sessions.Session(), bad_photos["no face"], picked=[]))
 
 
 def test_api_error_messages_then_keeps_serving(client, astronaut, bad_photos):
@@ -284,8 +304,8 @@ def test_api_upload_is_deleted_after_the_call(served, client, upload):
 
 
 @pytest.mark.parametrize("failure, message", [(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried 2 GiB"),
-                                               serving.OOM_MESSAGE),
-                                              (RuntimeError("secret internal detail"), serving.UNEXPECTED_MESSAGE)])
+                                               messages.OOM_MESSAGE),
+                                              (RuntimeError("secret internal detail"), messages.UNEXPECTED_MESSAGE)])
 def test_api_gpu_failures_are_messages(client, astronaut, tiny_pipeline, monkeypatch, failure, message):
     original = tiny_pipeline.anonymize
 
@@ -302,17 +322,17 @@ def test_api_gpu_failures_are_messages(client, astronaut, tiny_pipeline, monkeyp
 
 
 def test_weights_unavailable_is_a_message(tmp_path, astronaut):
-    demo, app = ui.build_app(weights=str(tmp_path / "no-such-weights"), device="cpu", config=TEST_CONFIG)
-    _, url, _ = ui.launch_app(demo, TEST_CONFIG, host="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    demo, app = page.build_app(weights=str(tmp_path / "no-such-weights"), device="cpu", config=TEST_CONFIG)
+    _, url, _ = page.launch_app(demo, TEST_CONFIG, host="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False)
         for _ in range(2):   # the second request is served too, and tries the load again
             with pytest.raises(AppError) as failed:
                 anonymize(client, astronaut, steps=1)
-            assert str(failed.value) == serving.LOAD_FAILED_MESSAGE   # no server path for visitors
+            assert str(failed.value) == messages.LOAD_FAILED_MESSAGE   # no server path for visitors
         state, line = app.loader.status()
-        assert state == "failed" and line == serving.LOAD_FAILED_MESSAGE and "no-such" not in app.status_text()
-        assert serving.LOAD_FAILED_MESSAGE in app.on_photo(str(astronaut), ui.Session())[app.components.faces_text]
+        assert state == "failed" and line == messages.LOAD_FAILED_MESSAGE and "no-such" not in app.status_text()
+        assert messages.LOAD_FAILED_MESSAGE in app.on_photo(str(astronaut), sessions.Session())[app.components.faces_text]
     finally:
         demo.close()
 
@@ -361,9 +381,9 @@ START_APP_CHILD = """
 import json, sys, urllib.request
 from falco import serving
 order = []
-in_background = serving.in_background   # start_app fetches the weights with it
-serving.in_background = lambda work, name: order.append("gradio" in sys.modules) or in_background(work, name)
-demo, app = serving.start_app(weights=sys.argv[1], device="cpu", host="127.0.0.1",
+in_background = startup.in_background   # start_app fetches the weights with it
+startup.in_background = lambda work, name: order.append("gradio" in sys.modules) or in_background(work, name)
+demo, app = startup.start_app(weights=sys.argv[1], device="cpu", host="127.0.0.1",
                               prevent_thread_lock=True, quiet=True)
 with urllib.request.urlopen(demo.local_url, timeout=30) as page:
     status = page.status

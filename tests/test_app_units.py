@@ -15,79 +15,86 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from falco import cli, serving, ui
+from falco import batch, device
+from falco.checks import check_face_picks
 from falco.config import AppConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, NoFaceError, WeightsError
-from falco.pipeline import WPLUS_FILE_METADATA, AnonymizationResult, FaceResult, StepEvent
+from falco.results import (
+    WPLUS_FILE_METADATA,
+    AnonymizationResult,
+    FaceResult,
+    StepEvent,
+)
+from falco.ui import downloads, engine, form, messages, page, render, sessions
 
 
 def test_parse_faces():
-    assert ui.parse_faces("all") is None
-    assert ui.parse_faces("  ") is None
-    assert ui.parse_faces("3, 1,3") == (0, 2)
+    assert form.parse_faces("all") is None
+    assert form.parse_faces("  ") is None
+    assert form.parse_faces("3, 1,3") == (0, 2)
     for bad in ("one", "0", "1,-2"):
         with pytest.raises(FalcoError):
-            ui.parse_faces(bad)
+            form.parse_faces(bad)
 
 
 def test_parse_margins():
-    assert ui.parse_margins("0, 0.25;1", limit=8) == (0.0, 0.25, 1.0)
-    assert ui.parse_margins("0.5, 0.5", limit=8) == (0.5,)
+    assert form.parse_margins("0, 0.25;1", limit=8) == (0.0, 0.25, 1.0)
+    assert form.parse_margins("0.5, 0.5", limit=8) == (0.5,)
     for bad, limit in (("", 8), ("0.5, x", 8), ("1.5", 8), ("0,0.1,0.2", 2)):
         with pytest.raises(FalcoError):
-            ui.parse_margins(bad, limit=limit)
+            form.parse_margins(bad, limit=limit)
 
 
 def test_optim_settings_override_and_validation():
     base = OptimConfig(preview_every=3, loss_on_skip256=True)
-    optim = ui.optim_settings(base, steps=7.0, lr=0.02, lambda_id=5, lambda_attr=0.5, seed=4.0, max_steps=10)
+    optim = form.parse_optim(base, steps=7.0, lr=0.02, lambda_id=5, lambda_attr=0.5, seed=4.0, max_steps=10)
     assert (optim.steps, optim.lr, optim.lambda_id, optim.lambda_attr, optim.seed) == (7, 0.02, 5.0, 0.5, 4)
     assert optim.preview_every == 3 and optim.loss_on_skip256   # what the form does not show is kept
     for steps, lr in ((0, 0.01), (11, 0.01), (5, 0.0), (5, -1.0), (5, None), (5, float("nan"))):
         with pytest.raises(FalcoError):
-            ui.optim_settings(base, steps, lr, 1, 1, 0, max_steps=10)
-    assert ui.optim_settings(base, 5, 0.1, 1, 1, 2**63 - 1, max_steps=10).seed == 2**63 - 1
+            form.parse_optim(base, steps, lr, 1, 1, 0, max_steps=10)
+    assert form.parse_optim(base, 5, 0.1, 1, 1, 2**63 - 1, max_steps=10).seed == 2**63 - 1
     for seed in (-5, 2**63, 2**70, 1e30, 1.5, float("inf"), None, "3"):
         with pytest.raises(FalcoError, match="[Ss]eed"):
-            ui.optim_settings(base, 5, 0.1, 1, 1, seed, max_steps=10)
+            form.parse_optim(base, 5, 0.1, 1, 1, seed, max_steps=10)
 
 
 def test_picks_must_be_usable_faces_of_the_photo():
     faces = [_face([[0, 0]] * 4), _face([[0, 0]] * 4, usable=False, reason="too small"), _face([[0, 0]] * 4)]
-    assert ui.check_picks([2, 0, 2], faces) == (0, 2)
-    with pytest.raises(FalcoError, match="Tick at least one face"):
-        ui.check_picks([], faces)
-    for picked in ([1], [3], [-1], ["0"], [0.0]):
-        with pytest.raises(FalcoError, match="not among this photo's faces"):
-            ui.check_picks(picked, faces)
-
-
-def test_stop_says_stopped_over_a_run_only():
-    going = ui.progress_html(StepEvent(4, 10, [(0, 0.0)], [], {}, [0.5]))
-    assert ui.stopped_html(going) == ui.progress_box("Stopped after step 4.")
-    for settled in ("", None, ui.progress_box("Done: 3 steps in 1.0 s."), ui.progress_box("⚠️ No face")):   # idle
-        assert ui.stopped_html(settled) == (settled or "")
+    assert check_face_picks([2, 0, 2], faces) == (0, 2)
+    with pytest.raises(FalcoError, match="Choose at least one face"):
+        check_face_picks([], faces)
+    for picked, reason in (([1], "Face 2 cannot be anonymized: too small"), ([3], "there is no face 4"),
+                           ([-1], "there is no face 0"), (["0"], "chosen by number"), ([0.0], "chosen by number"),
+                           ([True], "chosen by number")):
+        with pytest.raises(FalcoError, match=reason):
+            check_face_picks(picked, faces)
+    assert check_face_picks(None, faces) == (0, 2)   # every usable face
 
 
 def test_page_wiring():
-    """Runs take the form's values unprocessed (Gradio's checks of the picker and the numbers would answer
-    with its own messages before the handler); Stop and a new photo end a run."""
-    demo, app = ui.build_app(loader=serving.EngineLoader(object), device="cpu", load_now=False)
+    """Runs take the form's values unprocessed, as one dict (Gradio's checks of the picker and the numbers would
+    answer with its own messages before the handler); a click first notes the Stop count at once (unqueued), so a
+    Stop while the run waits ends it; Stop cancels nothing (the run says "Stopped" itself); a new photo ends a
+    run."""
+    demo, app = page.build_app(loader=engine.EngineLoader(object), device="cpu", load_now=False)
     fns = {fn.name: fn for fn in demo.fns.values()}
     runs = sorted([fns["run"]._id, fns["compare"]._id])
-    assert not fns["run"].preprocess and not fns["compare"].preprocess
+    c = app.components
+    for name in ("run", "compare"):
+        assert not fns[name].preprocess and set(fns[name].inputs) == {*c.form} and fns[name].inputs_as_dict
+    assert fns["request_run"].queue is False and fns["stop"].queue is False and not fns["stop"].cancels
     cancelled_by = {target: sorted(fn.cancels) for fn in demo.fns.values() if fn.cancels for target in fn.targets}
-    assert cancelled_by[(app.photo._id, "change")] == runs   # a new photo
-    assert [cancelled_by[target] for target in fns["stop"].targets] == [runs]   # Stop
-    assert app.components.session in fns["run"].outputs   # a session that ran registers its cleanup
+    assert cancelled_by == {(c.photo._id, "change"): runs}   # a new photo, and nothing else
+    assert c.session in fns["run"].outputs   # a session that ran registers its cleanup
 
 
 def test_describe_error(caplog):
-    assert serving.describe_error(NoFaceError("No face was found.")) == "No face was found."
-    assert serving.describe_error(torch.cuda.OutOfMemoryError("CUDA out of memory")) == serving.OOM_MESSAGE
-    with caplog.at_level(logging.ERROR, logger="falco.serving"):
-        message = serving.describe_error(KeyError("internal detail"))
-    assert message == serving.UNEXPECTED_MESSAGE and "internal detail" not in message
+    assert messages.describe_error(NoFaceError("No face was found.")) == "No face was found."
+    assert messages.describe_error(torch.cuda.OutOfMemoryError("CUDA out of memory")) == messages.OOM_MESSAGE
+    with caplog.at_level(logging.ERROR, logger="falco.ui.messages"):
+        message = messages.describe_error(KeyError("internal detail"))
+    assert message == messages.UNEXPECTED_MESSAGE and "internal detail" not in message
     assert "internal detail" in caplog.text   # the details go to the log, not the page
 
 
@@ -100,7 +107,7 @@ def test_loader_reports_failure_then_recovers():
             raise WeightsError("Weights repo not found; set FALCO_WEIGHTS_REPO.")
         return "engine"
 
-    loader = serving.EngineLoader(factory)
+    loader = engine.EngineLoader(factory)
     assert loader.status()[0] == "loading"
     loader.start()
     for _ in range(1000):   # at most 10 s
@@ -108,14 +115,14 @@ def test_loader_reports_failure_then_recovers():
             break
         time.sleep(0.01)
     state, line = loader.status()
-    assert state == "failed" and line == serving.LOAD_FAILED_MESSAGE   # the reason is in the log, not the page
+    assert state == "failed" and line == messages.LOAD_FAILED_MESSAGE   # the reason is in the log, not the page
     assert loader.get() == "engine"          # the next request tries again
     assert loader.status()[0] == "ready" and loader.get() == "engine" and len(attempts) == 2
 
 
 def test_loader_loads_once_across_threads():
     calls = []
-    loader = serving.EngineLoader(lambda: calls.append(1) or object())
+    loader = engine.EngineLoader(lambda: calls.append(1) or object())
     results = []
     threads = [threading.Thread(target=lambda: results.append(loader.get())) for _ in range(4)]
     for t in threads:
@@ -133,21 +140,21 @@ def test_annotate_and_summarise_faces():
     photo = Image.new("RGB", (200, 100), (0, 0, 255))
     faces = [_face([[10, 10], [10, 90], [90, 90], [90, 10]]),
              _face([[120, 20], [120, 40], [140, 40], [140, 20]], usable=False, reason="the face is too small")]
-    annotated = np.asarray(ui.annotate_faces(photo, faces)).astype(int)
+    annotated = np.asarray(render.annotate_faces(photo, faces)).astype(int)
     assert (np.asarray(photo) == (0, 0, 255)).all()                            # the input is left alone
     assert (annotated[50, 9:12] == [46, 204, 64]).all(axis=-1).any()          # usable: green outline
     assert (annotated[30, 119:122] == [170, 170, 170]).all(axis=-1).any()     # not usable: grey
-    choices, ticked, text = ui.face_summary(faces)
+    choices, ticked, text = render.face_summary(faces)
     assert choices == [("Face 1", 0)] and ticked == [0]
     assert "Found 2 faces, 1 usable" in text and "Face 2 cannot be anonymized: the face is too small" in text
 
 
 def test_preview_grid_tiles_previews_in_rows():
-    strip = ui.preview_grid([Image.new("RGB", (64, 64), c) for c in ("red", "blue")], tile=32, columns=2)
+    strip = render.preview_grid([Image.new("RGB", (64, 64), c) for c in ("red", "blue")], tile=32, columns=2)
     assert strip.size == (64, 32)
     assert strip.getpixel((5, 5)) == (255, 0, 0) and strip.getpixel((40, 5)) == (0, 0, 255)
     colours = [(i, 0, 0) for i in range(15)]   # 3 faces x 5 m: a row per face
-    grid = ui.preview_grid([Image.new("RGB", (8, 8), c) for c in colours], tile=16, columns=5)
+    grid = render.preview_grid([Image.new("RGB", (8, 8), c) for c in colours], tile=16, columns=5)
     assert grid.size == (80, 48) and grid.getpixel((8, 8)) == (0, 0, 0) and grid.getpixel((72, 40)) == (14, 0, 0)
     assert grid.getpixel((8, 24)) == (5, 0, 0)
 
@@ -166,29 +173,29 @@ def _result(margins, faces=(0,)):
 
 def test_galleries_and_metrics_label_every_image():
     result = _result([0.0, 1.0], faces=(0, 2))
-    captions = [c for _, c in ui.face_gallery(result)]
+    captions = [c for _, c in render.face_gallery(result)]
     assert captions[:3] == ["Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour"]
     assert captions[3].startswith("Face 1: anonymized, m = 0,") and captions[4].startswith("Face 1: anonymized, m = 1,")
     assert captions[5] == "Face 3: original" and len(captions) == 10
-    compare = [c for _, c in ui.face_gallery(result, compare=True)]
+    compare = [c for _, c in render.face_gallery(result, compare=True)]
     assert compare[0] == "Face 1: original" and compare[1].startswith("m = 0 ") and compare[2].startswith("m = 1 ")
     assert compare[3] == "Face 3: original" and len(compare) == 6
     assert compare[2] == f"m = 1 (cosine {0.7:.3f}, same person)"
-    rows = ui.metric_rows(result)
+    rows = render.metric_rows(result)
     assert [r[0] for r in rows] == [1, 1, 3, 3]
     assert [r[4] for r in rows] == ["different person", "same person"] * 2   # dlib distance 0.9 vs 0.4
 
 
 def test_progress_names_each_item():
     event = StepEvent(3, 10, [(0, 0.0), (1, 0.5)], [], {}, [0.25, 0.75])
-    html = ui.progress_html(event)
+    html = render.progress_html(event)
     assert 'value="3" max="10"' in html and "face 1, m = 0: 0.250" in html and "face 2, m = 0.5: 0.750" in html
 
 
 def test_downloads_hold_images_codes_and_record(tmp_path):
     result = _result([0.0, 0.5])
-    record = ui.run_record(result)
-    paths = ui.write_downloads(result, record, tmp_path)
+    record = downloads.run_record(result)
+    paths = downloads.write_downloads(result, record, tmp_path)
     names = sorted(p.rsplit("/", 1)[1] for p in paths)
     assert names == sorted(["photo_m0.png", "photo_m0.5.png", "face1_aligned.png", "face1_inversion.png",
                             "face1_fake.png", "face1_m0_anonymized.png", "face1_m0.5_anonymized.png",
@@ -209,9 +216,9 @@ def test_app_and_cli_write_the_same_record_and_codes(tmp_path):
     """One run, both writers: the app's download and the CLI's output hold the same faces and W+ file."""
     margins, faces = (0.0, 0.5, 1.0), (0, 2)
     result = _result(margins, faces)
-    ui.write_downloads(result, ui.run_record(result), tmp_path / "app")
+    downloads.write_downloads(result, downloads.run_record(result), tmp_path / "app")
     pipeline = SimpleNamespace(anonymize=lambda source, **kwargs: iter([result]))
-    cli.anonymize_one(pipeline, tmp_path / "x.png", "x.png", tmp_path / "cli", margins, OptimConfig(), 1, CliConfig())
+    batch.anonymize_one(pipeline, tmp_path / "x.png", "x.png", tmp_path / "cli", margins, OptimConfig(), 1, CliConfig())
 
     app_record = json.loads((tmp_path / "app" / "run.json").read_text())
     cli_record = json.loads((tmp_path / "cli" / "x.png.json").read_text())
@@ -239,7 +246,7 @@ def test_session_keeps_detections_and_removes_its_files(tmp_path):
     uploads = [tmp_path / "a.png", tmp_path / "b.png"]
     for path in uploads:
         path.write_bytes(b"x")
-    session = ui.Session(photo=str(uploads[0]), detections=["face"])
+    session = sessions.Session(photo=str(uploads[0]), detections=["face"])
     for path in uploads:
         session.hold(str(path))
     assert session.detections_for(str(uploads[0])) == ["face"] and session.detections_for(str(uploads[1])) is None
@@ -248,7 +255,7 @@ def test_session_keeps_detections_and_removes_its_files(tmp_path):
     assert first != second and first.parent == photo.parent == Path(session.folder)
     session.drop_others(second)   # a finished run: the earlier runs' files go, the photo's stay
     assert not first.exists() and second.is_dir() and photo.is_dir()
-    ui._end_session(session)
+    sessions.end_session(session)
     assert not any(p.exists() for p in uploads) and not session.uploads and not photo.parent.exists()
 
 
@@ -256,7 +263,7 @@ def test_shared_files_go_with_their_last_holder(tmp_path):
     shared = tmp_path / "same-content" / "photo.png"
     shared.parent.mkdir()
     shared.write_bytes(b"x")
-    first, second = ui.Session(), ui.Session()
+    first, second = sessions.Session(), sessions.Session()
     for session in (first, second, first):   # holding twice counts once
         session.hold(str(shared))
     first.forget()
@@ -267,8 +274,8 @@ def test_shared_files_go_with_their_last_holder(tmp_path):
 
 def test_a_photo_gone_is_a_message_without_its_path(tmp_path):
     with pytest.raises(FalcoError) as caught:
-        ui.read_photo(str(tmp_path / "gone.png"))
-    assert str(caught.value) == ui.PHOTO_GONE
+        sessions.read_photo(str(tmp_path / "gone.png"))
+    assert str(caught.value) == messages.PHOTO_GONE
 
 
 def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
@@ -283,12 +290,12 @@ def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
         return wrap
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
-    monkeypatch.setenv(serving.ZEROGPU_ENV, "true")
-    engine = SimpleNamespace(anonymize=lambda photo, **kw: iter(["event"]))
-    loader = serving.EngineLoader(lambda: engine)
-    demo, app = ui.build_app(loader=loader, config=AppConfig(zerogpu_duration_s=77), load_now=False)
+    monkeypatch.setenv(device.ZEROGPU_ENV, "true")
+    pipeline = SimpleNamespace(anonymize=lambda photo, **kw: iter(["event"]))
+    loader = engine.EngineLoader(lambda: pipeline)
+    demo, app = page.build_app(loader=loader, config=AppConfig(zerogpu_duration_s=77), load_now=False)
     assert app.on_gpu   # ZeroGPU means CUDA even though this machine has none
-    settings = ui.RunSettings(None, (0.0,), OptimConfig(), False)
+    settings = form.RunSettings(None, (0.0,), OptimConfig(), False)
     assert list(app._device_run(Image.new("RGB", (8, 8)), settings)) == ["event"]
     assert calls == [77]
 
@@ -296,15 +303,15 @@ def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
 def test_spaces_package_alone_is_not_zerogpu(monkeypatch):
     """Spaces of every kind may have the package: a CPU Space must not be sent to CUDA."""
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda duration: pytest.fail("wrapped")))
-    monkeypatch.delenv(serving.ZEROGPU_ENV, raising=False)
-    demo, app = ui.build_app(loader=serving.EngineLoader(object), load_now=False)
-    assert app.on_gpu == torch.cuda.is_available() and not serving.zerogpu_available()
+    monkeypatch.delenv(device.ZEROGPU_ENV, raising=False)
+    demo, app = page.build_app(loader=engine.EngineLoader(object), load_now=False)
+    assert app.on_gpu == torch.cuda.is_available() and not device.zerogpu_available()
 
 
 def test_cpu_notice_and_defaults(monkeypatch):
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
-    monkeypatch.setattr(ui, "zerogpu_decorator", lambda duration: None)
+    monkeypatch.setattr(page, "zerogpu_decorator", lambda duration: None)
     config = AppConfig(cpu_optim=OptimConfig(steps=6))
-    demo, app = ui.build_app(loader=serving.EngineLoader(object), device="cpu", config=config, load_now=False)
+    demo, app = page.build_app(loader=engine.EngineLoader(object), device="cpu", config=config, load_now=False)
     assert not app.on_gpu and app.default_optim.steps == 6
     assert "Running on CPU" in app.status_text()

@@ -7,6 +7,7 @@ from safetensors import safe_open
 
 import falco.bank as bank_module
 from falco.bank import FakeBank, build_bank, pair_nearest, row_seed, sample_rows
+from falco.cli import main
 from falco.config import BankConfig
 from falco.errors import WeightsError
 from falco.models.farl import FaRL
@@ -140,8 +141,8 @@ def test_draw_among_k_nearest_is_seeded_and_stays_in_the_top_k():
 def test_build_command_matches_the_published_bank(tmp_path, tiny_weights, capsys):
     # The random weight set's bank was built with the defaults: the command reproduces its rows.
     out = tmp_path / "bank.safetensors"
-    bank_module.main(["build", "--out", str(out), "--n", "5", "--chunk", "2", "--weights", str(tiny_weights),
-                      "--device", "cpu"])
+    assert main(["bank", "build", "--out", str(out), "--n", "5", "--chunk", "2", "--weights", str(tiny_weights),
+                 "--device", "cpu"]) == 0
     assert "5/5" in capsys.readouterr().err   # the progress bar
     built, published = FakeBank.load(out), FakeBank.load(tiny_weights / "fake_bank.safetensors")
     assert len(built) == 5 and torch.equal(built.seeds, published.seeds[:5])

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from falco.cli import Shard, _write_atomic, anonymize_tree, list_images, main
+from falco.batch import Shard, anonymize_tree, list_images
+from falco.cli import main
 from falco.config import CliConfig, OptimConfig
 from falco.errors import FalcoError
+from falco.files import write_atomic
 
 QUICK = OptimConfig(steps=1)
 
@@ -277,7 +279,7 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _write_atomic(tmp_path / "x.png", write)
+        write_atomic(tmp_path / "x.png", write)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,7 +10,15 @@ from PIL import Image, ImageFilter
 
 from falco.config import FaceConfig
 from falco.errors import NoFaceError, WeightsError
-from falco.faces import FaceAnalyzer, align_face, face_mask, ffhq_quad, load_photo, paste_faces, require_usable
+from falco.faces import (
+    FaceAnalyzer,
+    align_face,
+    face_mask,
+    ffhq_quad,
+    load_photo,
+    paste_faces,
+    require_usable,
+)
 from falco.faces.align import _separable_gaussian, gaussian_blur
 
 

@@ -10,8 +10,11 @@ from safetensors.torch import load_file, save_file
 
 from falco.errors import WeightsError
 from falco.models import io
-from falco.models.random_weights import seeded_state_dict, seeded_tensor
-from falco.weights import ARTIFACTS, MANIFEST_NAME, TINY_CONFIGS, Manifest, _packaged_dlib_model, publish, sha256_file
+from falco.models.random_weights import TINY_CONFIGS, seeded_state_dict, seeded_tensor
+from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest
+from falco.weights.manifest import sha256_file
+from falco.weights.publish import publish
+from falco.weights.random_set import packaged_dlib_model
 
 TINY = {name: cls(**TINY_CONFIGS[name]) for name, cls in
         (("generator", io.Generator), ("e4e", io.Encoder4Editing), ("arcface", io.ArcFace), ("farl", io.FaRL))}
@@ -154,8 +157,8 @@ def test_publish_dry_run_round_trips_the_official_files(fixtures_dir, tmp_path):
     manifest = publish("someone/falco-weights", e4e=originals / "e4e_ffhq_encode.pt",
                        arcface=originals / "model_ir_se50.pth",
                        farl=originals / "FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
-                       landmarks=_packaged_dlib_model(ARTIFACTS["dlib_landmarks"]),
-                       recognition=_packaged_dlib_model(ARTIFACTS["dlib_recognition"]),
+                       landmarks=packaged_dlib_model(ARTIFACTS["dlib_landmarks"]),
+                       recognition=packaged_dlib_model(ARTIFACTS["dlib_recognition"]),
                        bank=originals / "bank.safetensors", out=out, dry_run=True)
 
     assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS.values(), MANIFEST_NAME, "README.md"])
@@ -184,7 +187,7 @@ def test_publish_builds_the_bank_from_the_converted_networks(tiny_weights, tmp_p
     import shutil
 
     from falco.bank import FakeBank
-    from falco.weights import _build_bank_from_folder, _check_bank
+    from falco.weights.publish import _build_bank_from_folder, _check_bank
 
     folder = tmp_path / "hub"
     shutil.copytree(tiny_weights, folder)

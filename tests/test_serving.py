@@ -22,10 +22,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from falco import serving, ui
+from falco.device import app_device, resolve_device
 from falco.errors import FalcoError, HubUnavailableError, WeightsError
-from falco.pipeline import resolve_device
-from falco.serving import app_device
+from falco.ui import engine, messages, page, startup
 from falco.weights import ARTIFACTS, MANIFEST_NAME, Artifact, Manifest, fetch_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +37,13 @@ def machine_with_gpus(monkeypatch, count: int) -> None:
 
 def test_app_device_is_the_one_asked_for_else_cuda_on_zerogpu_else_the_default(monkeypatch):
     machine_with_gpus(monkeypatch, 2)
-    assert app_device("cpu", zerogpu=True) == "cpu"
-    assert app_device("cuda:1", zerogpu=False) == "cuda:1"
-    assert app_device("", zerogpu=False) == app_device(None, zerogpu=False) == str(resolve_device()) == "cuda"
+    assert str(app_device("cpu", zerogpu=True)) == "cpu"
+    assert str(app_device("cuda:1", zerogpu=False)) == "cuda:1"
+    assert str(app_device("", zerogpu=False)) == str(app_device(None, zerogpu=False)) == str(resolve_device()) == "cuda"
     machine_with_gpus(monkeypatch, 0)
-    assert app_device(None, zerogpu=True) == "cuda"         # ZeroGPU lends the GPU per run: none visible yet
-    assert app_device("cuda:1", zerogpu=True) == "cuda:1"
-    assert app_device(None, zerogpu=False) == str(resolve_device()) == "cpu"
+    assert str(app_device(None, zerogpu=True)) == "cuda"         # ZeroGPU lends the GPU per run: none visible yet
+    assert str(app_device("cuda:1", zerogpu=True)) == "cuda:1"
+    assert str(app_device(None, zerogpu=False)) == str(resolve_device()) == "cpu"
 
 
 @pytest.mark.parametrize("ask", [lambda: app_device("tpu9", zerogpu=False), lambda: resolve_device("tpu9")])
@@ -101,14 +100,14 @@ def test_hub_failures_for_now_are_retried_the_others_are_final(monkeypatch, onli
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)   # falco.weights imports it when it downloads
     with pytest.raises(WeightsError) as failed:
         fetch_weights("someone/falco-weights", names=("fake_bank",), progress=False)
-    assert failed.value.__cause__ is raised and serving.load_failure_is_final(failed.value) == final
+    assert failed.value.__cause__ is raised and engine.load_failure_is_final(failed.value) == final
 
 
 def test_offline_mode_without_the_files_is_final(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     err = WeightsError("HF_HUB_OFFLINE is set and manifest.json is not in the cache")
     err.__cause__ = LocalEntryNotFoundError("offline")
-    assert serving.load_failure_is_final(err)
+    assert engine.load_failure_is_final(err)
 
 
 def test_bad_local_weights_and_repo_ids_are_final(tmp_path):
@@ -122,8 +121,8 @@ def test_bad_local_weights_and_repo_ids_are_final(tmp_path):
                            (mismatched, "does not match its manifest"), ("not a/repo id", "neither")):
         with pytest.raises(WeightsError, match=reason) as failed:
             fetch_weights(str(source), names=("fake_bank",), progress=False)
-        assert serving.load_failure_is_final(failed.value)
-    assert not serving.load_failure_is_final(RuntimeError("a bug: logged in full and retried"))
+        assert engine.load_failure_is_final(failed.value)
+    assert not engine.load_failure_is_final(RuntimeError("a bug: logged in full and retried"))
 
 
 def wait_for_load() -> None:
@@ -142,11 +141,11 @@ def test_a_failed_load_tells_visitors_nothing_of_the_server_and_the_log_why(capl
                                       "it.") from LocalEntryNotFoundError("no connection")
         return "engine"
 
-    loader = serving.EngineLoader(factory, final=serving.load_failure_is_final)
+    loader = engine.EngineLoader(factory, final=engine.load_failure_is_final)
     with caplog.at_level(logging.WARNING, logger="falco.serving"):
         with pytest.raises(FalcoError) as failed:
             loader.get()
-    assert str(failed.value) == serving.LOAD_FAILED_MESSAGE and loader.status() == ("failed", str(failed.value))
+    assert str(failed.value) == messages.LOAD_FAILED_MESSAGE and loader.status() == ("failed", str(failed.value))
     assert "/srv/secret" not in str(failed.value) and "/srv/secret/hub lacks it" in caplog.text
     assert loader.final_failure is None and loader.get() == "engine" and loader.status()[0] == "ready"
 
@@ -159,14 +158,14 @@ def test_a_final_failure_is_not_retried_and_the_loading_thread_logs_it(caplog):
         attempts.append(1)
         raise bad
 
-    loader = serving.EngineLoader(factory, final=serving.load_failure_is_final)
+    loader = engine.EngineLoader(factory, final=engine.load_failure_is_final)
     with caplog.at_level(logging.ERROR, logger="falco.serving"):
         loader.start()
         wait_for_load()
     assert loader.final_failure is bad and "/srv/weights/e4e.safetensors does not match" in caplog.text
-    with pytest.raises(FalcoError, match=serving.LOAD_FAILED_MESSAGE):
+    with pytest.raises(FalcoError, match=messages.LOAD_FAILED_MESSAGE):
         loader.get()
-    assert len(attempts) == 1 and loader.status() == ("failed", serving.LOAD_FAILED_MESSAGE)
+    assert len(attempts) == 1 and loader.status() == ("failed", messages.LOAD_FAILED_MESSAGE)
 
 
 # --- start_app: a final failure stops it (before serving where known by then); the Hub failing does not --------
@@ -174,8 +173,8 @@ def test_a_final_failure_is_not_retried_and_the_loading_thread_logs_it(caplog):
 def served_pages(monkeypatch):
     """The pages start_app launched; none blocks the test's thread."""
     pages = []
-    launch = ui.launch_app
-    monkeypatch.setattr(ui, "launch_app", lambda demo, *a, **k: pages.append(demo) or launch(demo, *a, **k))
+    launch = page.launch_app
+    monkeypatch.setattr(page, "launch_app", lambda demo, *a, **k: pages.append(demo) or launch(demo, *a, **k))
     monkeypatch.setattr(gr.Blocks, "block_thread", lambda demo: None)
     yield pages
     for demo in pages:
@@ -183,16 +182,16 @@ def served_pages(monkeypatch):
 
 
 def test_weights_found_bad_before_the_page_is_served_stop_start_app(tmp_path, monkeypatch, served_pages):
-    build = ui.build_app
+    build = page.build_app
 
     def build_once_fetched(*args, **kwargs):   # the fetch of an empty folder ends at once; made certain here
         for thread in threading.enumerate():
             if thread.name == "falco-fetch":
                 thread.join()
         return build(*args, **kwargs)
-    monkeypatch.setattr(ui, "build_app", build_once_fetched)
+    monkeypatch.setattr(page, "build_app", build_once_fetched)
     with pytest.raises(WeightsError, match="has no"):
-        serving.start_app(weights=str(tmp_path), device="cpu", host="127.0.0.1", quiet=True)
+        startup.start_app(weights=str(tmp_path), device="cpu", host="127.0.0.1", quiet=True)
     assert served_pages == []
 
 
@@ -203,7 +202,7 @@ def test_weights_found_bad_while_building_close_the_page(tmp_path, tiny_weights,
     (tmp_path / ARTIFACTS["e4e"]).unlink()
     (tmp_path / ARTIFACTS["e4e"]).write_bytes((tiny_weights / ARTIFACTS["e4e"]).read_bytes()[:1000])
     with pytest.raises(WeightsError, match="not a readable safetensors file"):
-        serving.start_app(weights=str(tmp_path), device="cpu", host="127.0.0.1", quiet=True)
+        startup.start_app(weights=str(tmp_path), device="cpu", host="127.0.0.1", quiet=True)
     assert len(served_pages) == 1 and not served_pages[0].is_running
 
 
@@ -211,12 +210,12 @@ def test_the_hub_failing_keeps_the_page_up(monkeypatch, online, served_pages):
     def unreachable(*args, **kwargs):
         raise LocalEntryNotFoundError("no connection and not in the cache")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    demo, app = serving.start_app(weights="someone/falco-weights", device="cpu", host="127.0.0.1", quiet=True)
+    demo, app = startup.start_app(weights="someone/falco-weights", device="cpu", host="127.0.0.1", quiet=True)
     assert served_pages == [demo] and demo.is_running
     with urllib.request.urlopen(demo.local_url, timeout=30) as page:
         assert page.status == 200
-    assert app.loader.status() == ("failed", serving.LOAD_FAILED_MESSAGE) and app.loader.final_failure is None
-    assert serving.LOAD_FAILED_MESSAGE in app.status_text()
+    assert app.loader.status() == ("failed", messages.LOAD_FAILED_MESSAGE) and app.loader.final_failure is None
+    assert messages.LOAD_FAILED_MESSAGE in app.status_text()
 
 
 def test_app_stops_in_one_line_on_a_weights_folder_that_does_not_exist(tmp_path):

@@ -22,23 +22,24 @@ from urllib.parse import unquote
 import pytest
 
 from falco.errors import WeightsError
+from falco.models import NETWORKS
+from falco.models.networks import load_networks
+from falco.models.random_weights import (
+    NETWORK_CLASSES,
+    OFFICIAL_PREFIX,
+    TINY_CONFIGS,
+    random_network,
+)
 from falco.weights import (
     ARTIFACTS,
     MANIFEST_NAME,
-    NETWORKS,
-    OFFICIAL_PREFIX,
-    PROJECT_MANIFEST,
-    TINY_CONFIGS,
     Manifest,
-    _copy_dlib_model,
-    _network_classes,
     fetch_weights,
-    load_networks,
-    make_random_weights,
     parse_source,
-    random_network,
-    upload_weights,
 )
+from falco.weights.manifest import PROJECT_MANIFEST
+from falco.weights.publish import _copy_dlib_model, upload_weights
+from falco.weights.random_set import make_random_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "test-user/falco-tiny"
@@ -255,11 +256,11 @@ def test_no_disk_space_is_reported_before_downloading(tiny_folder, tmp_path, mon
 
     import huggingface_hub.constants
 
-    import falco.weights
+    import falco.weights.hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(falco.weights.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(falco.weights.hub.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     pinned = pinned_manifest(tiny_folder, tmp_path / "pinned.json")
     with pytest.raises(WeightsError, match="Not enough disk space for generator.safetensors"):
         fetch_weights(REPO, names=["generator"], progress=False, manifest=pinned)
@@ -382,7 +383,8 @@ def test_complete_tiny_set_loads(tiny_weights):
 def test_networks_named_are_loaded_frozen(tiny_weights):
     import torch
 
-    nets = load_networks(str(tiny_weights), torch.device("cpu"), names=("generator", "farl"))
+    names = ("generator", "farl")
+    nets = load_networks(fetch_weights(str(tiny_weights), names=names), torch.device("cpu"), names=names)
     assert nets.e4e is None and nets.arcface is None and nets.latent_avg is None
     assert nets.mean_w.shape == (nets.generator.style_dim,)
     assert not any(p.requires_grad for net in (nets.generator, nets.farl) for p in net.parameters())
@@ -398,7 +400,7 @@ def test_random_network_is_the_seeded_network_built_without_init(name):
     from falco.models.random_weights import seeded_state_dict
 
     model = random_network(name, tiny=True)
-    ordinary = _network_classes()[name](**TINY_CONFIGS[name])
+    ordinary = NETWORK_CLASSES[name](**TINY_CONFIGS[name])
     ordinary.load_state_dict(seeded_state_dict(ordinary.state_dict(), prefix=OFFICIAL_PREFIX[name]), strict=True)
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     expected = ordinary.state_dict()

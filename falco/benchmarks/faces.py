@@ -17,7 +17,8 @@ from PIL import Image
 
 from falco.config import FaceConfig
 from falco.faces import FaceAnalyzer, align_face, load_photo, paste_faces, require_usable
-from falco.weights import ARTIFACTS, _packaged_dlib_model
+from falco.weights import ARTIFACTS
+from falco.weights.random_set import packaged_dlib_model
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut.png"
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the best is printed")
     args = parser.parse_args()
     config = FaceConfig()
-    analyzer = FaceAnalyzer(args.landmarks or _packaged_dlib_model(ARTIFACTS["dlib_landmarks"]), config)
+    analyzer = FaceAnalyzer(args.landmarks or packaged_dlib_model(ARTIFACTS["dlib_landmarks"]), config)
 
     data = twelve_megapixel_photo()
     t_load, photo = best_of(args.repeats, lambda: load_photo(data))

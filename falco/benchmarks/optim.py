@@ -46,7 +46,9 @@ from falco.models.arcface import ArcFace
 from falco.models.farl import FaRL, farl_preprocess
 from falco.optimize import FalcoLoss, LossTerms, compose_wplus, optimize_latents, start_wplus, step_losses
 from falco.speed import reuse_freed_memory
-from falco.weights import Networks, load_networks, random_network
+from falco.models.networks import Networks, load_networks
+from falco.models.random_weights import random_network
+from falco.weights import fetch_weights
 
 FACE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut_face0_1024.png"
 FULL_RUN_STEPS = OptimConfig().steps
@@ -66,7 +68,7 @@ TOKENS = {
 
 
 # --- Networks and problem --------------------------------------------------------------------
-# falco.weights' Networks, not falco.pipeline's loading: the pipeline imports dlib, which the GPU machine lacks.
+# falco.models' Networks, not falco.pipeline's loading: the pipeline imports dlib, which the GPU machine lacks.
 def random_networks(device: torch.device) -> Networks:
     """Full-size networks with the reference seeding rule, as in falco.weights' random sets."""
     return Networks(device, **{name: random_network(name).to(device) for name in NETWORKS})
@@ -385,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"falco optimisation benchmark: torch {torch.__version__}, {platform.machine()}, {machine}")
     print(f"load average before: {load_average()}; warm-up {warmup}, timed steps {steps}, batches {batches}")
     t = time.perf_counter()
-    nets = load_networks(args.weights, device, NETWORKS) if args.weights else random_networks(device)
+    nets = (load_networks(fetch_weights(args.weights, names=NETWORKS), device, NETWORKS) if args.weights
+            else random_networks(device))
     problem = make_problem(nets, device)
     print(f"networks {'loaded from ' + args.weights if args.weights else 'built with random weights'} "
           f"in {time.perf_counter() - t:.1f} s")

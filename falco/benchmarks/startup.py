@@ -3,7 +3,7 @@
     python -m falco.benchmarks.startup                       # makes a full-size random weight set first
     python -m falco.benchmarks.startup --weights DIR         # a folder in Hub layout (random or real)
 
-A fresh Python process does what ``python app.py`` does (``falco.serving.start_app``), on
+A fresh Python process does what ``python app.py`` does (``falco.ui.startup.start_app``), on
 the CPU: imports torch and the pipeline's modules, starts loading the networks in a
 background thread, imports Gradio and builds the page meanwhile, starts serving, then waits
 for the networks.  The pipeline's own loading functions are timed as
@@ -61,7 +61,7 @@ def rss_mib(field: str) -> float:
 
 
 class MarkStages(logging.Handler):
-    """Marks the start-up stages that falco.serving logs, when they happen."""
+    """Marks the start-up stages that falco.ui.startup logs, when they happen."""
 
     def __init__(self, clock: Clock):
         super().__init__(logging.INFO)
@@ -76,24 +76,25 @@ def child(weights: str) -> None:
     clock.mark("interpreter ready")
     import torch
     clock.mark("import torch")
-    import falco.weights as weight_files
-    from falco import pipeline, serving
+    from falco import pipeline
     from falco.bank import FakeBank
     from falco.models import io
+    from falco.ui import engine, startup
     clock.mark("import falco.pipeline (open_clip, dlib)")
 
-    clock.wrap(weight_files, "fetch_weights", "find + verify weight files (sha256)")   # serving's loader calls it
+    for module in (startup, engine):   # start_app fetches; the engine's loader fetches again after a failure
+        clock.wrap(module, "fetch_weights", "find + verify weight files (sha256)")
     for name in ("load_generator", "load_e4e", "load_arcface", "load_farl"):
         clock.wrap(io, name, f"{name} (read + build)")
     clock.wrap(FakeBank, "load", "fake bank load")
     clock.wrap(pipeline, "FaceAnalyzer", "dlib landmarks model")
     clock.wrap(pipeline, "FaceRecognizer", "dlib recognition model")
-    stages = logging.getLogger(serving.__name__)
+    stages = logging.getLogger(startup.__name__)
     stages.setLevel(logging.INFO)
     stages.addHandler(MarkStages(clock))
 
     # What app.py does: start loading, import Gradio and build the page meanwhile, serve.
-    demo, app = serving.start_app(weights=weights, device="cpu", host="127.0.0.1",
+    demo, app = startup.start_app(weights=weights, device="cpu", host="127.0.0.1",
                                   prevent_thread_lock=True, quiet=True)
     clock.mark("serving")
     pipe = app.loader.get()
@@ -119,7 +120,9 @@ def random_weight_set(folder: Path) -> None:
     import torch
 
     from falco.bank import FakeBank
-    from falco.weights import ARTIFACTS, MANIFEST_NAME, describe_folder, make_random_weights
+    from falco.weights import ARTIFACTS, MANIFEST_NAME
+    from falco.weights.manifest import describe_folder
+    from falco.weights.random_set import make_random_weights
 
     make_random_weights(folder, tiny=False, progress=False)
     small = FakeBank.load(folder / ARTIFACTS["fake_bank"])

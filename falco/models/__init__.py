@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+# The networks of a weight set, each one artifact (falco.weights) and one loader (falco.models.io).
+NETWORKS = ("generator", "e4e", "arcface", "farl")
+
 
 def freeze(module: nn.Module) -> nn.Module:
     """Only latent codes are ever optimised: every network parameter is frozen."""

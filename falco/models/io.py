@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from falco.errors import WeightsError
+from falco.files import save_tensors
+from falco.models import NETWORKS
 from falco.models.arcface import ArcFace
 from falco.models.e4e import Encoder4Editing
 from falco.models.farl import FaRL
 from falco.models.stylegan2 import Generator
 
 FORMAT = "falco-network-v1"
-NETWORKS = ("generator", "e4e", "arcface", "farl")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 MEAN_W_SAMPLES = 10_000   # z samples behind a mean w when a checkpoint lacks one (rosinality uses 4096+)
 
@@ -196,10 +196,7 @@ def save_network(path: str | Path, network: str, model: nn.Module,
             raise ValueError(f"extra tensor {key!r} collides with a {network} parameter")
         tensors[key] = value.detach().cpu().float().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "network": network,
-                                          "config": json.dumps(model.config)})
-    tmp.replace(path)
+    save_tensors(path, tensors, metadata={"format": FORMAT, "network": network, "config": json.dumps(model.config)})
     return path
 
 

@@ -13,7 +13,24 @@ from collections.abc import Mapping
 
 import torch
 
+from falco.models.arcface import ArcFace
+from falco.models.e4e import Encoder4Editing
+from falco.models.farl import FaRL
+from falco.models.stylegan2 import Generator
+
 REFERENCE_SALT = "shared-v1"
+
+# Small but complete architectures, the one definition of "tiny" for random sets and tests: the whole
+# pipeline runs on them in seconds on a CPU.
+TINY_CONFIGS: dict[str, dict] = {
+    "generator": dict(size=64, style_dim=64, n_mlp=2, channels={4: 64, 8: 64, 16: 32, 32: 32, 64: 16}),
+    "e4e": dict(n_styles=10, style_dim=64, widths=[16, 16, 32, 32], units=[1, 1, 1, 1]),
+    "arcface": dict(widths=[16, 16, 32, 32], units=[1, 1, 1, 1]),
+    "farl": dict(patch_size=32, width=64, layers=2, heads=2),
+}
+# Key prefixes of the official checkpoints, so random weights follow the reference seeding rule.
+OFFICIAL_PREFIX = {"generator": "g_ema.", "e4e": "encoder.", "arcface": "", "farl": ""}
+NETWORK_CLASSES = {"generator": Generator, "e4e": Encoder4Editing, "arcface": ArcFace, "farl": FaRL}
 
 
 def seeded_tensor(full_key: str, shape: tuple[int, ...], dtype: torch.dtype,
@@ -45,3 +62,13 @@ def seeded_state_dict(layout: Mapping[str, torch.Tensor], prefix: str = "",
     the returned dict, so the result loads into the module the layout came from.
     """
     return {k: seeded_tensor(prefix + k, tuple(v.shape), v.dtype, salt) for k, v in layout.items()}
+
+
+def random_network(name: str, tiny: bool = False) -> torch.nn.Module:
+    """One of the networks with the reference seeding rule, on the CPU; built on the meta device, so no
+    throwaway initialisation is computed (seconds at full size)."""
+    with torch.device("meta"):
+        model = NETWORK_CLASSES[name](**(TINY_CONFIGS[name] if tiny else {}))
+    seeded = seeded_state_dict(model.state_dict(), prefix=OFFICIAL_PREFIX[name])
+    model.load_state_dict(seeded, strict=True, assign=True)
+    return model

@@ -1,0 +1,81 @@
+"""What a run yields: a StepEvent per optimisation step, then one AnonymizationResult, and its record.
+
+The app and the command line record a result the same way: ``face_records`` for the JSON,
+``save_latents`` for the W+ codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from falco.config import DLIB_SAME_PERSON_DISTANCE
+from falco.files import save_tensors
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int                          # 1..total_steps
+    total_steps: int
+    items: list[tuple[int, float]]     # (face index, m) of each batch item, in preview order
+    previews: list[Image.Image]        # one per item every `preview_every` steps and at the last; else []
+    losses: dict[str, list[float]]     # identity, attribute, total: one value per item
+    identity_cosine: list[float]       # ArcFace cosine to the original, per item
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    face_index: int                    # index into the photo's detections
+    margin: float
+    aligned: Image.Image               # the original, FFHQ-aligned
+    inversion: Image.Image             # e4e reconstruction
+    fake: Image.Image                  # the fake neighbour from the bank
+    anonymized: Image.Image
+    wplus: torch.Tensor                # [num_ws, D] anonymized W+ (latent_avg included), CPU
+    wplus_inversion: torch.Tensor      # [num_ws, D]
+    fake_index: int                    # row of the fake bank
+    fake_seed: int
+    identity_cosine: float             # ArcFace cosine between original and anonymized
+    recognizer_distance: float         # dlib distance; >= 0.6 means "another person" to dlib
+
+
+# The "what" of every W+ file written from an AnonymizationResult (the app's download, the CLI's output).
+WPLUS_FILE_METADATA = ("FALCO W+ codes (latent_avg included): wplus [faces, margins, rows, dim] anonymized, "
+                       "wplus_inversion [faces, rows, dim] e4e; face counts from 1 in detection order")
+
+
+@dataclass(frozen=True)
+class AnonymizationResult:
+    faces: list[FaceResult]            # faces x margins, face-major
+    photos: list[Image.Image]          # the photo with every face pasted back, one per margin
+    margins: tuple[float, ...]
+    params: dict
+
+    @property
+    def photo(self) -> Image.Image:
+        return self.photos[0]
+
+    def face_records(self) -> list[dict]:
+        """One JSON-ready dict per face and m, as the app and the CLI record them.  ``face`` counts from 1
+        in detection order (the number the app shows), unlike ``FaceResult.face_index``."""
+        return [{"face": r.face_index + 1, "margin": r.margin, "identity_cosine": r.identity_cosine,
+                 "recognizer_distance": r.recognizer_distance,
+                 "same_person_for_dlib": r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
+                 "fake_index": r.fake_index, "fake_seed": r.fake_seed} for r in self.faces]
+
+    def latent_tensors(self) -> dict[str, torch.Tensor]:
+        """The W+ codes as a safetensors dict (see WPLUS_FILE_METADATA); ``face`` as in ``face_records``."""
+        per_face = self.faces[::len(self.margins)]
+        wplus = torch.stack([r.wplus.float() for r in self.faces]).unflatten(0, (len(per_face), len(self.margins)))
+        return {"wplus": wplus.cpu().contiguous(),
+                "wplus_inversion": torch.stack([r.wplus_inversion.float() for r in per_face]).cpu().contiguous(),
+                "face": torch.tensor([r.face_index + 1 for r in per_face]),
+                "margin": torch.tensor(self.margins, dtype=torch.float32),
+                "fake_index": torch.tensor([r.fake_index for r in per_face])}
+
+    def save_latents(self, path: Path) -> Path:
+        """The W+ codes as a safetensors file (``latent_tensors``, described by WPLUS_FILE_METADATA)."""
+        return save_tensors(path, self.latent_tensors(), metadata={"what": WPLUS_FILE_METADATA})

@@ -1,0 +1,433 @@
+"""The page: its layout, its handlers and the named API endpoint.
+
+``build_app`` makes the page over an EngineLoader (falco.ui.engine); ``launch_app`` serves it
+with the app's limits; falco.ui.startup orders both for ``python app.py``.  Tests build exactly
+the same page in-process.
+
+A run is a generator that streams the optimisation; Gradio's queue runs one job at a time and
+tells a waiting visitor their place.  Run, Compare m and the API read their values as one
+RunForm and turn them into settings the same way (falco.ui.form).  Stop asks the visitor's run
+to stop; the run itself then says "Stopped after step k" as its last update, so no step update
+already on its way can land after it.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+from gradio.data_classes import ImageData
+from PIL import Image
+
+from falco.checks import check_face_picks
+from falco.config import AppConfig, OptimConfig
+from falco.device import app_device, zerogpu_available
+from falco.errors import FalcoError
+from falco.results import AnonymizationResult, StepEvent
+from falco.ui.downloads import run_record, write_downloads
+from falco.ui.engine import EngineLoader, pipeline_factory
+from falco.ui.form import RunForm, RunSettings, parse_faces, settings_from_form
+from falco.ui.messages import describe_error
+from falco.ui.render import (
+    METRIC_HEADERS,
+    annotate_faces,
+    face_gallery,
+    face_summary,
+    metric_rows,
+    preview_grid,
+    progress_box,
+    progress_html,
+)
+from falco.ui.sessions import UPLOADS, Session, end_session, read_photo
+
+EXAMPLES = (Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg",)
+INTRO = """# FALCO: face anonymization that keeps the attributes
+Every face in your photo is replaced by a **different person** with the same pose, expression,
+lighting and age (Barattin et al., CVPR 2023).
+
+1. Upload a photo, take one with the webcam, or pick the example.  Every face found gets a number.
+2. Tick the faces to anonymize (all by default) and set **m**: at 0 the new face is as unlike the
+   original as the face recogniser can tell; higher values keep more of the identity.
+3. **Run** streams the optimisation as it goes; **Compare m** runs several values of m at once.
+"""
+# Gradio's file list offers to remove each file of a list, downloads included.
+PAGE_CSS = "#falco-downloads .label-clear-button { display: none; }"
+
+
+def as_gr_error(err: BaseException) -> gr.Error:
+    """``err`` as the gr.Error a handler raises: one line for the visitor (describe_error logs what is worth it)."""
+    return gr.Error(describe_error(err), print_exception=False)
+
+
+def zerogpu_decorator(duration_s: int) -> Callable | None:
+    """``spaces.GPU(duration=...)`` on a ZeroGPU Space; None elsewhere."""
+    if not zerogpu_available():
+        return None
+    import spaces
+    return spaces.GPU(duration=duration_s)
+
+
+def photo_input(**kwargs: Any) -> gr.Image:
+    """A gr.Image (filepath) that hands the uploaded file to falco's loader unopened.
+
+    gr.Image opens every upload with PIL, so a file that is not an image, or a huge one,
+    would fail there with a message for developers; falco.faces.load_photo says instead
+    what is wrong in the visitor's words.  (A subclass would do the same, but Gradio
+    writes a .pyi stub next to the module of every Component subclass.)
+    """
+    image = gr.Image(type="filepath", **kwargs)
+    standard = image.preprocess
+
+    def keep_file(payload):
+        if payload is None or (payload.url or "").startswith("data:"):
+            return standard(payload)
+        return payload.path
+
+    image.preprocess = keep_file
+    return image
+
+
+@dataclass(frozen=True)
+class Components:
+    """The page's components that handlers read or write."""
+    photo: gr.Image
+    picked_for: gr.Textbox            # the photo whose faces the picker shows
+    picked: gr.CheckboxGroup
+    margin: gr.Slider
+    margins_text: gr.Textbox          # the m values of Compare m
+    steps: gr.Slider
+    lr: gr.Number
+    lambda_id: gr.Number
+    lambda_attr: gr.Number
+    seed: gr.Number
+    another_fake: gr.Checkbox
+    session: gr.State
+    progress: gr.HTML
+    live: gr.Image
+    result_photo: gr.Image
+    gallery: gr.Gallery
+    metrics: gr.Dataframe
+    downloads: gr.File
+    faces_view: gr.Image
+    faces_text: gr.Markdown
+
+    @property
+    def form(self) -> set:
+        """What Run and Compare m read, handed to them as one dict."""
+        return {self.photo, self.picked_for, self.picked, self.margin, self.margins_text, self.steps, self.lr,
+                self.lambda_id, self.lambda_attr, self.seed, self.another_fake, self.session}
+
+    @property
+    def results(self) -> list:
+        return [self.progress, self.live, self.result_photo, self.gallery, self.metrics, self.downloads,
+                self.session]
+
+
+class FalcoApp:
+    """Handlers of the page and the API.  One instance per process."""
+
+    def __init__(self, loader: EngineLoader, config: AppConfig = AppConfig(), on_gpu: bool = True,
+                 gpu: Callable | None = None):
+        self.loader, self.config, self.on_gpu = loader, config, on_gpu
+        self.default_optim = OptimConfig() if on_gpu else config.cpu_optim
+        self.cache = Path(gr.utils.get_upload_folder())   # Gradio's cache: files there are served as they are
+        # On ZeroGPU only this part holds a GPU; loading, detection and files stay outside.
+        self._device_run = gpu(self._anonymize) if gpu is not None else self._anonymize
+
+    # The GPU work.  Arguments cross a process boundary on ZeroGPU, so: a photo and settings.
+    def _anonymize(self, photo: Image.Image, settings: RunSettings) -> Iterator[StepEvent | AnonymizationResult]:
+        engine = self.loader.get()
+        yield from engine.anonymize(photo, faces=settings.faces, margins=settings.margins, optim=settings.optim,
+                                    fake_k=self.config.another_fake_k if settings.another_fake else 1,
+                                    detections=settings.detections)
+
+    def _stream(self, photo_path: str | None, settings: RunSettings) -> Iterator[StepEvent | AnonymizationResult]:
+        """StepEvents then the AnonymizationResult; every error becomes a gr.Error."""
+        try:
+            if not photo_path:
+                raise FalcoError("Upload a photo first.")
+            photo = read_photo(photo_path)
+            self.loader.get()   # wait for the networks here, not inside the GPU slot
+            yield from self._device_run(photo, settings)
+        except gr.Error:
+            raise
+        except Exception as err:
+            raise as_gr_error(err) from err
+
+    # -- the banner --
+    def status_text(self) -> str:
+        state, line = self.loader.status()
+        cpu = self.default_optim
+        notice = "" if self.on_gpu else (
+            f"\n\n**Running on CPU**: a run takes minutes, not seconds. Defaults are lowered to {cpu.steps} steps"
+            f"{' with the losses at 256 px' if cpu.loss_on_skip256 else ''}; the paper uses {OptimConfig().steps}.")
+        icon = {"ready": "✅", "loading": "⏳", "failed": "⚠️"}[state]
+        return f"{icon} {line}{notice}"
+
+    def status_update(self) -> tuple[str, gr.Timer]:
+        """Refreshes the banner until the load has ended either way."""
+        return self.status_text(), gr.Timer(active=self.loader.status()[0] == "loading")
+
+    # -- a new photo --
+    def on_photo(self, photo_path: str | None, session: Session) -> dict:
+        """Detects the faces of a new photo (numbered outlines, the face picker, a summary) and clears
+        the previous photo's results."""
+        c = self.components
+        session.photo, session.detections = photo_path, None
+        update = {c.progress: "", c.live: None, c.result_photo: None, c.gallery: [], c.metrics: [],
+                  c.downloads: None, c.faces_view: None, c.picked: gr.CheckboxGroup(choices=[], value=[]),
+                  c.picked_for: photo_path or "", c.session: session}
+        if not photo_path:
+            return update | {c.faces_text: ""}
+        if photo_path not in c.photo.keep_in_cache:   # example files are shared by every session
+            session.hold(photo_path)
+        try:
+            photo = read_photo(photo_path)
+            faces = self.loader.get().detect(photo)
+        except Exception as err:
+            return update | {c.faces_text: f"⚠️ {describe_error(err)}"}
+        session.detections = faces
+        folder = session.new_folder(self.cache, "photo")
+        session.drop_others(folder)
+        update[c.faces_view] = str(folder / "faces.webp")
+        annotate_faces(photo, faces).save(update[c.faces_view])
+        if not faces:
+            return update | {c.faces_text: "⚠️ No face was found in this photo."}
+        choices, ticked, text = face_summary(faces)
+        return update | {c.picked: gr.CheckboxGroup(choices=choices, value=ticked), c.faces_text: text}
+
+    # -- Run, Compare m, Stop --
+    def _page_settings(self, data: dict, compare: bool) -> tuple[str, RunSettings]:
+        """The photo and settings of a Run or Compare m click; a FalcoError naming the first bad value.  Runs
+        take the page's values unprocessed (see build), the photo as Gradio's file record."""
+        c = self.components
+        payload = data.get(c.photo)
+        photo_path = None if payload is None else c.photo.preprocess(ImageData(**payload))
+        if not photo_path:
+            raise FalcoError("Upload a photo first.")
+        if data.get(c.picked_for) != photo_path:   # the picker still shows an earlier photo's faces
+            raise FalcoError("The faces of this photo are still being found; tick them once they are "
+                             "numbered, then run again.")
+        form = RunForm(photo_path, tuple(data.get(c.picked) or ()),
+                       data.get(c.margins_text) if compare else str(data.get(c.margin)),
+                       data.get(c.steps), data.get(c.lr), data.get(c.lambda_id), data.get(c.lambda_attr),
+                       data.get(c.seed), bool(data.get(c.another_fake)))
+        settings = settings_from_form(form, self.default_optim, self.config.max_margins if compare else 1,
+                                      self.config.max_steps)
+        session: Session = data[c.session]
+        faces = session.detections_for(photo_path)
+        if faces is None:   # the session's photo changed since (or its detection failed): find them again
+            faces = self.loader.get().detect(read_photo(photo_path))
+        return photo_path, replace(settings, faces=check_face_picks(form.faces, faces), detections=faces)
+
+    def request_run(self, session: Session) -> None:
+        """Runs when Run or Compare m is clicked, before the run waits in the queue: a Stop from now on ends it."""
+        session.stops_at_request = session.stops
+
+    def stop(self, session: Session) -> None:
+        """Asks the visitor's run (running or waiting) to stop; the run says so itself."""
+        session.stops += 1
+
+    def run(self, data: dict):
+        yield from self._page_run(data, compare=False)
+
+    def compare(self, data: dict):
+        yield from self._page_run(data, compare=True)
+
+    def _page_run(self, data: dict, compare: bool):
+        """Streams previews and progress, then the results, as dicts keyed by component; every error and a Stop
+        end in the progress box, as the run's last update."""
+        c = self.components
+        session: Session = data[c.session]
+        stops = session.stops if session.stops_at_request is None else session.stops_at_request
+        session.stops_at_request, session.last_step = None, 0
+        try:
+            try:
+                photo_path, settings = self._page_settings(data, compare)
+            except Exception as err:
+                raise as_gr_error(err) from err
+            folder = session.new_folder(self.cache, "run")
+            started = time.monotonic()
+            with closing(self._stream(photo_path, settings)) as events:
+                for event in events:
+                    if session.stops != stops:
+                        # A run stopped before its first step shows nothing: the earlier results stay.
+                        if session.last_step:
+                            yield {c.progress: progress_box(f"Stopped after step {session.last_step}.")}
+                        return
+                    if isinstance(event, StepEvent):
+                        yield self._step_update(event, session, folder, settings, compare)
+                        continue
+                    paths = write_downloads(event, run_record(event), folder)
+                    session.drop_others(folder)
+                    yield {c.progress: progress_box(f"Done: {settings.optim.steps} steps in "
+                                                    f"{time.monotonic() - started:.1f} s."),
+                           c.result_photo: paths[0],   # the photo at the first m
+                           c.gallery: gr.update(value=face_gallery(event, compare, folder),
+                                                columns=1 + len(event.margins) if compare else 4),
+                           c.metrics: metric_rows(event), c.downloads: paths}
+        except gr.Error as err:
+            yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}")}
+            raise
+
+    def _step_update(self, event: StepEvent, session: Session, folder: Path, settings: RunSettings,
+                     compare: bool) -> dict:
+        c = self.components
+        update = {c.progress: progress_html(event)}
+        # Until its first step a run shows nothing (Gradio shows it waiting): one stopped or cancelled
+        # before then leaves the earlier results as they were.
+        if not session.last_step:
+            update |= {c.result_photo: None, c.gallery: [], c.metrics: [], c.downloads: None,
+                       c.session: session}   # a session that ran registers its cleanup
+        session.last_step = event.step
+        if event.previews:
+            update[c.live] = str(folder / f"preview-{event.step}.webp")
+            columns = len(settings.margins) if compare else len(event.previews)
+            preview_grid(event.previews, settings.optim.preview_size, columns).save(update[c.live])
+        return update
+
+    # -- the API --
+    def api_anonymize(self, photo: str, faces: str, margins: str, steps: float, lr: float, lambda_id: float,
+                      lambda_attr: float, seed: float, another_fake: bool):
+        """Anonymize the faces of a photo.
+
+        faces: "all" or face numbers ("1,3"; usable faces first, largest first); margins: one
+        or more m in [0, 1] separated by commas (several run as one batch); steps 0 uses the
+        server's default.  Returns the photo with the faces pasted back (at the first m),
+        the per-face images (original, e4e inversion, fake, anonymized at each m), a JSON
+        record (parameters, identity cosine and recogniser distance per face and m) and the
+        files to download (every image, the W+ codes, the record).
+        """
+        try:
+            form = RunForm(photo, parse_faces(faces), margins, steps, lr, lambda_id, lambda_attr, seed,
+                           bool(another_fake))
+            settings = settings_from_form(form, self.default_optim, self.config.max_margins, self.config.max_steps)
+        except FalcoError as err:
+            raise as_gr_error(err) from err
+        if photo:   # the upload goes with the call, unless a page session shows the same file
+            UPLOADS.hold(photo)
+        try:
+            for event in self._stream(photo, settings):
+                if isinstance(event, AnonymizationResult):
+                    record = run_record(event)
+                    with tempfile.TemporaryDirectory(prefix="falco-api-") as folder:
+                        # Gradio copies the files into its cache before it resumes this generator.
+                        yield event.photo, face_gallery(event), record, write_downloads(event, record, Path(folder))
+        finally:
+            if photo:
+                UPLOADS.release(photo)
+
+    # -- layout --
+    def build(self) -> gr.Blocks:
+        cfg, optim = self.config, self.default_optim
+        with gr.Blocks(title="FALCO face anonymization", delete_cache=cfg.cache_sweep_s,
+                       analytics_enabled=False) as demo:
+            gr.Markdown(INTRO)
+            banner = gr.Markdown(self.status_text(), elem_id="falco-status")
+            session = gr.State(Session(), delete_callback=end_session)
+            with gr.Row():
+                with gr.Column(scale=2):
+                    photo = photo_input(label="Photo", sources=["upload", "webcam", "clipboard"],
+                                        elem_id="falco-photo")
+                    gr.Examples([[str(p)] for p in EXAMPLES if p.exists()], inputs=[photo], label="Example")
+                    faces_view = gr.Image(label="Faces found", interactive=False, elem_id="falco-faces")
+                    faces_text = gr.Markdown(elem_id="falco-faces-text")
+                    picked = gr.CheckboxGroup(label="Faces to anonymize", choices=[], value=[], type="value",
+                                              elem_id="falco-picked")
+                    picked_for = gr.Textbox(visible=False)
+                    margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
+                                       info="0: as unlike the original as possible; 1: keeps the identity")
+                    with gr.Row():
+                        run_btn = gr.Button("Run", variant="primary", elem_id="falco-run")
+                        compare_btn = gr.Button("Compare m", elem_id="falco-compare")
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="falco-stop")
+                    with gr.Accordion("Advanced", open=False):
+                        margins_text = gr.Textbox(", ".join(f"{m:g}" for m in cfg.compare_margins),
+                                                  label="m values for Compare m")
+                        steps = gr.Slider(1, cfg.max_steps, value=optim.steps, step=1, label="Steps",
+                                          elem_id="falco-steps")
+                        lr = gr.Number(optim.lr, label="Learning rate", minimum=0)
+                        lambda_id = gr.Number(optim.lambda_id, label="lambda_id (identity)", minimum=0)
+                        lambda_attr = gr.Number(optim.lambda_attr, label="lambda_attr (attributes)", minimum=0)
+                        seed = gr.Number(optim.seed, label="Seed", precision=0)
+                        another_fake = gr.Checkbox(False, label="Another fake",
+                                                   info=f"draw the fake among the {cfg.another_fake_k} nearest "
+                                                        "(change the seed for yet another)")
+                with gr.Column(scale=3):
+                    progress = gr.HTML(elem_id="falco-progress-box")
+                    live = gr.Image(label="Optimisation (live)", interactive=False, elem_id="falco-live")
+                    result_photo = gr.Image(label="Anonymized photo", interactive=False, format="png",
+                                            elem_id="falco-result")
+                    gallery = gr.Gallery(label="Results", columns=4, format="png", elem_id="falco-gallery")
+                    metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Identity", interactive=False,
+                                           elem_id="falco-metrics")
+                    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
+                                        elem_id="falco-downloads")
+            with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
+                api_inputs = [photo_input(label="photo"), gr.Textbox("all", label="faces"),
+                              gr.Textbox("0", label="margins"), gr.Number(0, label="steps", precision=0),
+                              gr.Number(optim.lr, label="lr"), gr.Number(optim.lambda_id, label="lambda_id"),
+                              gr.Number(optim.lambda_attr, label="lambda_attr"),
+                              gr.Number(optim.seed, label="seed", precision=0),
+                              gr.Checkbox(False, label="another_fake")]
+                api_outputs = [gr.Image(label="photo", format="png"), gr.Gallery(label="faces", format="png"),
+                               gr.JSON(label="record"), gr.File(label="files", file_count="multiple")]
+                api_btn = gr.Button()
+            c = self.components = Components(photo, picked_for, picked, margin, margins_text, steps, lr, lambda_id,
+                                             lambda_attr, seed, another_fake, session, progress, live, result_photo,
+                                             gallery, metrics, downloads, faces_view, faces_text)
+
+            timer = gr.Timer(1.0, active=self.loader.status()[0] == "loading")
+            timer.tick(self.status_update, outputs=[banner, timer], queue=False, api_visibility="private")
+            demo.load(self.status_update, outputs=[banner, timer], queue=False, api_visibility="private")
+            # Unprocessed inputs: Gradio's own checks of the form (the picker's choices, the numbers' bounds) raise
+            # its messages with a server traceback, and a pick made before the new photo's faces were numbered
+            # fails the picker's check; _page_settings checks every value and says what is wrong.
+            runs = []
+            for button, handler in ((run_btn, self.run), (compare_btn, self.compare)):
+                requested = button.click(self.request_run, inputs=[session], queue=False, api_visibility="private")
+                runs.append(requested.then(handler, inputs=c.form, outputs=c.results, show_progress_on=[live],
+                                           concurrency_id="gpu", api_visibility="private", preprocess=False))
+            stop_btn.click(self.stop, inputs=[session], queue=False, api_visibility="private")
+            # A new photo ends a run on the previous one and clears its results.
+            photo.change(self.on_photo, inputs=[photo, session], cancels=runs,
+                         outputs=[*c.results, faces_view, picked, faces_text, picked_for],
+                         concurrency_id="detect", concurrency_limit=2, api_visibility="private")
+            api_btn.click(self.api_anonymize, inputs=api_inputs, outputs=api_outputs, api_name="anonymize",
+                          concurrency_id="gpu")
+        demo.queue(max_size=cfg.queue_max_size, default_concurrency_limit=1)
+        return demo
+
+
+def build_app(weights: str | None = None, device: str | torch.device | None = None,
+              config: AppConfig = AppConfig(), loader: EngineLoader | None = None,
+              load_now: bool = True) -> tuple[gr.Blocks, FalcoApp]:
+    """The app, ready to ``launch``; its pipeline starts loading in the background.
+
+    weights: Hub repo id or local folder (default: FALCO_WEIGHTS_REPO or the project's repo).
+    device: "cuda", "cpu", ... (default: CUDA when there is one, or on ZeroGPU).
+    """
+    gpu = zerogpu_decorator(config.zerogpu_duration_s)
+    # ZeroGPU: the model moves to the GPU that each decorated call gets
+    device = app_device(device, zerogpu=gpu is not None)
+    loader = loader or EngineLoader(pipeline_factory(weights, device))
+    app = FalcoApp(loader, config, on_gpu=device.type == "cuda", gpu=gpu)
+    demo = app.build()
+    if load_now:
+        loader.start()
+    return demo, app
+
+
+def launch_app(demo: gr.Blocks, config: AppConfig = AppConfig(), host: str | None = None,
+               port: int | None = None, **kwargs: Any):
+    """``demo.launch`` with the app's limits; host/port None use GRADIO_SERVER_NAME/PORT or Gradio's defaults."""
+    return demo.launch(server_name=host, server_port=port, max_file_size=config.max_upload_bytes,
+                       show_error=True, css=PAGE_CSS, **kwargs)

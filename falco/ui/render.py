@@ -1,0 +1,101 @@
+"""Pictures and text for the page: numbered faces, preview grids, progress lines, galleries and tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from falco.config import DLIB_SAME_PERSON_DISTANCE
+from falco.faces import DetectedFace
+from falco.results import AnonymizationResult, FaceResult, StepEvent
+
+
+def annotate_faces(photo: Image.Image, faces: Sequence[DetectedFace]) -> Image.Image:
+    """The photo with each face's crop outline and a numbered tag (grey: not usable)."""
+    canvas = photo.copy()
+    draw = ImageDraw.Draw(canvas)
+    width = max(2, round(max(photo.size) / 300))
+    font = ImageFont.load_default(size=max(14, round(max(photo.size) / 25)))
+    for number, face in enumerate(faces, start=1):
+        colour = (46, 204, 64) if face.usable else (170, 170, 170)
+        quad = [tuple(map(float, p)) for p in face.quad]
+        draw.line(quad + quad[:1], fill=colour, width=width)
+        x, y = min(p[0] for p in quad), min(p[1] for p in quad)
+        left, top, right, bottom = draw.textbbox((x, y), str(number), font=font)
+        pad = width * 2
+        draw.rectangle((left - pad, top - pad, right + pad, bottom + pad), fill=colour)
+        draw.text((x, y), str(number), fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def face_summary(faces: Sequence[DetectedFace]) -> tuple[list[tuple[str, int]], list[int], str]:
+    """(choices, ticked, text) for the face picker; unusable faces are listed with their reason."""
+    choices = [(f"Face {i + 1}", i) for i, f in enumerate(faces) if f.usable]
+    lines = [f"- Face {i + 1} cannot be anonymized: {f.reason}" for i, f in enumerate(faces) if not f.usable]
+    found = f"Found {len(faces)} face{'s' if len(faces) != 1 else ''}, {len(choices)} usable."
+    return choices, [value for _, value in choices], "\n".join([found, *lines])
+
+
+def preview_grid(images: Sequence[Image.Image], tile: int, columns: int) -> Image.Image:
+    """The previews in rows of ``columns``, each tile x tile (previews of a small generator are smaller)."""
+    columns = max(1, min(columns, len(images)))
+    grid = Image.new("RGB", (tile * columns, tile * math.ceil(len(images) / columns)))
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB").resize((tile, tile), Image.BILINEAR), (i % columns * tile, i // columns * tile))
+    return grid
+
+
+def progress_box(text: str) -> str:
+    return f'<div id="falco-progress">{text}</div>'
+
+
+def progress_html(event: StepEvent) -> str:
+    cosines = ", ".join(f"face {f + 1}, m = {m:g}: {c:.3f}"
+                        for (f, m), c in zip(event.items, event.identity_cosine, strict=True))
+    return (f'<div id="falco-progress"><progress value="{event.step}" max="{event.total_steps}" '
+            f'style="width:100%"></progress><div>Step <b>{event.step}</b> / {event.total_steps} &middot; '
+            f"identity cosine {cosines}</div></div>")
+
+
+def verdict(distance: float) -> str:
+    return "same person" if distance < DLIB_SAME_PERSON_DISTANCE else "different person"
+
+
+def metric_rows(result: AnonymizationResult) -> list[list[Any]]:
+    return [[r.face_index + 1, r.margin, round(r.identity_cosine, 4), round(r.recognizer_distance, 4),
+             verdict(r.recognizer_distance)] for r in result.faces]
+
+
+METRIC_HEADERS = ["face", "m", "identity cosine (ArcFace)", "recogniser distance (dlib)", "verdict"]
+
+
+def face_files(r: FaceResult) -> dict[str, Image.Image]:
+    """A face result's images by their download file name (faces numbered from 1, as on the page)."""
+    number = r.face_index + 1
+    return {f"face{number}_aligned.png": r.aligned, f"face{number}_inversion.png": r.inversion,
+            f"face{number}_fake.png": r.fake, f"face{number}_m{r.margin:g}_anonymized.png": r.anonymized}
+
+
+def face_gallery(result: AnonymizationResult, compare: bool = False,
+                 folder: Path | None = None) -> list[tuple[Image.Image | str, str]]:
+    """Per face: the original aligned (then its e4e inversion and fake neighbour, unless comparing), then
+    the anonymized face at each m.  Comparing, a face's images are one row of the gallery.
+    ``folder``: where ``write_downloads`` put this result; the gallery then shows those files."""
+    items, seen = [], set()
+    for r in result.faces:
+        name = f"Face {r.face_index + 1}"
+        aligned, inversion, fake, anonymized = (str(folder / f) if folder else image
+                                                for f, image in face_files(r).items())
+        if r.face_index not in seen:
+            seen.add(r.face_index)
+            items.append((aligned, f"{name}: original"))
+            if not compare:
+                items += [(inversion, f"{name}: e4e inversion"), (fake, f"{name}: fake neighbour")]
+        caption = (f"m = {r.margin:g} (cosine {r.identity_cosine:.3f}, {verdict(r.recognizer_distance)})" if compare
+                   else f"{name}: anonymized, m = {r.margin:g}, cosine {r.identity_cosine:.3f}")
+        items.append((anonymized, caption))
+    return items

@@ -1,0 +1,79 @@
+"""Starting the app process: the device, the weights fetched while Gradio imports, the page, then the networks.
+
+Order matters, for the start-up time and for CPU speed:
+
+1. glibc's allocator is told to reuse freed memory before the loader and Gradio start their
+   threads (``falco.speed``: the CPU steps are ~2x faster in a thread that starts after it);
+2. the weights are fetched and their sha256 checked in the background while Gradio is
+   imported (seconds of import; hashing and I/O leave the GIL free);
+3. the networks are built once the page is served (building is Python work: run against
+   Gradio's import, both took longer), and the page says when they are ready.
+
+Weights that a retry cannot fix stop the process (``load_failure_is_final``); the Hub or the
+network failing keeps the page up, and the next run tries again.  This module sits above the
+engine loader and the page; it imports the page (and so Gradio) only once the fetch is under way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from falco.config import AppConfig
+from falco.device import app_device, zerogpu_available
+from falco.errors import FalcoError
+from falco.speed import reuse_freed_memory
+from falco.ui.engine import EngineLoader, in_background, load_failure_is_final, pipeline_factory
+from falco.weights import fetch_weights, parse_source
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from falco.ui.page import FalcoApp
+
+log = logging.getLogger(__name__)
+
+
+def start_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
+              host: str | None = None, port: int | None = None,
+              **launch_kwargs: Any) -> tuple[gr.Blocks, FalcoApp]:
+    """What ``python app.py`` does: choose the device, fetch the weights while Gradio imports, serve the page,
+    build the networks.
+
+    A bad device or weights argument, or weights that a retry cannot fix (``load_failure_is_final``), raise
+    their FalcoError: before the page is served where known by then, else once the first load fails (the page
+    closes).  The Hub or the network failing keeps the page up; the next run tries again.
+    ``launch_kwargs`` go to ``gr.Blocks.launch``; with ``prevent_thread_lock=True`` this returns once the page
+    serves and the networks load in the background, a final failure then being logged (and raised by
+    ``app.loader.get()``).
+    """
+    # This module's imports brought in the pipeline's (open_clip, dlib) in the main thread, so that the fetching
+    # thread and Gradio's import below never import the same modules at once.
+    device = app_device(device, zerogpu_available())
+    parse_source(weights)   # a folder that does not exist, or a malformed repo id, stops here
+    if device.type == "cpu":
+        reuse_freed_memory()
+    # Fetching and hashing is I/O that leaves the GIL free; building the networks is Python work that
+    # would contend with Gradio's import for it, so that waits for the page.
+    fetched = in_background(lambda: fetch_weights(weights), name="falco-fetch")
+    loader = EngineLoader(pipeline_factory(weights, device, fetched), final=load_failure_is_final)
+    log.info("fetching and checking the weights in the background; building the page")
+    from falco.ui.page import build_app, launch_app
+    demo, app = build_app(device=device, config=config, loader=loader, load_now=False)
+    if fetched.done() and fetched.exception() is not None and load_failure_is_final(fetched.exception()):
+        raise fetched.exception()
+    block = not launch_kwargs.pop("prevent_thread_lock", False)
+    launch_app(demo, config, host=host, port=port, prevent_thread_lock=True, **launch_kwargs)
+    log.info("serving the page; the networks load on %s", device)
+    if not block:
+        loader.start()
+        return demo, app
+    try:
+        loader.get()
+        log.info("the networks are loaded")
+    except FalcoError:
+        if loader.final_failure is not None:
+            demo.close()
+            raise loader.final_failure from None
+    demo.block_thread()
+    return demo, app

