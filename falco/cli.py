@@ -89,7 +89,7 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
     # SIGTERM (a scheduler's stop) ends the run as Ctrl-C does: between two files, nothing half-written.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        from falco.pipeline import FalcoPipeline   # imports torch, open_clip, dlib: after the usage checks
+        from falco.pipeline import FalcoPipeline  # imports torch, open_clip, dlib: after the usage checks
         pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
         check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
         summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,

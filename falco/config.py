@@ -101,12 +101,6 @@ class CliConfig:
 DLIB_SAME_PERSON_DISTANCE = 0.6
 
 
-# --- Network input sizes ----------------------------------------------------------------
-E4E_INPUT_SIZE = 256
-ARCFACE_INPUT_SIZE = 112
-FARL_INPUT_SIZE = 224
-
-
 # --- Web app (app.py / falco/ui.py) ------------------------------------------------------
 @dataclass(frozen=True)
 class AppConfig:

@@ -171,7 +171,8 @@ def test_a_photo_two_sessions_share_stays_until_both_end(served, upload):
     sessions.end_session(second)
     assert not upload.exists()
     # A photo gone anyway (its session ended in another tab) is a message without the server's path.
-    assert run_error(app, sessions.Session(), upload, steps=1) == (messages.PHOTO_GONE, render.progress_box(f"⚠️ {messages.PHOTO_GONE}"))
+    assert run_error(app, sessions.Session(), upload, steps=1) == (messages.PHOTO_GONE,
+                                                                       render.progress_box(f"⚠️ {messages.PHOTO_GONE}"))
     assert app.on_photo(str(upload), sessions.Session())[c.faces_text] == f"⚠️ {messages.PHOTO_GONE}"
 
 
@@ -332,7 +333,8 @@ def test_weights_unavailable_is_a_message(tmp_path, astronaut):
             assert str(failed.value) == messages.LOAD_FAILED_MESSAGE   # no server path for visitors
         state, line = app.loader.status()
         assert state == "failed" and line == messages.LOAD_FAILED_MESSAGE and "no-such" not in app.status_text()
-        assert messages.LOAD_FAILED_MESSAGE in app.on_photo(str(astronaut), sessions.Session())[app.components.faces_text]
+        shown = app.on_photo(str(astronaut), sessions.Session())[app.components.faces_text]
+        assert messages.LOAD_FAILED_MESSAGE in shown
     finally:
         demo.close()
 

@@ -44,10 +44,10 @@ from falco.benchmarks import resident_bytes
 from falco.config import OptimConfig
 from falco.models.arcface import ArcFace
 from falco.models.farl import FaRL, farl_preprocess
-from falco.optimize import FalcoLoss, LossTerms, compose_wplus, optimize_latents, start_wplus, step_losses
-from falco.speed import reuse_freed_memory
 from falco.models.networks import Networks, load_networks
 from falco.models.random_weights import random_network
+from falco.optimize import FalcoLoss, LossTerms, compose_wplus, optimize_latents, start_wplus, step_losses
+from falco.speed import reuse_freed_memory
 from falco.weights import fetch_weights
 
 FACE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut_face0_1024.png"

@@ -16,13 +16,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 
-from falco.config import FARL_INPUT_SIZE
 from falco.models import freeze
 from falco.models.resample import resize_matrix, square_side
 
 # FaRL normalises [0, 1] RGB with CLIP's statistics (FaRLVisualFeatures in FacePerceiver/FaRL).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+FARL_INPUT_SIZE = 224   # the official ViT-B/16's 14x14 patches of 16 px
 
 
 class FaRL(nn.Module):

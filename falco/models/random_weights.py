@@ -40,7 +40,7 @@ def seeded_tensor(full_key: str, shape: tuple[int, ...], dtype: torch.dtype,
         return torch.zeros(shape, dtype=dtype)
     if shape == ():
         return torch.tensor(math.log(1 / 0.07), dtype=torch.float32)
-    seed = zlib.crc32(f"{salt}:{full_key}".encode("utf-8"))
+    seed = zlib.crc32(f"{salt}:{full_key}".encode())
     t = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     last = full_key.rsplit(".", 1)[-1]
     if "noise" in full_key:

@@ -19,6 +19,7 @@ from falco.weights.manifest import ARTIFACTS, PROJECT_MANIFEST
 from falco.weights.publish import publish
 from falco.weights.random_set import make_random_weights
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m falco.weights", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

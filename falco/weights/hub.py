@@ -26,6 +26,7 @@ from falco.weights.manifest import (
     background_verifier,
 )
 
+
 @dataclass(frozen=True)
 class WeightSource:
     repo_id: str | None = None

@@ -30,6 +30,7 @@ from falco.weights.manifest import (
 )
 from falco.weights.model_card import model_card
 
+
 def _copy_dlib_model(src: Path, dst: Path) -> None:
     # dlib distributes its models bz2-compressed; the Hub holds them ready to load.
     if src.suffix == ".bz2":
