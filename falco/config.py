@@ -24,9 +24,14 @@ def weights_source() -> str:
 @dataclass(frozen=True)
 class FaceConfig:
     aligned_size: int = 1024          # FFHQ resolution
-    # Long side of the image the detector scans, dlib's upsampling included: a photo whose
-    # long side * 2**upsample exceeds it is resized to it and scanned once (bounded cost).
-    detect_max_side: int = 2048
+    # Long side of the image the HOG detector scans, dlib's upsampling included: a photo whose
+    # long side * 2**upsample exceeds it is resized to it and scanned once (bounded cost and memory).
+    # 8192 scans photos up to 4096 px (4K, a 12 MP phone photo) at full resolution with one upsample,
+    # exactly as the reference scan: no window or tile re-detection reproduces that scan's rectangles
+    # (its HOG grid depends on the whole image's size), so a smaller bound moves the landmarks.
+    # Cost on a 2-core CPU: README "How it works".
+    detect_max_side: int = 8192
+    cnn_detect_max_side: int = 2048   # the same bound for the CNN detector, many times dearer per pixel
     upsample: int = 1                 # dlib detector upsampling steps for photos that fit
     use_cnn_detector: bool = False
     min_face_size: int = 64           # side of the FFHQ crop (quad) in photo pixels below which a face is too small

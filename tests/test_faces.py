@@ -4,6 +4,7 @@ import json
 from importlib.util import find_spec
 from pathlib import Path
 
+import dlib
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -106,8 +107,17 @@ def test_photo_without_face_raises_no_face(analyzer, photo):
             require_usable(faces)
 
 
-def test_large_photo_is_scanned_downscaled_and_mapped_back(analyzer, photo, golden):
-    scale = 5  # 2560 px: the detector scans a 2048 px copy without upsampling
+def test_photos_up_to_4k_are_scanned_at_full_resolution_with_one_upsample(analyzer):
+    for size in ((512, 512), (1920, 1080), (3840, 2160), (4096, 3072)):
+        assert analyzer._scan_plan(size) == (size, 1)
+    assert analyzer._scan_plan((6000, 4000)) == ((8192, 5461), 0)  # beyond 4K: bounded, no upsample
+    cnn = FaceAnalyzer(LANDMARKS, FaceConfig(use_cnn_detector=True), CNN_DETECTOR)
+    assert cnn._scan_plan((1920, 1080)) == ((2048, 1152), 0)  # the CNN keeps a lower bound
+
+
+def test_large_photo_is_scanned_downscaled_and_mapped_back(photo, golden):
+    scale = 5  # 2560 px: a detector bounded to 2048 px scans a 2048 px copy without upsampling
+    analyzer = FaceAnalyzer(LANDMARKS, FaceConfig(detect_max_side=2048))
     big = photo.resize((512 * scale, 512 * scale), Image.Resampling.BICUBIC)
     assert analyzer._scan_plan(big.size) == ((2048, 2048), 0)
     face = analyzer.detect(big)[0]
@@ -117,6 +127,49 @@ def test_large_photo_is_scanned_downscaled_and_mapped_back(analyzer, photo, gold
     left, top, right, bottom = face.rect
     cx, cy = expected[27:36].mean(0)  # the nose lies inside the mapped rectangle
     assert left < cx < right and top < cy < bottom
+
+
+def photo_with_faces(photo, size, placements, seed=0):
+    """The astronaut pasted at (x, y, scale) placements onto a noisy canvas of `size`."""
+    noise = np.random.default_rng(seed).integers(90, 160, (size[1], size[0], 3), dtype=np.uint8)
+    canvas = Image.fromarray(noise)
+    for x, y, scale in placements:
+        side = round(photo.width * scale)
+        canvas.paste(photo.resize((side, side), Image.Resampling.BICUBIC), (x, y))
+    return canvas
+
+
+def reference_scan(photo):
+    """dlib's frontal detector on the whole photo at full resolution with one upsample, landmarks on each."""
+    pixels = np.asarray(photo)
+    rects, _, _ = dlib.get_frontal_face_detector().run(pixels, 1, 0.0)
+    predictor = dlib.shape_predictor(str(LANDMARKS))
+    return {(r.left(), r.top(), r.right(), r.bottom()): np.array([(p.x, p.y) for p in predictor(pixels, r).parts()])
+            for r in rects}
+
+
+def assert_detections_equal_reference(faces, reference):
+    assert {face.rect for face in faces} == set(reference)
+    for face in faces:
+        np.testing.assert_array_equal(face.landmarks, reference[face.rect])
+
+
+def test_detection_on_a_1080p_photo_equals_the_reference_scan(analyzer, photo):
+    # Offsets not multiples of 8, one face cut by the right border.
+    big = photo_with_faces(photo, (1920, 1080), [(333, 211, 1.0), (1019, 517, 0.75), (1641, 405, 0.7)])
+    faces, reference = analyzer.detect(big), reference_scan(big)
+    assert sum(face.usable for face in faces) == 3
+    assert_detections_equal_reference(faces, reference)
+    # The former 2048 px bound (downscaled, no upsample) moved every rectangle and the landmarks with it.
+    bounded = FaceAnalyzer(LANDMARKS, FaceConfig(detect_max_side=2048)).detect(big)
+    assert not {face.rect for face in bounded if face.usable} & set(reference)
+
+
+def test_detection_on_a_4k_photo_equals_the_reference_scan(analyzer, photo):
+    big = photo_with_faces(photo, (3840, 2160), [(1333, 711, 2.0), (3001, 1117, 1.3), (101, 1805, 0.9)], seed=1)
+    faces = analyzer.detect(big)
+    assert sum(face.usable for face in faces) == 3
+    assert_detections_equal_reference(faces, reference_scan(big))
 
 
 def test_detect_wants_an_rgb_photo(analyzer, photo):

@@ -69,13 +69,15 @@ class FaceAnalyzer:
         return sorted(faces, key=lambda f: (not f.usable, -f.area, -f.score))
 
     def _scan_plan(self, size: tuple[int, int]) -> tuple[tuple[int, int], int]:
-        """Resolution to scan at and dlib upsampling steps, bounded by detect_max_side."""
+        """Resolution to scan at and dlib upsampling steps, bounded by detect_max_side (the CNN's:
+        cnn_detect_max_side).  Within the bound this is the reference scan: full resolution, upsample."""
         cfg = self.config
+        max_side = cfg.cnn_detect_max_side if cfg.use_cnn_detector else cfg.detect_max_side
         long_side = max(size)
-        if long_side * 2 ** cfg.upsample <= cfg.detect_max_side:
+        if long_side * 2 ** cfg.upsample <= max_side:
             return size, cfg.upsample
         # Resizing straight to the cap beats downscaling then letting dlib upsample again.
-        scale = cfg.detect_max_side / long_side
+        scale = max_side / long_side
         return (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), 0
 
     def _run_detector(self, pixels: np.ndarray, upsample: int) -> list[tuple[tuple[float, ...], float]]:
