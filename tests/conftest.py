@@ -5,6 +5,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Before anything else is imported: the run's temporary files go to a folder of its own, removed when the run
+# ends.  gradio_client makes a folder per downloaded file in tempfile.gettempdir() (whatever GRADIO_TEMP_DIR says)
+# and leaves it behind; Gradio's file cache (GRADIO_TEMP_DIR, else <temp>/gradio) is shared with every Gradio app
+# of the machine.  tempfile caches the temp folder on first use, so tempfile.tempdir is set as well as TMPDIR
+# (which subprocesses started by the tests inherit).
+SYSTEM_TMP = Path(tempfile.gettempdir())
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="falco-tests-"))
+for _name in ("TMPDIR", "TEMP", "TMP"):
+    os.environ[_name] = str(SESSION_TMP)
+tempfile.tempdir = str(SESSION_TMP)
+os.environ["GRADIO_TEMP_DIR"] = str(SESSION_TMP / "gradio")
+atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,16 +25,23 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# Gradio's file cache for in-process app tests: their own, gone when the run ends (not /tmp/gradio, shared
-# with every Gradio app on the machine; tests that never end a session would leave files there).
-_GRADIO_CACHE = tempfile.mkdtemp(prefix="falco-tests-gradio-")
-os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_CACHE)
-atexit.register(shutil.rmtree, _GRADIO_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: full-size networks; tens of seconds on a laptop CPU")
     config.addinivalue_line("markers", "browser: drives headless chromium")
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    """The run's own temporary folder (TMPDIR, tempfile.gettempdir()), removed when the run ends."""
+    return SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def system_tmp() -> Path:
+    """The machine's temporary folder, where the run must leave nothing."""
+    return SYSTEM_TMP
 
 
 @pytest.fixture(scope="session")

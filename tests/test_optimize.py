@@ -8,7 +8,7 @@ import falco.optimize as optimize_module
 from falco.config import OptimConfig
 from falco.models.arcface import identity_preprocess, identity_preprocess_matrix
 from falco.models.farl import farl_preprocess, farl_preprocess_matrix
-from falco.optimize import FalcoLoss, optimize_latents
+from falco.optimize import FalcoLoss, compose_wplus, optimize_latents, step_losses
 
 STEPS = 10
 MARGINS = (0.0, 0.3)
@@ -122,18 +122,33 @@ def test_steps_are_streamed_with_finite_losses(counted_run):
 
 def test_only_rows_3_to_7_change(counted_run, problem):
     _, wplus_real, w_fake = problem
-    final = counted_run[0][-1].wplus
-    for item in range(2):
-        assert torch.equal(final[item, :3], wplus_real[0, :3])
-        assert torch.equal(final[item, 8:], wplus_real[0, 8:])
-        moved = (final[item, 3:8] - w_fake[0]).abs().amax(dim=-1)
-        assert (moved > 1e-3).all()
+    for step in counted_run[0]:
+        for item in range(2):
+            assert torch.equal(step.wplus[item, :3], wplus_real[0, :3])
+            assert torch.equal(step.wplus[item, 8:], wplus_real[0, 8:])
+            # Every trained row moves: Adam moves each element that has a gradient (by about lr at step 1).
+            assert (step.wplus[item, 3:8] != w_fake[0]).any(dim=-1).all()
 
 
-def test_identity_term_falls(counted_run):
-    steps = counted_run[0]
-    first, last = steps[0].terms.identity, steps[-1].terms.identity
-    assert (last < first).all(), (first, last)
+def test_the_first_step_is_adams_step_down_the_gradient(counted_run, nets, problem):
+    """Whether the loss falls within a few steps is up to the random weights; the direction of the first step is
+    not.  Adam's first update is lr * g / (|g| + 1e-8): lr against the sign of every gradient element above 1e-6
+    (to 1%), never more than lr.  The gradient of the start latents is recomputed here."""
+    generator, loss = nets
+    real, wplus_real, w_fake = problem
+    b = len(MARGINS)
+    trained = w_fake[:, None].expand(b, 5, -1).clone().requires_grad_(True)
+    features = loss.real_features(real).select(torch.zeros(b, dtype=torch.long))
+    _, terms = step_losses(generator, loss, features, compose_wplus(wplus_real.expand(b, -1, -1), trained, (3, 8)),
+                           torch.tensor(MARGINS), OptimConfig())
+    grad, = torch.autograd.grad(terms.total.sum(), trained)
+    first = counted_run[0][0]
+    torch.testing.assert_close(first.terms.total, terms.total.detach())   # the terms of the latents it started from
+    moved = first.wplus[:, 3:8] - w_fake[:, None]
+    clear = grad.abs() > 1e-6
+    assert clear.float().mean() > 0.5, grad.abs().max()   # the check covers most elements
+    torch.testing.assert_close(moved[clear], -first.lr * grad[clear].sign(), atol=0.01 * first.lr, rtol=0)
+    assert moved.abs().max() <= first.lr * (1 + 1e-5)
 
 
 def test_real_features_are_computed_once(counted_run):
@@ -171,6 +186,8 @@ def test_a_batch_of_margins_equals_single_runs(nets, problem, max_batch):
     batch = run(nets, problem, margins, config)
     for i, m in enumerate(margins):
         single = run(nets, problem, (m,), config)
+        # One process, the same networks and inputs: only the rounding of other batch shapes differs (2e-7 in W+
+        # here), which Adam amplifies by max|g| / |g| of the smallest gradient element (~1e3 on these weights).
         torch.testing.assert_close(batch[-1].wplus[i], single[-1].wplus[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batch[-1].terms.total[i], single[-1].terms.total[0], atol=1e-5, rtol=1e-5)
 
