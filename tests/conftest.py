@@ -1,7 +1,6 @@
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,18 +17,11 @@ tempfile.tempdir = str(SESSION_TMP)
 os.environ["GRADIO_TEMP_DIR"] = str(SESSION_TMP / "gradio")
 atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
 
-import pytest
+import pytest  # noqa: E402  (after the temp folder is set: see above)
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-sys.path.insert(0, str(ROOT))
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: full-size networks; tens of seconds on a laptop CPU")
-    config.addinivalue_line("markers", "browser: drives headless chromium")
 
 
 @pytest.fixture(scope="session")
@@ -73,15 +65,8 @@ def tiny_pipeline(tiny_weights):
 
 @pytest.fixture(scope="module")
 def tiny_nets():
-    """(generator, arcface, farl): small seeded networks for the loss and the optimisation loop (64 px
-    faces, 32-d latents, FaRL at 32 px).  Per module: tests patch their methods and move them."""
-    from falco.models.arcface import ArcFace
-    from falco.models.farl import FaRL
-    from falco.models.random_weights import seeded_state_dict
-    from falco.models.stylegan2 import Generator
-    generator = Generator(size=64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 16, 64: 16})
-    arcface = ArcFace(widths=(16, 16, 32, 32), units=(1, 1, 1, 1), embedding_dim=32)
-    farl = FaRL(image_size=32, patch_size=16, width=32, layers=2, heads=2, embed_dim=24)
-    for net, prefix in ((generator, "g_ema."), (arcface, ""), (farl, "")):
-        net.load_state_dict(seeded_state_dict(net.state_dict(), prefix))
-    return generator, arcface, farl
+    """(generator, arcface, farl): the tiny seeded networks of the random weight sets (one definition of "tiny":
+    falco.models.random_weights.TINY_CONFIGS), for the loss and the optimisation loop.  Per module: tests patch
+    their methods and move them."""
+    from falco.models.random_weights import random_network
+    return tuple(random_network(name, tiny=True) for name in ("generator", "arcface", "farl"))

@@ -37,8 +37,8 @@ def problem(fixtures_dir, nets):
     face = Image.open(fixtures_dir / "align" / "astronaut_face0_1024.png").convert("RGB").resize((128, 128))
     real = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 127.5 - 1
     gen = torch.Generator().manual_seed(0)
-    wplus_real = torch.randn(1, generator.num_ws, 32, generator=gen)
-    w_fake = torch.randn(1, 32, generator=gen)
+    wplus_real = torch.randn(1, generator.num_ws, generator.style_dim, generator=gen)
+    w_fake = torch.randn(1, generator.style_dim, generator=gen)
     return real, wplus_real, w_fake
 
 
@@ -72,8 +72,8 @@ def test_loss_terms_follow_the_definition(nets, problem):
         terms = loss(anon, loss.real_features(real), torch.tensor([0.25]))
         e_anon = loss.arcface(identity_preprocess(anon))
         e_real = loss.arcface(identity_preprocess(real))
-        t_anon = loss.farl.tokens(farl_preprocess(anon, 32))
-        t_real = loss.farl.tokens(farl_preprocess(real, 32))
+        t_anon = loss.farl.tokens(farl_preprocess(anon, loss.farl.config["image_size"]))
+        t_real = loss.farl.tokens(farl_preprocess(real, loss.farl.config["image_size"]))
     cosine = F.cosine_similarity(e_anon, e_real)
     # FALCO's attribute loss: one L1 loss (mean) per token, summed over the tokens.
     attribute = sum(F.l1_loss(t_anon[:, i], t_real[:, i]) for i in range(t_real.shape[1]))

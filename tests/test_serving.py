@@ -142,7 +142,7 @@ def test_a_failed_load_tells_visitors_nothing_of_the_server_and_the_log_why(capl
         return "engine"
 
     loader = engine.EngineLoader(factory, final=engine.load_failure_is_final)
-    with caplog.at_level(logging.WARNING, logger="falco.serving"):
+    with caplog.at_level(logging.WARNING, logger="falco.ui.engine"):
         with pytest.raises(FalcoError) as failed:
             loader.get()
     assert str(failed.value) == messages.LOAD_FAILED_MESSAGE and loader.status() == ("failed", str(failed.value))
@@ -159,7 +159,7 @@ def test_a_final_failure_is_not_retried_and_the_loading_thread_logs_it(caplog):
         raise bad
 
     loader = engine.EngineLoader(factory, final=engine.load_failure_is_final)
-    with caplog.at_level(logging.ERROR, logger="falco.serving"):
+    with caplog.at_level(logging.ERROR, logger="falco.ui.engine"):
         loader.start()
         wait_for_load()
     assert loader.final_failure is bad and "/srv/weights/e4e.safetensors does not match" in caplog.text

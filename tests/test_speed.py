@@ -37,8 +37,8 @@ def nets(tiny_nets):
 def problem(nets):
     gen = torch.Generator().manual_seed(1)
     real = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
-    wplus_real = torch.randn(2, nets.generator.num_ws, 32, generator=gen)
-    w_fake = torch.randn(2, 32, generator=gen)
+    wplus_real = torch.randn(2, nets.generator.num_ws, nets.generator.style_dim, generator=gen)
+    w_fake = torch.randn(2, nets.generator.style_dim, generator=gen)
     return real, wplus_real, w_fake
 
 
@@ -291,8 +291,8 @@ def test_the_recorded_step_never_touches_the_host(nets, config):
     generator, arcface, farl = (copy.deepcopy(net).to("meta") for net in (nets.generator, nets.arcface, nets.farl))
     loss = FalcoLoss.for_config(arcface, farl, config)
     real = loss.real_features(torch.empty(2, 3, 64, 64, device="meta"))
-    wplus_real = torch.empty(2, generator.num_ws, 32, device="meta")
-    trained = torch.empty(2, 5, 32, device="meta", requires_grad=True)
+    wplus_real = torch.empty(2, generator.num_ws, generator.style_dim, device="meta")
+    trained = torch.empty(2, 5, generator.style_dim, device="meta", requires_grad=True)
     margins = torch.zeros(2, device="meta")
 
     def step():
