@@ -1,4 +1,4 @@
-"""FALCO's loss and the latent optimisation loop.
+"""The latent optimisation loop (the loss is falco.loss's; the CUDA graph recording falco.cuda_graph's).
 
 A batch holds B items (faces x margins).  Each item optimises its own copy of W+ rows
 [start, stop) (3..7 by default), starting from its fake's w; every other row stays the
@@ -21,8 +21,7 @@ deterministic during the steps; on an H100 that made runs bit-identical at no me
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,48 +29,15 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from falco import cuda_graph
 from falco.config import OptimConfig
-from falco.models.arcface import identity_preprocess, identity_preprocess_matrix
-from falco.models.farl import farl_preprocess, farl_preprocess_matrix
+from falco.loss import FalcoLoss, LossTerms, RealFeatures
 from falco.models.stylegan2 import full_precision
 
 log = logging.getLogger(__name__)
 
 # The losses only look at 256 (ArcFace) and 224 (FaRL) pixels.
 LOSS_RESOLUTION = 256
-
-
-@dataclass(frozen=True)
-class RealFeatures:
-    identity: torch.Tensor   # [B, 512] ArcFace embedding, L2-normalised
-    tokens: torch.Tensor     # [B, 197, 768] FaRL tokens before ln_post
-
-    def select(self, index: torch.Tensor | slice) -> RealFeatures:
-        """Rows for each batch item (faces x margins share their face's features)."""
-        return RealFeatures(self.identity[index], self.tokens[index])
-
-
-@dataclass(frozen=True)
-class LossTerms:
-    identity_cosine: torch.Tensor   # [B] cos(ArcFace(anon), ArcFace(real))
-    identity: torch.Tensor          # [B] |cos - m|
-    attribute: torch.Tensor         # [B] sum over tokens of the mean L1 difference
-    total: torch.Tensor             # [B] lambda_id * identity + lambda_attr * attribute
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LossTerms:
-        return LossTerms(*(fn(t) for t in (self.identity_cosine, self.identity, self.attribute, self.total)))
-
-    def detach(self) -> LossTerms:
-        return self.map(torch.Tensor.detach)
-
-    @staticmethod
-    def cat(parts: list[LossTerms]) -> LossTerms:
-        """The terms of consecutive batch items, joined."""
-        return LossTerms(*(torch.cat(field) for field in zip(*(vars(part).values() for part in parts))))
-
-    def as_lists(self) -> dict[str, list[float]]:
-        return {"identity": self.identity.tolist(), "attribute": self.attribute.tolist(),
-                "total": self.total.tolist()}
 
 
 @contextmanager
@@ -83,40 +49,6 @@ def deterministic_cudnn(enabled: bool):
         yield
     finally:
         torch.backends.cudnn.deterministic = previous
-
-
-class FalcoLoss(nn.Module):
-    def __init__(self, arcface: nn.Module, farl: nn.Module, lambda_id: float, lambda_attr: float,
-                 deterministic: bool = True):
-        super().__init__()
-        self.arcface, self.farl = arcface, farl
-        self.lambda_id, self.lambda_attr = lambda_id, lambda_attr
-        # The matrix forms: the same maps as the model modules' functions, deterministic backward on CUDA.
-        self.identity_preprocess = identity_preprocess_matrix if deterministic else identity_preprocess
-        self.farl_preprocess = farl_preprocess_matrix if deterministic else farl_preprocess
-
-    @classmethod
-    def for_config(cls, arcface: nn.Module, farl: nn.Module, config: OptimConfig) -> FalcoLoss:
-        return cls(arcface, farl, config.lambda_id, config.lambda_attr, config.deterministic)
-
-    def identity_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.identity_preprocess(images)
-        if images.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)   # ArcFace's convolutions follow the layout
-        return self.arcface(x)
-
-    def attribute_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self.farl.tokens(self.farl_preprocess(images, self.farl.config["image_size"]))
-
-    @torch.no_grad()
-    def real_features(self, images: torch.Tensor) -> RealFeatures:
-        return RealFeatures(self.identity_embedding(images), self.attribute_tokens(images))
-
-    def forward(self, images: torch.Tensor, real: RealFeatures, margins: torch.Tensor) -> LossTerms:
-        cosine = (self.identity_embedding(images) * real.identity).sum(dim=-1)
-        identity = (cosine - margins).abs()
-        attribute = (self.attribute_tokens(images) - real.tokens).abs().mean(dim=-1).sum(dim=-1)
-        return LossTerms(cosine, identity, attribute, self.lambda_id * identity + self.lambda_attr * attribute)
 
 
 @dataclass(frozen=True)
@@ -167,103 +99,6 @@ def compiled_step_losses(mode: str):
     return torch.compile(step_losses, mode=mode)
 
 
-class RecordingMismatch(RuntimeError):
-    """A recorded step computed something else than the eager step it was recorded from."""
-
-
-# Recording costs about WARMUP + 2 steps (the warm-up, the capture, the check): shorter runs stay eager.
-MIN_STEPS_TO_RECORD = 8
-_recording = threading.Lock()   # one capture at a time per process (they share torch's capture stream)
-_recording_failed: str | None = None   # after a failed capture, the process records no more (see record_step)
-
-
-def can_record(device: torch.device) -> bool:
-    """Whether steps on ``device`` can be recorded as a CUDA graph."""
-    return device.type == "cuda" and _recording_failed is None
-
-
-def close_to(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-3) -> bool:
-    """Within ``rtol`` of the reference's largest magnitude, everywhere (NaN never is)."""
-    return bool((value - reference).abs().max() <= rtol * reference.abs().max() + 1e-8)
-
-
-class CapturedStep:
-    """A step's forward and backward recorded once as a CUDA graph, then replayed.
-
-    At batch 1 the eager step is bound by launching its thousands of kernels (an H100 waits
-    on the CPU); a replay launches them all at once.  Every replay recomputes the same graph
-    on the current contents of its inputs (the trained rows, updated in place by Adam) and
-    writes the image, the loss terms and ``trained.grad`` into the same memory.
-
-    The recording is trusted only once its first replay has reproduced the last eager warm-up
-    pass (same latents): loss terms and gradient, which are set to NaN before that replay so that
-    a graph that does not write them fails; that replay's outputs serve the first call.
-    """
-
-    WARMUP = 3   # eager passes first, on a side stream: cuDNN plans and caches are made outside the capture
-
-    def __init__(self, step: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor):
-        """``step``: a forward + backward pass that returns the image and loss terms and accumulates the
-        gradient in ``trained.grad``."""
-        stream = torch.cuda.current_stream(trained.device)
-        try:
-            with torch.cuda.device(trained.device):   # a graph captures only its stream's device
-                self._record(step, trained)
-        finally:
-            torch.cuda.set_stream(stream)   # a capture that failed to end may leave its own stream current
-        self._replayed = True
-
-    def _record(self, step: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> None:
-        device = trained.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
-                trained.grad = None
-                _, eager = step()
-            eager_total, eager_grad = eager.total.clone(), trained.grad.clone()
-            del eager
-        torch.cuda.current_stream(device).wait_stream(side)
-        trained.grad = None   # the graph allocates the gradient it writes
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the app's other threads may use the GPU meanwhile without spoiling the capture.
-        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"):
-            self.image, self.terms = step()
-        self.terms.total.fill_(float("nan"))
-        trained.grad.fill_(float("nan"))
-        self.graph.replay()
-        if not (close_to(self.terms.total, eager_total) and close_to(trained.grad, eager_grad)):
-            raise RecordingMismatch("the replayed step differs from the eager step")
-
-    def __call__(self) -> tuple[torch.Tensor, LossTerms]:
-        if self._replayed:   # the check's replay ran on these very latents
-            self._replayed = False
-        else:
-            self.graph.replay()
-        return self.image, self.terms
-
-
-def record_step(step: Callable[[], tuple[torch.Tensor, LossTerms]], trained: torch.Tensor) -> CapturedStep | None:
-    """The recorded step, or None (logged) where it cannot be recorded or is not faithful: the run goes on eagerly.
-
-    A failed capture may leave memory behind in torch's allocator, so after one the process records
-    no more.  Running out of memory is not a recording problem: it is raised (an eager step would not fit
-    either).
-    """
-    global _recording_failed
-    with _recording:
-        try:
-            return CapturedStep(step, trained)
-        except torch.cuda.OutOfMemoryError:
-            trained.grad = None
-            raise
-        except RuntimeError as err:   # capture refused an operation, or the replay differed
-            trained.grad = None
-            _recording_failed = str(err)
-            log.warning("the step could not be recorded as a CUDA graph (%s): running eagerly from now on", err)
-            return None
-
-
 def items_per_pass(config: OptimConfig, device: torch.device, batch: int) -> int:
     """How many batch items go through one forward + backward pass (OptimConfig.max_batch)."""
     if config.max_batch is not None:
@@ -312,15 +147,15 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
         return torch.cat(images), LossTerms.cat(parts)
 
     # torch.compile's "reduce-overhead" mode records graphs of its own.
-    record = (config.cuda_graph and not config.compile and config.steps >= MIN_STEPS_TO_RECORD
-              and can_record(wplus_real.device))
+    record = (config.cuda_graph and not config.compile and config.steps >= cuda_graph.MIN_STEPS_TO_RECORD
+              and cuda_graph.can_record(wplus_real.device))
     captured = None
     for step in range(1, config.steps + 1):
         # Grad mode is thread state: enable it around the work only, never across the yield.
         lr = optimizer.param_groups[0]["lr"]
         with torch.enable_grad(), deterministic_cudnn(config.deterministic):
             if record and captured is None:
-                captured = record_step(forward_backward, trained)
+                captured = cuda_graph.record_step(forward_backward, trained)
                 record = captured is not None
             if captured is not None:
                 image, terms = captured()   # also writes trained.grad

@@ -27,8 +27,9 @@ from falco.errors import WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
 from falco.faces.io import PhotoSource
 from falco.faces.recognize import FaceRecognizer
+from falco.loss import FalcoLoss, RealFeatures
 from falco.models.networks import Networks, load_networks
-from falco.optimize import FalcoLoss, RealFeatures, optimize_latents, start_wplus
+from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
 from falco.results import AnonymizationResult, FaceResult, StepEvent
 from falco.speed import reuse_freed_memory

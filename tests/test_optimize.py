@@ -6,9 +6,10 @@ from PIL import Image
 
 import falco.optimize as optimize_module
 from falco.config import OptimConfig
+from falco.loss import FalcoLoss
 from falco.models.arcface import identity_preprocess, identity_preprocess_matrix
 from falco.models.farl import farl_preprocess, farl_preprocess_matrix
-from falco.optimize import FalcoLoss, compose_wplus, optimize_latents, step_losses
+from falco.optimize import compose_wplus, optimize_latents, step_losses
 
 STEPS = 10
 MARGINS = (0.0, 0.3)

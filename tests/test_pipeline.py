@@ -8,7 +8,8 @@ from PIL import Image
 
 from falco.config import OptimConfig
 from falco.errors import FalcoError, NoFaceError
-from falco.optimize import FalcoLoss, start_wplus
+from falco.loss import FalcoLoss
+from falco.optimize import start_wplus
 from falco.pipeline import AnonymizationResult, StepEvent, to_tensor
 
 STEPS = 6

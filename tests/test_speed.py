@@ -10,12 +10,12 @@ import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from falco import optimize
+from falco import cuda_graph, optimize
 from falco.benchmarks import optim as bench
 from falco.config import OptimConfig
+from falco.loss import FalcoLoss
 from falco.models.farl import farl_preprocess
 from falco.optimize import (
-    FalcoLoss,
     compose_wplus,
     optimize_latents,
     start_wplus,
@@ -169,21 +169,21 @@ class RefusedRecording:
 def refused_recording(monkeypatch):
     """Recording that fails, tried wherever the loop would record on CUDA; a process that has not failed yet."""
     monkeypatch.setattr(RefusedRecording, "attempts", 0)
-    monkeypatch.setattr(optimize, "_recording_failed", None)
-    monkeypatch.setattr(optimize, "CapturedStep", RefusedRecording)
+    monkeypatch.setattr(cuda_graph, "_recording_failed", None)
+    monkeypatch.setattr(cuda_graph, "CapturedStep", RefusedRecording)
     return monkeypatch
 
 
 def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, refused_recording, caplog):
-    steps = optimize.MIN_STEPS_TO_RECORD
+    steps = cuda_graph.MIN_STEPS_TO_RECORD
     eager = run_steps(nets, problem, OptimConfig(steps=steps, cuda_graph=False))
     assert run_steps(nets, problem, OptimConfig(steps=steps))[-1].wplus.equal(eager[-1].wplus)
     assert RefusedRecording.attempts == 0   # the CPU runs eagerly without trying
 
-    refused_recording.setattr(optimize, "can_record", lambda device: optimize._recording_failed is None)
+    refused_recording.setattr(cuda_graph, "can_record", lambda device: cuda_graph._recording_failed is None)
     run_steps(nets, problem, OptimConfig(steps=steps - 1))
     assert RefusedRecording.attempts == 0   # too short a run to pay for a recording
-    with caplog.at_level(logging.WARNING, logger="falco.optimize"):
+    with caplog.at_level(logging.WARNING, logger="falco.cuda_graph"):
         fallback = run_steps(nets, problem, OptimConfig(steps=steps))
     assert RefusedRecording.attempts == 1 and "running eagerly" in caplog.text   # tried, and said so
     for ours, reference in zip(fallback, eager, strict=True):
@@ -191,7 +191,7 @@ def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, refused_reco
     run_steps(nets, problem, OptimConfig(steps=steps))
     assert RefusedRecording.attempts == 1   # after a failed capture the process records no more
 
-    refused_recording.setattr(optimize, "_recording_failed", None)
+    refused_recording.setattr(cuda_graph, "_recording_failed", None)
     refused_recording.setattr(optimize, "compiled_step_losses", lambda mode: optimize.step_losses)
     for config in (OptimConfig(steps=steps, cuda_graph=False), OptimConfig(steps=steps, compile="reduce-overhead")):
         assert run_steps(nets, problem, config)[-1].wplus.equal(eager[-1].wplus)
@@ -199,18 +199,18 @@ def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, refused_reco
 
 
 def test_running_out_of_memory_while_recording_is_raised(nets, problem, refused_recording):
-    refused_recording.setattr(optimize, "can_record", lambda device: True)
+    refused_recording.setattr(cuda_graph, "can_record", lambda device: True)
     refused_recording.setattr(RefusedRecording, "error", torch.cuda.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        run_steps(nets, problem, OptimConfig(steps=optimize.MIN_STEPS_TO_RECORD))
-    assert optimize._recording_failed is None   # not a recording problem: later runs may record
+        run_steps(nets, problem, OptimConfig(steps=cuda_graph.MIN_STEPS_TO_RECORD))
+    assert cuda_graph._recording_failed is None   # not a recording problem: later runs may record
 
 
 def test_close_to_compares_against_the_largest_magnitude():
     reference = torch.tensor([10.0, -0.001, 3.0])
-    assert optimize.close_to(reference + 0.009, reference)             # 0.009 <= 1e-3 * 10
-    assert not optimize.close_to(reference + torch.tensor([0, 0.02, 0]), reference)
-    assert not optimize.close_to(torch.full_like(reference, float("nan")), reference)
+    assert cuda_graph.close_to(reference + 0.009, reference)             # 0.009 <= 1e-3 * 10
+    assert not cuda_graph.close_to(reference + torch.tensor([0, 0.02, 0]), reference)
+    assert not cuda_graph.close_to(torch.full_like(reference, float("nan")), reference)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -222,15 +222,15 @@ def test_cuda_graph_replays_take_the_eager_steps(nets, problem, caplog, monkeypa
     features = loss.real_features(real)
     recordings = []
 
-    class Counted(optimize.CapturedStep):
+    class Counted(cuda_graph.CapturedStep):
         def __init__(self, *args):
             recordings.append(1)
             super().__init__(*args)
 
-    monkeypatch.setattr(optimize, "CapturedStep", Counted)
-    steps = optimize.MIN_STEPS_TO_RECORD
+    monkeypatch.setattr(cuda_graph, "CapturedStep", Counted)
+    steps = cuda_graph.MIN_STEPS_TO_RECORD
     try:
-        with caplog.at_level(logging.WARNING, logger="falco.optimize"):
+        with caplog.at_level(logging.WARNING, logger="falco.cuda_graph"):
             runs = [list(optimize_latents(on_device.generator, loss, features, wplus_real, w_fake, MARGINS.to(device),
                                           OptimConfig(steps=steps, cuda_graph=graphed))) for graphed in (False, True)]
     finally:

@@ -42,11 +42,12 @@ from PIL import Image
 
 from falco.benchmarks import resident_bytes
 from falco.config import OptimConfig
+from falco.loss import FalcoLoss, LossTerms
 from falco.models.arcface import ArcFace
 from falco.models.farl import FaRL, farl_preprocess
 from falco.models.networks import Networks, load_networks
 from falco.models.random_weights import random_network
-from falco.optimize import FalcoLoss, LossTerms, compose_wplus, optimize_latents, start_wplus, step_losses
+from falco.optimize import compose_wplus, optimize_latents, start_wplus, step_losses
 from falco.speed import reuse_freed_memory
 from falco.weights import fetch_weights
 
