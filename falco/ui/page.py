@@ -413,11 +413,12 @@ def build_app(weights: str | None = None, device: str | torch.device | None = No
     """The app, ready to ``launch``; its pipeline starts loading in the background.
 
     weights: Hub repo id or local folder (default: FALCO_WEIGHTS_REPO or the project's repo).
-    device: "cuda", "cpu", ... (default: CUDA when there is one, or on ZeroGPU).
+    device: a torch.device already decided, or a name to decide from: "cuda", "cpu", ... (default: CUDA when
+    there is one, or on ZeroGPU).
     """
     gpu = zerogpu_decorator(config.zerogpu_duration_s)
-    # ZeroGPU: the model moves to the GPU that each decorated call gets
-    device = app_device(device, zerogpu=gpu is not None)
+    if not isinstance(device, torch.device):   # not decided yet (start_app decides it before the fetch)
+        device = app_device(device, zerogpu=gpu is not None)   # ZeroGPU: each decorated call gets a GPU
     loader = loader or EngineLoader(pipeline_factory(weights, device))
     app = FalcoApp(loader, config, on_gpu=device.type == "cuda", gpu=gpu)
     demo = app.build()
