@@ -44,7 +44,9 @@ class Interrupting:
             if self.interrupt_on == photo.name and getattr(event, "step", 0) == 1:
                 if self.signal_number is None:
                     raise KeyboardInterrupt
-                os.kill(os.getpid(), self.signal_number)
+                # To this thread, so its handler runs before the next step: os.kill lets the kernel pick a thread,
+                # which under load may run the handler only after the photo is done.
+                signal.raise_signal(self.signal_number)
             yield event
 
 
