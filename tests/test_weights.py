@@ -407,3 +407,10 @@ def test_random_network_is_the_seeded_network_built_without_init(name):
     assert all(torch.equal(tensor, expected[key]) for key, tensor in model.state_dict().items())
     assert model.state_dict().keys() == expected.keys()
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_fetching_needs_neither_torch_nor_the_networks():
+    """falco.weights (manifest, hashes, the Hub) imports without torch: the fetch starts while the rest imports."""
+    check = "import sys, falco.weights; print(sorted(m for m in ('torch', 'dlib', 'gradio') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

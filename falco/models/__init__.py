@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # the network list is read by the torch-free manifest tools too
+    import torch.nn as nn
 
 # The networks of a weight set, each one artifact (falco.weights) and one loader (falco.models.io).
 NETWORKS = ("generator", "e4e", "arcface", "farl")

@@ -1,4 +1,4 @@
-"""The weights' command line.
+"""FALCO weights: fetch and verify a set, make a random one, or publish the official checkpoints.
 
     python -m falco.weights fetch  [--weights REPO[@REV]|FOLDER]
     python -m falco.weights random --out DIR [--tiny]
