@@ -106,7 +106,7 @@ class CliConfig:
 DLIB_SAME_PERSON_DISTANCE = 0.6
 
 
-# --- Web app (app.py / falco/ui.py) ------------------------------------------------------
+# --- Web app (app.py / falco/ui/) ------------------------------------------------------
 @dataclass(frozen=True)
 class AppConfig:
     queue_max_size: int = 16                     # runs waiting beyond this are refused ("queue full")

@@ -1,5 +1,5 @@
-"""The app's start: its device (one parser, falco.pipeline.resolve_device, for the app, the command lines and the
-pipeline) and what a failed load of the weights does."""
+"""The app's start: its device (one parser, falco.device.resolve_device, for the app, the command lines and the
+pipeline) and what a failed load of the weights does (falco.ui.engine, falco.ui.startup)."""
 
 import errno
 import logging
