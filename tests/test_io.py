@@ -98,6 +98,138 @@ def test_missing_mean_w_is_estimated_from_the_mapping(tmp_path):
     assert torch.allclose(mean_w, io.estimate_mean_w(model))
 
 
+# --- Tiny networks in the official containers: `config` names the architecture the file lacks -----
+def prefixed(prefix: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in model.state_dict().items()}
+
+
+def test_tiny_e4e_and_its_generator_from_the_official_e4e_container(tmp_path):
+    encoder, generator = TINY["e4e"], TINY["generator"]
+    latent_avg = torch.randn(encoder.config["n_styles"], encoder.config["style_dim"])
+    torch.save({"state_dict": prefixed("encoder.", encoder) | prefixed("decoder.", generator),
+                "latent_avg": latent_avg, "opts": {"encoder_type": "Encoder4Editing"}}, tmp_path / "e4e_ffhq_encode.pt")
+
+    path = io.convert("e4e", tmp_path / "e4e_ffhq_encode.pt", tmp_path / "e4e.safetensors", config=TINY_CONFIGS["e4e"])
+    model, loaded_latent_avg = io.load_e4e(path)
+    assert model.config == encoder.config and torch.equal(loaded_latent_avg, latent_avg)
+    assert_same_state(model, encoder.state_dict())
+
+    path = io.convert("generator", tmp_path / "e4e_ffhq_encode.pt", tmp_path / "generator.safetensors",
+                      config=TINY_CONFIGS["generator"])
+    model, mean_w = io.load_generator(path)
+    assert torch.equal(mean_w, latent_avg[0]) or torch.allclose(mean_w, latent_avg.mean(0))
+    assert_same_state(model, generator.state_dict())
+
+
+def test_tiny_generator_from_the_official_stylegan2_container(tmp_path):
+    mean_w = torch.randn(TINY_CONFIGS["generator"]["style_dim"])
+    torch.save({"g_ema": TINY["generator"].state_dict(), "latent_avg": mean_w}, tmp_path / "stylegan2.pt")
+    model, loaded_mean_w = io.load_generator(tmp_path / "stylegan2.pt", config=TINY_CONFIGS["generator"])
+    assert torch.equal(loaded_mean_w, mean_w)
+    assert_same_state(model, TINY["generator"].state_dict())
+
+
+def test_tiny_arcface_and_farl_from_their_official_containers(tmp_path):
+    torch.save(TINY["arcface"].state_dict(), tmp_path / "model_ir_se50.pth")   # a bare state dict
+    text_tower = {"positional_embedding": torch.zeros(77, 8), "logit_scale": torch.tensor(4.6)}
+    torch.save({"state_dict": prefixed("", TINY["farl"]) | text_tower}, tmp_path / "FaRL.pth")
+    for name, src in (("arcface", "model_ir_se50.pth"), ("farl", "FaRL.pth")):
+        path = io.convert(name, tmp_path / src, tmp_path / f"{name}.safetensors", config=TINY_CONFIGS[name])
+        model = LOADERS[name](path)
+        assert model.config == TINY[name].config
+        assert_same_state(model, TINY[name].state_dict())
+
+
+def test_official_tiny_file_without_its_config_is_a_layout_error(tmp_path):
+    torch.save(TINY["arcface"].state_dict(), tmp_path / "model_ir_se50.pth")
+    with pytest.raises(WeightsError, match="does not match the ArcFace layout"):
+        io.load_arcface(tmp_path / "model_ir_se50.pth")
+
+
+def test_our_files_keep_their_own_config(tmp_path):
+    """A config for one of our files must agree with the one it carries: never a silent other architecture."""
+    path = io.save_network(tmp_path / "e4e.safetensors", "e4e", TINY["e4e"], {"latent_avg": torch.zeros(10, 64)})
+    model, _ = io.load_e4e(path, config=TINY_CONFIGS["e4e"])
+    assert model.config == TINY["e4e"].config
+    with pytest.raises(WeightsError, match="is a e4e with n_styles=10, not the n_styles=18"):
+        io.load_e4e(path, config={"n_styles": 18})
+    path = io.save_network(tmp_path / "g.safetensors", "generator", TINY["generator"])
+    io.load_generator(path, config=TINY_CONFIGS["generator"])   # int channel keys match the stored str keys
+
+
+def test_convert_knows_only_the_layouts_of_each_network(tmp_path):
+    with pytest.raises(ValueError, match="unknown layout 'transformers-clip' for the arcface"):
+        io.convert("arcface", tmp_path / "a.pth", tmp_path / "a.safetensors", layout="transformers-clip")
+    with pytest.raises(ValueError, match="unknown layout 'open-clip' for the farl"):
+        io.convert("farl", tmp_path / "a.pth", tmp_path / "a.safetensors", layout="open-clip")
+
+
+# --- FaRL from a transformers CLIP conversion (Green-Sky/FaRL-Base-Patch16-LAIONFace20M-ep64) --------
+def tiny_transformers_clip(with_text_tower: bool):
+    """transformers' CLIP at FaRL's tiny config, every tensor random (no zero biases or unit norms to hide a
+    swapped key)."""
+    transformers = pytest.importorskip("transformers")
+    tiny = io.FaRL(**TINY_CONFIGS["farl"]).config
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=tiny["width"], intermediate_size=4 * tiny["width"], num_hidden_layers=tiny["layers"],
+        num_attention_heads=tiny["heads"], patch_size=tiny["patch_size"], image_size=tiny["image_size"],
+        projection_dim=tiny["embed_dim"], hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    if with_text_tower:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+        model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision.to_dict(),
+                                                               projection_dim=tiny["embed_dim"]))
+    else:
+        model = transformers.CLIPVisionModelWithProjection(vision)
+    model.load_state_dict(seeded_state_dict(model.state_dict(), prefix="hf."), strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("with_text_tower", [False, True], ids=["CLIPVisionModelWithProjection", "CLIPModel"])
+def test_farl_from_transformers_clip_gives_transformers_outputs(with_text_tower, tmp_path):
+    """The key map is exact: same random weights, same input -> our tokens and embedding are transformers'."""
+    hf = tiny_transformers_clip(with_text_tower)
+    hf.save_pretrained(tmp_path / "hub")   # model.safetensors, as the Hub repo holds it
+    farl = io.load_farl(tmp_path / "hub" / "model.safetensors", config=TINY_CONFIGS["farl"],
+                        layout="transformers-clip")
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, embedding = farl.tokens(x), farl.embed(x)
+        if with_text_tower:
+            vision = hf.vision_model(pixel_values=x)
+            hf_tokens, hf_embedding = vision.last_hidden_state, hf.visual_projection(vision.pooler_output)
+        else:
+            out = hf(pixel_values=x)
+            hf_tokens, hf_embedding = out.last_hidden_state, out.image_embeds
+    assert tokens.shape == hf_tokens.shape == (2, farl.num_tokens, 64)   # before post_layernorm in both
+    torch.testing.assert_close(tokens, hf_tokens, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(embedding, hf_embedding, rtol=1e-4, atol=1e-5)
+
+    converted = io.convert("farl", tmp_path / "hub" / "model.safetensors", tmp_path / "farl.safetensors",
+                           config=TINY_CONFIGS["farl"], layout="transformers-clip")
+    assert_same_state(io.load_farl(converted), farl.state_dict())
+
+
+def test_transformers_clip_layout_is_strict(tmp_path):
+    state = {k: v.contiguous() for k, v in tiny_transformers_clip(with_text_tower=False).state_dict().items()}
+    with_extra = tmp_path / "extra.safetensors"
+    save_file(state | {"vision_model.encoder.layers.0.adapter.weight": torch.zeros(2)}, str(with_extra))
+    with pytest.raises(WeightsError, match="1 keys outside its layout .e.g. vision_model.encoder.layers.0.adapter"):
+        io.load_farl(with_extra, config=TINY_CONFIGS["farl"], layout="transformers-clip")
+    without_k = tmp_path / "without_k.safetensors"
+    save_file({k: v for k, v in state.items() if "layers.1.self_attn.k_proj" not in k}, str(without_k))
+    with pytest.raises(WeightsError, match="layer 1 has only the q/v attention"):
+        io.load_farl(without_k, config=TINY_CONFIGS["farl"], layout="transformers-clip")
+    without_layer = tmp_path / "without_layer.safetensors"
+    save_file({k: v for k, v in state.items() if ".layers.1." not in k}, str(without_layer))
+    with pytest.raises(WeightsError, match="does not match the FaRL layout: 12 missing"):
+        io.load_farl(without_layer, config=TINY_CONFIGS["farl"], layout="transformers-clip")
+    # The official file in the transformers layout: refused by name, before any unpickling.
+    official = tmp_path / "FaRL.pth"
+    torch.save({"payload": NotATensor()}, official)
+    with pytest.raises(WeightsError, match="read from .safetensors files only"):
+        io.load_farl(official, layout="transformers-clip")
+
+
 # --- Full size: official containers, as the original releases store them --------------------
 def official_tensors(fixtures_dir: Path, layout: str, seed_prefix: str = "") -> dict[str, torch.Tensor]:
     keys = json.loads((fixtures_dir / "checkpoints" / f"{layout}.json").read_text())["keys"]

@@ -9,12 +9,21 @@ Which reader runs is decided by the file name, never by the content: ``.safetens
 goes to safetensors alone, and only ``.pt``/``.pth``/``.ckpt`` files (the official
 releases, on the user's own disk) go to ``torch.load(weights_only=True)``.  Everything
 the Hub serves is ``.safetensors``, so nothing downloaded ever reaches an unpickler.
+FaRL has a second public source, a ``transformers`` CLIP conversion: its key layout is
+named by the caller (``layout="transformers-clip"``), never guessed, and it too is read
+from ``.safetensors`` alone.
+
+Official checkpoints carry no config: the loaders infer what the file implies (e4e's
+n_styles) and default the rest to the released architecture; ``config`` overrides that
+(tiny test networks in official containers).  Our own files carry their config, and a
+``config`` that contradicts it is refused rather than silently ignored.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -32,23 +41,32 @@ from falco.models.stylegan2 import Generator
 
 FORMAT = "falco-network-v1"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+LAYOUTS = ("official", "transformers-clip")   # "official" covers our own files too
 MEAN_W_SAMPLES = 10_000   # z samples behind a mean w when a checkpoint lacks one (rosinality uses 4096+)
 
 StateDict = dict[str, torch.Tensor]
 
 
-def _read(path: str | Path, network: str) -> tuple[StateDict | object, dict | None]:
-    """(tensors, config) of our safetensors file, or (unpickled object, None) of an official one."""
+def _exists(path: str | Path, network: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"The {network} weights file {path} does not exist.")
+    return path
+
+
+def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise WeightsError(f"{path.name} is not a readable safetensors file ({err}).") from err
+
+
+def _read(path: str | Path, network: str) -> tuple[StateDict | object, dict | None]:
+    """(tensors, config) of our safetensors file, or (unpickled object, None) of an official one."""
+    path = _exists(path, network)
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # safetensors raises its own error types for a damaged header
-            raise WeightsError(f"{path.name} is not a readable safetensors file ({err}).") from err
+        tensors, meta = _read_safetensors(path)
         if meta.get("format") != FORMAT or meta.get("network") != network:
             found = meta.get("network") if meta.get("format") == FORMAT else "no FALCO network"
             raise WeightsError(f"{path.name} holds {found}, not the {network} weights.")
@@ -61,6 +79,21 @@ def _read(path: str | Path, network: str) -> tuple[StateDict | object, dict | No
             raise WeightsError(f"{path.name} cannot be loaded as a plain tensor checkpoint ({reason}).") from err
     raise WeightsError(f"{path.name}: expected a .safetensors file or an official "
                        f"{'/'.join(TORCH_SUFFIXES)} checkpoint for the {network}.")
+
+
+def _as_json(value: object) -> object:
+    return json.loads(json.dumps(value))   # int dict keys -> str, tuples -> lists: as a stored config holds them
+
+
+def _config(stored: dict | None, inferred: dict, override: dict | None, path: str | Path, network: str) -> dict:
+    """Our file's own config, else what the official file implies with ``override`` on top."""
+    if stored is None:
+        return {**inferred, **(override or {})}
+    for key, value in (override or {}).items():
+        if _as_json(stored.get(key)) != _as_json(value):
+            raise WeightsError(f"{Path(path).name} is a {network} with {key}={stored.get(key)!r}, "
+                               f"not the {key}={value!r} asked for.")
+    return stored
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
@@ -120,23 +153,24 @@ def _latent_avg_rows(latent_avg: torch.Tensor, n_styles: int, path: str | Path) 
 
 
 def _read_with_latent_avg(path: str | Path, network: str,
-                          official: Callable[[object], tuple[Mapping[str, torch.Tensor], dict]]
-                          ) -> tuple[Mapping[str, torch.Tensor], dict, torch.Tensor | None]:
+                          official: Callable[[object], tuple[Mapping[str, torch.Tensor], dict]],
+                          override: dict | None) -> tuple[Mapping[str, torch.Tensor], dict, torch.Tensor | None]:
     """(state, config, latent_avg or None) of a network stored with its ``latent_avg``.
 
-    ``official`` takes an official checkpoint apart into (state, config); its ``latent_avg``
-    sits at the top level, ours beside the weights.
+    ``official`` takes an official checkpoint apart into (state, inferred config); its
+    ``latent_avg`` sits at the top level, ours beside the weights.
     """
-    payload, config = _read(path, network)
-    if config is not None:
+    payload, stored = _read(path, network)
+    if stored is not None:
         state = dict(payload)
         latent_avg = state.pop("latent_avg", None)
-        return state, config, latent_avg
-    state, config = official(payload)
-    return state, config, payload.get("latent_avg")
+        return state, _config(stored, {}, override, path, network), latent_avg
+    state, inferred = official(payload)
+    return state, _config(None, inferred, override, path, network), payload.get("latent_avg")
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, torch.Tensor]:
+def load_generator(path: str | Path, device: str | torch.device = "cpu",
+                   config: dict | None = None) -> tuple[Generator, torch.Tensor]:
     """(Generator, mean w [style_dim]) from our file, ``stylegan2-ffhq-config-f.pt`` or ``e4e_ffhq_encode.pt``."""
     def official(payload: object) -> tuple[Mapping[str, torch.Tensor], dict]:
         if isinstance(payload, dict) and "g_ema" in payload:
@@ -144,44 +178,102 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         # e4e's checkpoint carries the generator it was trained against
         return _strip(_state_dict_of(payload, path, "state_dict"), "decoder."), {}
 
-    state, config, latent_avg = _read_with_latent_avg(path, "generator", official)
+    state, config, latent_avg = _read_with_latent_avg(path, "generator", official, config)
     model = _build(Generator, config, state, path)
     mean_w = estimate_mean_w(model) if latent_avg is None else _mean_w_from(latent_avg)
     return model.to(device), mean_w.to(device)
 
 
-def load_e4e(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder4Editing, torch.Tensor]:
+def load_e4e(path: str | Path, device: str | torch.device = "cpu",
+             config: dict | None = None) -> tuple[Encoder4Editing, torch.Tensor]:
     """(Encoder4Editing, latent_avg [n_styles, style_dim]) from our file or ``e4e_ffhq_encode.pt``."""
     def official(payload: object) -> tuple[Mapping[str, torch.Tensor], dict]:
         state = _strip(_state_dict_of(payload, path, "state_dict"), "encoder.")
         styles = {int(k.split(".")[1]) for k in state if k.startswith("styles.")}
         return state, ({"n_styles": max(styles) + 1} if styles else {})
 
-    state, config, latent_avg = _read_with_latent_avg(path, "e4e", official)
+    state, config, latent_avg = _read_with_latent_avg(path, "e4e", official, config)
     if latent_avg is None:
         raise WeightsError(f"{Path(path).name} has no latent_avg; e4e codes are offsets from it.")
     model = _build(Encoder4Editing, config, state, path)
     return model.to(device), _latent_avg_rows(latent_avg, model.config["n_styles"], path).to(device)
 
 
-def load_arcface(path: str | Path, device: str | torch.device = "cpu") -> ArcFace:
+def load_arcface(path: str | Path, device: str | torch.device = "cpu", config: dict | None = None) -> ArcFace:
     """ArcFace from our file or ``model_ir_se50.pth`` (a bare state dict)."""
-    payload, config = _read(path, "arcface")
-    if config is None:
-        if not isinstance(payload, dict):
-            raise WeightsError(f"{Path(path).name} is not a state dict.")
-        config = {}
-    return _build(ArcFace, config, payload, path).to(device)
+    payload, stored = _read(path, "arcface")
+    if stored is None and not isinstance(payload, dict):
+        raise WeightsError(f"{Path(path).name} is not a state dict.")
+    return _build(ArcFace, _config(stored, {}, config, path, "arcface"), payload, path).to(device)
 
 
-def load_farl(path: str | Path, device: str | torch.device = "cpu") -> FaRL:
-    """FaRL image tower from our file or the official ``FaRL-*.pth`` (CLIP layout under ``state_dict``)."""
-    payload, config = _read(path, "farl")
-    if config is None:
-        config = {}
+# transformers' CLIP vision keys -> OpenAI CLIP's (ours), as convert_clip_original_pytorch_to_hf.py maps them.
+# Attention's q, k, v are one in_proj in OpenAI's layout (rows in that order) and visual_projection
+# is an nn.Linear, the transpose of OpenAI's `x @ proj`; both are handled in _farl_from_transformers_clip.
+HF_CLIP_VISION = {
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",   # sic: transformers' spelling
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+}
+HF_CLIP_BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                 "self_attn.out_proj": "attn.out_proj"}
+HF_CLIP_QKV = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v"}
+HF_CLIP_LAYER = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
+# A full CLIPModel also holds the text tower; old transformers saved the position_ids buffer.
+HF_CLIP_NOT_VISUAL = ("text_model.", "text_projection.", "logit_scale")
+
+
+def _farl_from_transformers_clip(state: Mapping[str, torch.Tensor], path: Path) -> StateDict:
+    """Our (OpenAI CLIP) ``visual.*`` state from a transformers CLIPVisionModel[WithProjection] or CLIPModel."""
+    ours: StateDict = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    foreign = []
+    for key, value in state.items():
+        layer = HF_CLIP_LAYER.fullmatch(key)
+        if key.startswith(HF_CLIP_NOT_VISUAL) or key.endswith("embeddings.position_ids"):
+            continue
+        if key in HF_CLIP_VISION:
+            ours[HF_CLIP_VISION[key]] = value
+        elif key == "visual_projection.weight":
+            ours["visual.proj"] = value.T.contiguous()
+        elif layer and layer[2] in HF_CLIP_QKV:
+            qkv.setdefault((layer[1], layer[3]), {})[HF_CLIP_QKV[layer[2]]] = value
+        elif layer and layer[2] in HF_CLIP_BLOCK:
+            ours[f"visual.transformer.resblocks.{layer[1]}.{HF_CLIP_BLOCK[layer[2]]}.{layer[3]}"] = value
+        else:
+            foreign.append(key)
+    if foreign:
+        raise WeightsError(f"{path.name} is not a transformers CLIP vision model: {len(foreign)} keys "
+                           f"outside its layout (e.g. {foreign[0]}).")
+    for (layer, kind), parts in sorted(qkv.items()):
+        if sorted(parts) != ["k", "q", "v"]:
+            raise WeightsError(f"{path.name}: layer {layer} has only the {'/'.join(sorted(parts))} "
+                               f"attention {kind}, not q, k and v.")
+        ours[f"visual.transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat([parts[p] for p in "qkv"])
+    return ours
+
+
+def load_farl(path: str | Path, device: str | torch.device = "cpu", config: dict | None = None,
+              layout: str = "official") -> FaRL:
+    """FaRL image tower from our file, the official ``FaRL-*.pth`` (CLIP layout under ``state_dict``) or,
+    with ``layout="transformers-clip"``, a transformers CLIP conversion's ``model.safetensors``."""
+    if layout == "transformers-clip":
+        path = _exists(path, "farl")
+        if path.suffix != ".safetensors":
+            raise WeightsError(f"{path.name}: the transformers CLIP layout is read from .safetensors files only.")
+        payload = _farl_from_transformers_clip(_read_safetensors(path)[0], path)
+        return _build(FaRL, _config(None, {}, config, path, "farl"), payload, path).to(device)
+    if layout != "official":
+        raise ValueError(f"unknown FaRL layout {layout!r}; expected one of {LAYOUTS}")
+    payload, stored = _read(path, "farl")
+    if stored is None:
         # The official file also holds the text tower and pre-training heads: only visual.* is ours.
         payload = {k: v for k, v in _state_dict_of(payload, path, "state_dict").items() if k.startswith("visual.")}
-    return _build(FaRL, config, payload, path).to(device)
+    return _build(FaRL, _config(stored, {}, config, path, "farl"), payload, path).to(device)
 
 
 def save_network(path: str | Path, network: str, model: nn.Module,
@@ -200,20 +292,25 @@ def save_network(path: str | Path, network: str, model: nn.Module,
     return path
 
 
-def convert(network: str, src: str | Path, dst: str | Path) -> Path:
+def convert(network: str, src: str | Path, dst: str | Path, config: dict | None = None,
+            layout: str = "official") -> Path:
     """Official checkpoint (or our file) -> our safetensors file for ``network``.
 
     The weights go through the network itself, so a checkpoint with the wrong layout
-    fails here, at publishing time, and not on a user's machine.
+    fails here, at publishing time, and not on a user's machine.  ``config`` overrides the
+    architecture an official file implies; ``layout`` names FaRL's source key layout.
     """
+    if layout not in LAYOUTS or (layout != "official" and network != "farl"):
+        raise ValueError(f"unknown layout {layout!r} for the {network}: every network reads {LAYOUTS[0]!r}, "
+                         f"FaRL also {LAYOUTS[1:]}")
     if network == "generator":
-        model, mean_w = load_generator(src)
+        model, mean_w = load_generator(src, config=config)
         return save_network(dst, network, model, {"latent_avg": mean_w})
     if network == "e4e":
-        model, latent_avg = load_e4e(src)
+        model, latent_avg = load_e4e(src, config=config)
         return save_network(dst, network, model, {"latent_avg": latent_avg})
     if network == "arcface":
-        return save_network(dst, network, load_arcface(src))
+        return save_network(dst, network, load_arcface(src, config=config))
     if network == "farl":
-        return save_network(dst, network, load_farl(src))
+        return save_network(dst, network, load_farl(src, config=config, layout=layout))
     raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
