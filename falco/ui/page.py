@@ -47,6 +47,7 @@ from falco.ui.render import (
     progress_html,
 )
 from falco.ui.sessions import UPLOADS, Session, end_session, read_photo
+from falco.weights.licences import licence_footer
 
 EXAMPLES = (Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg",)
 INTRO = """# FALCO: face anonymization that keeps the attributes
@@ -381,6 +382,7 @@ class FalcoApp:
                 api_outputs = [gr.Image(label="photo", format="png"), gr.Gallery(label="faces", format="png"),
                                gr.JSON(label="record"), gr.File(label="files", file_count="multiple")]
                 api_btn = gr.Button()
+            gr.Markdown(licence_footer(), elem_id="falco-licences")
             c = self.components = Components(photo, picked_for, picked, margin, margins_text, steps, lr, lambda_id,
                                              lambda_attr, seed, another_fake, session, progress, live, result_photo,
                                              gallery, metrics, downloads, faces_view, faces_text)
