@@ -148,6 +148,20 @@ def test_only_the_network_failing_is_reported_as_for_now(hub, tmp_path):
         fetch_official("farl", tmp_path, sources=sources)
 
 
+def test_an_unreachable_hub_is_for_now(hub, tmp_path, monkeypatch):
+    """huggingface_hub says LocalEntryNotFoundError (a subclass of EntryNotFoundError) after its retries, which
+    take about 25 s against a closed port: raised here directly."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub.")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(HubUnavailableError, match="hub some/mirror:w.pth: the Hub could not be reached"):
+        fetch_official("e4e", tmp_path, sources=(Source("hub", "some/mirror:w.pth"),))
+
+
 def test_a_verified_copy_is_reused_offline_without_any_request(hub, tmp_path, monkeypatch):
     hub.repos["live/mirror"] = {"w.pth": PAYLOAD}
     hub.urls["/files/w.pth"] = OTHER
@@ -166,6 +180,16 @@ def test_a_verified_copy_is_reused_offline_without_any_request(hub, tmp_path, mo
     with pytest.raises(WeightsError, match="HF_HUB_OFFLINE") as caught:
         fetch_official("e4e", tmp_path / "empty", sources=sources)
     assert "skipped" in str(caught.value) and len(hub.requests) == count
+
+
+def test_a_copy_that_no_longer_verifies_is_fetched_again_from_its_source(hub, tmp_path):
+    hub.repos["live/mirror"] = {"w.pth": PAYLOAD}
+    sources = (Source("hub", "live/mirror:w.pth", sha256=SHA),)
+    path, _ = fetch_official("e4e", tmp_path, sources=sources)
+    path.write_bytes(b"damaged on disk")
+    gets = len(hub.gets("cdn"))
+    assert fetch_official("e4e", tmp_path, sources=sources) == (path, sources[0])
+    assert path.read_bytes() == PAYLOAD and len(hub.gets("cdn")) == gets + 1
 
 
 def test_the_packaged_dlib_model_is_used_offline(monkeypatch, tmp_path):

@@ -170,8 +170,8 @@ def fetch_official(name: str, folder: Path, check: Check | None = None, progress
             except WeightsError as err:
                 failures[index] = err
     for index, source in enumerate(sources):
-        if index in failures:
-            continue
+        if index in failures and source.kind == "package":
+            continue   # a refused copy of a download was deleted: that source is asked again, afresh
         try:
             path = _obtain(source, folder, name, report)
         except WeightsError as err:
@@ -303,14 +303,14 @@ def _from_hub(source: Source, target: Path, report: Progress) -> Path:
         # The endpoint read now: huggingface_hub fixes its URL template when it is imported.
         return Path(hf_hub_download(repo_id, filename, revision=source.revision, local_dir=target,
                                     endpoint=os.environ.get("HF_ENDPOINT") or None, **options))
+    except LocalEntryNotFoundError as err:   # the Hub could not be reached (a subclass of EntryNotFoundError)
+        raise HubUnavailableError("the Hub could not be reached") from err
     except RevisionNotFoundError as err:
         raise WeightsError(f"revision {source.revision} not found") from err
     except RepositoryNotFoundError as err:   # also private and gated repos
         raise WeightsError("repo not found (or private)") from err
     except EntryNotFoundError as err:
         raise WeightsError("file not found in the repo") from err
-    except LocalEntryNotFoundError as err:   # the Hub could not be reached
-        raise HubUnavailableError("the Hub could not be reached") from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         raise _http_error(status) from err
