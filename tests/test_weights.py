@@ -8,16 +8,12 @@ dir: the real huggingface_hub code path, configured the way a user configures it
 
 import hashlib
 import os
-import re
 import socket
 import subprocess
 import sys
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import unquote
 
 import pytest
 
@@ -40,102 +36,10 @@ from falco.weights import (
 from falco.weights.manifest import PROJECT_MANIFEST
 from falco.weights.publish import _copy_dlib_model, upload_weights
 from falco.weights.random_set import make_random_weights
+from tests.fake_hub import COMMIT, REPO, FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
-REPO = "test-user/falco-tiny"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SERVED = ("generator", "arcface", "farl")   # enough to exercise every path, cheap to build and serve
-RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")
-
-
-class FakeHub:
-    """Serves one repo at one commit the way huggingface.co does for hf_hub_download.
-
-    HEAD/GET /{repo}/resolve/{revision}/{file}: small files answer 200 with ETag,
-    X-Repo-Commit and Content-Length; LFS files (.safetensors, .dat) answer 302 with
-    X-Linked-Etag (their sha256), X-Linked-Size, X-Repo-Commit and a Location on the CDN,
-    which is another origin (port), so the client stops there and GETs the CDN URL.
-    Errors carry the X-Error-Code header the client maps to its exceptions.
-    """
-
-    def __init__(self, folder: Path):
-        self.files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-        self.corrupt: set[str] = set()
-        self.requests: list[tuple[str, str, str]] = []   # (origin, method, path)
-        self.lock = threading.Lock()
-        self.hub = self._serve("hub")
-        self.cdn = self._serve("cdn")
-        self.endpoint = f"http://127.0.0.1:{self.hub.server_port}"
-
-    def _serve(self, origin: str) -> ThreadingHTTPServer:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self):
-                hub.handle(self, origin, body=False)
-
-            def do_GET(self):
-                hub.handle(self, origin, body=True)
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    def content(self, filename: str) -> bytes:
-        data = self.files[filename]
-        if filename in self.corrupt:
-            middle = len(data) // 2
-            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
-        return data
-
-    def gets(self, origin: str | None = None) -> list[str]:
-        with self.lock:
-            return [p for o, m, p in self.requests if m == "GET" and origin in (None, o)]
-
-    def handle(self, request: BaseHTTPRequestHandler, origin: str, body: bool) -> None:
-        with self.lock:
-            self.requests.append((origin, request.command, request.path))
-        if origin == "cdn":
-            by_hash = {hashlib.sha256(self.content(f)).hexdigest(): f for f in self.files}
-            filename = by_hash.get(request.path.rsplit("/", 1)[-1])
-            if filename is None:
-                return self.reply(request, 404, {}, b"", body)
-            return self.reply(request, 200, {}, self.content(filename), body)
-        match = RESOLVE.match(request.path)
-        if match is None or unquote(match["repo"]) != REPO:
-            # The Hub answers 401 for a repo that does not exist (or is private) to anonymous users.
-            return self.reply(request, 401, {"X-Error-Code": "RepoNotFound"}, b"", body)
-        if unquote(match["revision"]) not in ("main", COMMIT):
-            return self.reply(request, 404, {"X-Error-Code": "RevisionNotFound"}, b"", body)
-        filename = unquote(match["filename"])
-        if filename not in self.files:
-            return self.reply(request, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, b"", body)
-        data = self.content(filename)
-        if filename.endswith((".safetensors", ".dat")):
-            sha = hashlib.sha256(data).hexdigest()
-            cdn = f"http://127.0.0.1:{self.cdn.server_port}/blobs/{sha}"
-            return self.reply(request, 302, {"Location": cdn, "X-Linked-Etag": f'"{sha}"', "X-Repo-Commit": COMMIT,
-                                             "X-Linked-Size": str(len(data)), "ETag": '"git-pointer"'}, b"", body)
-        etag = hashlib.sha1(data).hexdigest()
-        return self.reply(request, 200, {"ETag": f'"{etag}"', "X-Repo-Commit": COMMIT}, data, body)
-
-    @staticmethod
-    def reply(request, status: int, headers: dict, data: bytes, body: bool) -> None:
-        request.send_response(status)
-        for key, value in headers.items():
-            request.send_header(key, value)
-        request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        if body:
-            request.wfile.write(data)
-
-    def close(self) -> None:
-        for server in (self.hub, self.cdn):
-            server.shutdown()
-            server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +51,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def hub(tiny_folder):
-    server = FakeHub(tiny_folder)
+    server = FakeHub.from_folder(tiny_folder)
     yield server
     server.close()
 
@@ -207,15 +111,15 @@ def test_pinned_manifest_downloads_at_its_revision_and_then_needs_no_request(hub
 
 def test_corrupted_download_is_detected_and_removed(hub, tiny_folder, tmp_path):
     expected = Manifest.load(tiny_folder / MANIFEST_NAME).artifacts["arcface"].sha256
-    hub.corrupt.add("arcface.safetensors")
-    actual = hashlib.sha256(hub.content("arcface.safetensors")).hexdigest()
+    hub.fail[f"{REPO}/arcface.safetensors"] = "corrupt"
+    actual = hashlib.sha256(hub.content(f"{REPO}/arcface.safetensors")).hexdigest()
     error = one_line_error(fetch(hub.endpoint, tmp_path, "--weights", REPO))
     assert "arcface.safetensors" in error and expected in error and actual in error
     blobs = tmp_path / "hub" / "models--test-user--falco-tiny" / "blobs"
     assert not (blobs / actual).exists()
     assert not (blobs.parent / "snapshots" / COMMIT / "arcface.safetensors").exists()
 
-    hub.corrupt.clear()   # the next run downloads the file anew
+    hub.fail.clear()   # the next run downloads the file anew
     paths = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
     assert hashlib.sha256(paths["arcface"].read_bytes()).hexdigest() == expected
 
