@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from falco.config import WEIGHTS_REPO_ENV, weights_source
+from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, weights_source
 from falco.errors import HubUnavailableError, WeightsError, first_line
 from falco.weights.manifest import (
     ARTIFACTS,
@@ -54,6 +54,17 @@ def parse_source(source: str | None = None) -> WeightSource:
     except HFValidationError as err:
         raise WeightsError(f"{source!r} is neither a weights folder nor a Hub repo id (user/name).") from err
     return WeightSource(repo_id=repo_id, revision=revision or None)
+
+
+def is_published(source: str | None = None, manifest: Manifest | str | Path | None = None) -> bool:
+    """Whether ``source`` names a weight set that exists as such: a folder, a repo other than the project's, a
+    revision asked for, or the project's repo once its manifest (``weights/manifest.json``) pins it.  While
+    nothing is pinned, the project's repo has no set: a first start prepares one from the official checkpoints."""
+    src = parse_source(source)
+    if src.folder is not None or src.repo_id != DEFAULT_WEIGHTS_REPO or src.revision is not None:
+        return True
+    pinned = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest or PROJECT_MANIFEST)
+    return pinned.repo_id == src.repo_id and pinned.pins(ARTIFACTS)
 
 
 @dataclass(frozen=True)
@@ -150,7 +161,6 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 def _download(repo_id: str, filename: str, revision: str, size: int | None, progress: bool) -> Path:
     """hf_hub_download into the standard cache, every failure turned into a one-line WeightsError
     (HubUnavailableError where the Hub or the network fails for now)."""
-    import httpx
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -199,7 +209,7 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
         raise (HubUnavailableError if for_now else WeightsError)(
             f"Downloading {filename} from {where} failed: {first_line(err)}") from err
     except Exception as err:   # transport errors of the HTTP client, which vary across versions
-        for_now = isinstance(err, httpx.TransportError)
+        for_now = isinstance(err, network_errors())
         raise (HubUnavailableError if for_now else WeightsError)(
             f"Downloading {filename} from {where} failed ({type(err).__name__}: {first_line(err)}); "
             "check the network connection and try again.") from err
@@ -213,3 +223,17 @@ def _ensure_space(size: int, directory: Path, filename: str) -> None:
     if free < size:
         raise WeightsError(f"Not enough disk space for {filename}: it needs {size / 1e6:.0f} MB and {directory} "
                            f"has {free / 1e6:.0f} MB free; free some space or set HF_HOME to a larger disk.")
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the network failing for now, of whichever HTTP client huggingface_hub uses (requests, httpx or
+    httpx2, depending on its version)."""
+    from importlib import import_module
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (("httpx", ("TransportError",)), ("httpx2", ("TransportError",)),
+                          ("requests", ("ConnectionError", "Timeout"))):
+        try:
+            found += [getattr(import_module(module), name) for name in names]
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)

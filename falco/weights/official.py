@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from falco.errors import HubUnavailableError, WeightsError, first_line
+from falco.weights.hub import network_errors
 from falco.weights.manifest import sha256_file
 
 KINDS = ("hub", "url", "package")
@@ -350,7 +351,7 @@ def _from_url(url: str, path: Path, size: int | None, report: Progress) -> Path:
                         bar.update(len(chunk))
             partial.replace(path)
             return path
-        except _transport_errors() as err:
+        except network_errors() as err:
             arrived = partial.is_file() and partial.stat().st_size > have
             if not arrived or attempt == URL_ATTEMPTS - 1:
                 raise HubUnavailableError(f"network error ({type(err).__name__}: {first_line(err)})") from err
@@ -370,19 +371,5 @@ def _http_error(status: int | None) -> WeightsError:
 def _failure(err: Exception) -> WeightsError:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return WeightsError("the disk filled up")
-    for_now = isinstance(err, _transport_errors())
+    for_now = isinstance(err, network_errors())
     return (HubUnavailableError if for_now else WeightsError)(f"{type(err).__name__}: {first_line(err)}")
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Errors of the network failing for now, of whichever HTTP client huggingface_hub uses (requests, httpx or
-    httpx2, depending on its version)."""
-    from importlib import import_module
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, names in (("httpx", ("TransportError",)), ("httpx2", ("TransportError",)),
-                          ("requests", ("ConnectionError", "Timeout"))):
-        try:
-            found += [getattr(import_module(module), name) for name in names]
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
