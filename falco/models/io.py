@@ -119,8 +119,15 @@ def _latent_avg_rows(latent_avg: torch.Tensor, n_styles: int, path: str | Path) 
     return t.clone()
 
 
+def _official_config(found: dict, override: dict | None) -> dict:
+    # Official containers carry no config: the architecture is the default one unless the caller names
+    # another (tests convert tiny official-layout files).
+    return {**found, **(override or {})}
+
+
 def _read_with_latent_avg(path: str | Path, network: str,
-                          official: Callable[[object], tuple[Mapping[str, torch.Tensor], dict]]
+                          official: Callable[[object], tuple[Mapping[str, torch.Tensor], dict]],
+                          override: dict | None = None
                           ) -> tuple[Mapping[str, torch.Tensor], dict, torch.Tensor | None]:
     """(state, config, latent_avg or None) of a network stored with its ``latent_avg``.
 
@@ -133,55 +140,55 @@ def _read_with_latent_avg(path: str | Path, network: str,
         latent_avg = state.pop("latent_avg", None)
         return state, config, latent_avg
     state, config = official(payload)
-    return state, config, payload.get("latent_avg")
+    return state, _official_config(config, override), payload.get("latent_avg")
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, torch.Tensor]:
-    """(Generator, mean w [style_dim]) from our file, ``stylegan2-ffhq-config-f.pt`` or ``e4e_ffhq_encode.pt``."""
+def load_generator(path: str | Path, device: str | torch.device = "cpu",
+                   config: dict | None = None) -> tuple[Generator, torch.Tensor]:
+    """(Generator, mean w [style_dim]) from our file, ``stylegan2-ffhq-config-f.pt`` or ``e4e_ffhq_encode.pt``;
+    ``config`` is the architecture of an official file (default: the official one)."""
     def official(payload: object) -> tuple[Mapping[str, torch.Tensor], dict]:
         if isinstance(payload, dict) and "g_ema" in payload:
             return payload["g_ema"], {}
         # e4e's checkpoint carries the generator it was trained against
         return _strip(_state_dict_of(payload, path, "state_dict"), "decoder."), {}
 
-    state, config, latent_avg = _read_with_latent_avg(path, "generator", official)
+    state, config, latent_avg = _read_with_latent_avg(path, "generator", official, config)
     model = _build(Generator, config, state, path)
     mean_w = estimate_mean_w(model) if latent_avg is None else _mean_w_from(latent_avg)
     return model.to(device), mean_w.to(device)
 
 
-def load_e4e(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder4Editing, torch.Tensor]:
+def load_e4e(path: str | Path, device: str | torch.device = "cpu",
+             config: dict | None = None) -> tuple[Encoder4Editing, torch.Tensor]:
     """(Encoder4Editing, latent_avg [n_styles, style_dim]) from our file or ``e4e_ffhq_encode.pt``."""
     def official(payload: object) -> tuple[Mapping[str, torch.Tensor], dict]:
         state = _strip(_state_dict_of(payload, path, "state_dict"), "encoder.")
         styles = {int(k.split(".")[1]) for k in state if k.startswith("styles.")}
         return state, ({"n_styles": max(styles) + 1} if styles else {})
 
-    state, config, latent_avg = _read_with_latent_avg(path, "e4e", official)
+    state, config, latent_avg = _read_with_latent_avg(path, "e4e", official, config)
     if latent_avg is None:
         raise WeightsError(f"{Path(path).name} has no latent_avg; e4e codes are offsets from it.")
     model = _build(Encoder4Editing, config, state, path)
     return model.to(device), _latent_avg_rows(latent_avg, model.config["n_styles"], path).to(device)
 
 
-def load_arcface(path: str | Path, device: str | torch.device = "cpu") -> ArcFace:
+def load_arcface(path: str | Path, device: str | torch.device = "cpu", config: dict | None = None) -> ArcFace:
     """ArcFace from our file or ``model_ir_se50.pth`` (a bare state dict)."""
-    payload, config = _read(path, "arcface")
-    if config is None:
-        if not isinstance(payload, dict):
-            raise WeightsError(f"{Path(path).name} is not a state dict.")
-        config = {}
-    return _build(ArcFace, config, payload, path).to(device)
+    payload, own = _read(path, "arcface")
+    if own is None and not isinstance(payload, dict):
+        raise WeightsError(f"{Path(path).name} is not a state dict.")
+    return _build(ArcFace, own or _official_config({}, config), payload, path).to(device)
 
 
-def load_farl(path: str | Path, device: str | torch.device = "cpu") -> FaRL:
+def load_farl(path: str | Path, device: str | torch.device = "cpu", config: dict | None = None) -> FaRL:
     """FaRL image tower from our file or the official ``FaRL-*.pth`` (CLIP layout under ``state_dict``)."""
-    payload, config = _read(path, "farl")
-    if config is None:
-        config = {}
+    payload, own = _read(path, "farl")
+    if own is None:
         # The official file also holds the text tower and pre-training heads: only visual.* is ours.
         payload = {k: v for k, v in _state_dict_of(payload, path, "state_dict").items() if k.startswith("visual.")}
-    return _build(FaRL, config, payload, path).to(device)
+    return _build(FaRL, own or _official_config({}, config), payload, path).to(device)
 
 
 def save_network(path: str | Path, network: str, model: nn.Module,
@@ -200,20 +207,21 @@ def save_network(path: str | Path, network: str, model: nn.Module,
     return path
 
 
-def convert(network: str, src: str | Path, dst: str | Path) -> Path:
+def convert(network: str, src: str | Path, dst: str | Path, config: dict | None = None) -> Path:
     """Official checkpoint (or our file) -> our safetensors file for ``network``.
 
     The weights go through the network itself, so a checkpoint with the wrong layout
-    fails here, at publishing time, and not on a user's machine.
+    fails here, at publishing time, and not on a user's machine.  ``config``: the
+    architecture of an official checkpoint (default: the official one).
     """
     if network == "generator":
-        model, mean_w = load_generator(src)
+        model, mean_w = load_generator(src, config=config)
         return save_network(dst, network, model, {"latent_avg": mean_w})
     if network == "e4e":
-        model, latent_avg = load_e4e(src)
+        model, latent_avg = load_e4e(src, config=config)
         return save_network(dst, network, model, {"latent_avg": latent_avg})
     if network == "arcface":
-        return save_network(dst, network, load_arcface(src))
+        return save_network(dst, network, load_arcface(src, config=config))
     if network == "farl":
-        return save_network(dst, network, load_farl(src))
+        return save_network(dst, network, load_farl(src, config=config))
     raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
