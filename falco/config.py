@@ -91,9 +91,10 @@ class OptimConfig:
 class BankConfig:
     truncation_psi: float = 0.7
     size: int = 60_000                 # the paper's bank size
-    # A set prepared on a CPU gets this many fakes (a prefix of the full bank): a fake takes ~8 s there, so the
-    # first start spends ~CPU_SIZE_MINUTES on it (measured: README "First start").  A GPU builds `size`.
-    cpu_size: int = 48
+    # A set prepared on a CPU gets this many fakes, the first rows of the full bank: a fake took 8-12 s on the
+    # 2-core development CPU, so a first start spends 5-8 minutes on them (README "First start").  A GPU
+    # builds `size`.
+    cpu_size: int = 40
     seed: int = 0
     k_nearest: int = 1                 # >1: draw the fake among the k nearest ("another fake")
     chunk_rows: int = 256              # rows per resumable part file while building

@@ -101,9 +101,9 @@ def test_progress_arrives_in_order_and_reads_as_a_sentence(prepared):
     _, events = prepared
     stages = [(e.stage, e.item) for e in events]
     order = list(dict.fromkeys(stages))
-    assert order == [(stage, item) for item in ("e4e", "ArcFace", "FaRL") for stage in ("downloading", "converting")] + [
-        ("downloading", "dlib models"), ("converting", "dlib models"), ("building the fake bank", "fake bank"),
-        ("checking", "the weights")]
+    items = ("e4e", "ArcFace", "FaRL", "dlib models")
+    assert order == [(stage, item) for item in items for stage in ("downloading", "converting")] + [
+        ("building the fake bank", "fake bank"), ("checking", "the weights")]
     assert events[1].describe() == "Preparing the models on first start: downloading e4e (1 of 4), 50%"
     dlib = [e.fraction for e in events if e.item == "dlib models" and e.stage == "downloading"]
     assert dlib == [None, 0.25, 0.5, None, 0.75, 1.0]   # two files, one item
@@ -171,3 +171,23 @@ def test_prepared_folder_is_under_hf_home_unless_set(monkeypatch, tmp_path):
     assert prepare_module.prepared_folder() == tmp_path / "falco" / "prepared-weights"
     monkeypatch.setenv(PREPARED_WEIGHTS_ENV, str(tmp_path / "mine"))
     assert prepare_module.prepared_folder() == tmp_path / "mine"
+
+
+def test_command_line_prepares_and_publishes_from_official(monkeypatch, tmp_path, capsys):
+    from falco.weights import __main__ as cli
+    asked = []
+
+    def fake_prepare(out, bank_size, device, progress):
+        asked.append((out, bank_size, device))
+        for fraction in (None, 0.01, 0.05, 0.12, 0.5, 1.0):
+            progress(PrepareProgress("downloading", "e4e", 1, 4, fraction))
+        return tmp_path if out is None else out
+
+    monkeypatch.setattr(cli, "prepare_weights", fake_prepare)
+    assert cli.main(["prepare", "--bank-size", "8", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"weights prepared in {tmp_path}\n"
+    assert [line.rsplit(" ", 1)[-1] for line in err.splitlines()] == ["4)", "0%", "10%", "50%", "100%"]
+    assert cli.main(["publish", "--repo", "you/name", "--from-official", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert asked == [(None, 8, "cpu"), (tmp_path, BankConfig().size, None)]
+    assert capsys.readouterr().out == f"Hub folder written to {tmp_path} (not uploaded)\n"

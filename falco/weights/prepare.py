@@ -33,7 +33,8 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "arcface": ("arcface",), "farl": ("farl",),
     "dlib_landmarks": ("dlib_landmarks",), "dlib_recognition": ("dlib_recognition",),
 }
-CPU_SECONDS_PER_FAKE = 8.2   # full-size generator + FaRL, 2-core development machine (README "First start")
+# Full-size generator + FaRL on the 2-core development CPU: 8-12 s a fake (README "First start"); for the estimate.
+CPU_SECONDS_PER_FAKE = 10.0
 PREPARED_NOTE = "Prepared on this machine from the official checkpoints by `python -m falco.weights prepare`."
 
 
