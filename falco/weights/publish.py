@@ -1,7 +1,7 @@
 """Publishing: the official checkpoints converted to the Hub layout, checked, and uploaded at a pinned commit.
 
-Downloads are never unpickled; the official ``.pt``/``.pth`` files are read here only, from the
-publisher's own disk, with ``torch.load(weights_only=True)`` (falco.models.io).
+Hub downloads are never unpickled; the official ``.pt``/``.pth`` files (named here, or downloaded by
+falco.weights.prepare) are read with ``torch.load(weights_only=True)`` only (falco.models.io).
 """
 
 from __future__ import annotations
