@@ -191,3 +191,13 @@ def test_command_line_prepares_and_publishes_from_official(monkeypatch, tmp_path
     assert cli.main(["publish", "--repo", "you/name", "--from-official", "--dry-run", "--out", str(tmp_path)]) == 0
     assert asked == [(None, 8, "cpu"), (tmp_path, BankConfig().size, None)]
     assert capsys.readouterr().out == f"Hub folder written to {tmp_path} (not uploaded)\n"
+
+
+def test_finding_a_prepared_set_needs_no_torch():
+    """The app looks for the set at startup while torch and Gradio import in the meantime."""
+    import subprocess
+    import sys
+    check = "import sys, falco.weights.prepare; print(sorted(m for m in ('torch', 'dlib') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"
