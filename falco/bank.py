@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,9 @@ def bank_config(generator, config: BankConfig) -> dict:
 
 
 def build_bank(out: str | Path, n: int, generator, mean_w: torch.Tensor, farl,
-               config: BankConfig = BankConfig(), progress: bool = True) -> FakeBank:
-    """Build (or extend, or finish) the bank at ``out`` up to ``n`` rows.
+               config: BankConfig = BankConfig(), progress: bool = True,
+               rows_done: Callable[[int], None] | None = None) -> FakeBank:
+    """Build (or extend, or finish) the bank at ``out`` up to ``n`` rows; ``rows_done(count)`` after each chunk.
 
     Finished chunks go to ``<out>.parts/`` as they complete; an interrupted build picks up
     after the last complete chunk.  An existing bank at ``out`` made with the same settings
@@ -130,6 +132,8 @@ def build_bank(out: str | Path, n: int, generator, mean_w: torch.Tensor, farl,
         _check_compatible(done, meta, generator, mean_w, farl, config)
     count = sum(len(b) for b in done)
     bar = tqdm(total=n, initial=min(count, n), unit="face", desc="fake bank", disable=not progress)
+    if rows_done:
+        rows_done(min(count, n))
     parts_dir.mkdir(parents=True, exist_ok=True)
     while count < n:
         stop = min(count + config.chunk_rows, n)
@@ -140,6 +144,8 @@ def build_bank(out: str | Path, n: int, generator, mean_w: torch.Tensor, farl,
         done.append(part)
         bar.update(stop - count)
         count = stop
+        if rows_done:
+            rows_done(count)
     bar.close()
     bank = FakeBank(torch.cat([b.w for b in done])[:n], torch.cat([b.embeddings for b in done])[:n],
                     torch.cat([b.seeds for b in done])[:n], meta)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 # --weights) overrides it; a local folder path can stand in for the repo.
 DEFAULT_WEIGHTS_REPO = "falco-space/falco-weights"
 WEIGHTS_REPO_ENV = "FALCO_WEIGHTS_REPO"
+# Where a set prepared from the official checkpoints is cached when no published set exists
+# (default: a folder under HF_HOME, see falco.weights.prepare).
+PREPARED_WEIGHTS_ENV = "FALCO_PREPARED_WEIGHTS"
 
 
 def weights_source() -> str:
@@ -88,6 +91,10 @@ class OptimConfig:
 class BankConfig:
     truncation_psi: float = 0.7
     size: int = 60_000                 # the paper's bank size
+    # A set prepared on a CPU gets this many fakes, the first rows of the full bank: a fake took 8-12 s on the
+    # 2-core development CPU, so a first start spends 5-8 minutes on them (README "First start").  A GPU
+    # builds `size`.
+    cpu_size: int = 40
     seed: int = 0
     k_nearest: int = 1                 # >1: draw the fake among the k nearest ("another fake")
     chunk_rows: int = 256              # rows per resumable part file while building

@@ -319,12 +319,13 @@ def test_publish_builds_the_bank_from_the_converted_networks(tiny_weights, tmp_p
     import shutil
 
     from falco.bank import FakeBank
-    from falco.weights.publish import _build_bank_from_folder, _check_bank
+    from falco.weights.assemble import build_bank_from_folder
+    from falco.weights.publish import _check_bank
 
     folder = tmp_path / "hub"
     shutil.copytree(tiny_weights, folder)
     (folder / ARTIFACTS["fake_bank"]).unlink()
-    _build_bank_from_folder(folder, 5, "cpu")
+    build_bank_from_folder(folder, 5, "cpu")
     bank = FakeBank.load(folder / ARTIFACTS["fake_bank"])
     assert len(bank) == 5
     _check_bank(folder / ARTIFACTS["fake_bank"], folder / ARTIFACTS["generator"], folder / ARTIFACTS["farl"])

@@ -33,8 +33,9 @@ from falco.weights import (
     fetch_weights,
     parse_source,
 )
+from falco.weights.assemble import copy_dlib_model
 from falco.weights.manifest import PROJECT_MANIFEST
-from falco.weights.publish import _copy_dlib_model, upload_weights
+from falco.weights.publish import upload_weights
 from falco.weights.random_set import make_random_weights
 from tests.fake_hub import COMMIT, REPO, FakeHub
 
@@ -226,7 +227,7 @@ def test_dlib_models_are_decompressed_when_bz2(tmp_path):
     import bz2
     payload = bytes(range(256)) * 100
     (tmp_path / "model.dat.bz2").write_bytes(bz2.compress(payload))
-    _copy_dlib_model(tmp_path / "model.dat.bz2", tmp_path / "model.dat")
+    copy_dlib_model(tmp_path / "model.dat.bz2", tmp_path / "model.dat")
     assert (tmp_path / "model.dat").read_bytes() == payload
 
 

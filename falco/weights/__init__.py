@@ -4,8 +4,11 @@
     hub         a local folder, or a Hub repo fetched at a pinned commit and verified
     random_set  random-noise sets in the exact layout (tests, offline smoke runs)
     model_card  the README.md of a published set
+    official    where each official checkpoint is downloaded from
+    assemble    steps shared by publish and prepare: dlib files, the bank, manifest and model card
+    prepare     a set built on this machine from the official checkpoints when none is published
     publish     the official checkpoints converted, checked and uploaded
-    __main__    the command line: python -m falco.weights fetch | random | publish
+    __main__    the command line: python -m falco.weights fetch | random | prepare | publish
 """
 
 from falco.weights.hub import WeightPaths, WeightSource, fetch_weights, parse_source

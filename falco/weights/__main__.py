@@ -2,22 +2,28 @@
 
     python -m falco.weights fetch  [--weights REPO[@REV]|FOLDER]
     python -m falco.weights random --out DIR [--tiny]
+    python -m falco.weights prepare [--out DIR] [--bank-size N] [--device D]
     python -m falco.weights publish --repo user/name --e4e ... --arcface ... --farl ... \\
         --landmarks ... --recognition ... --bank ... [--generator ...] [--out DIR --dry-run]
+    python -m falco.weights publish --repo user/name --from-official [--bank-size N] [--device D] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV
+from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, BankConfig
 from falco.errors import FalcoError
 from falco.weights.hub import check_names, fetch_weights
 from falco.weights.manifest import ARTIFACTS, PROJECT_MANIFEST
-from falco.weights.publish import publish
+from falco.weights.prepare import PrepareProgress, prepare_weights, prepared_folder
+from falco.weights.publish import publish, upload_weights
 from falco.weights.random_set import make_random_weights
+
+OFFICIAL_FILE_ARGS = ("e4e", "arcface", "farl", "landmarks", "recognition")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,17 +44,30 @@ def main(argv: list[str] | None = None) -> int:
     rand.add_argument("--names", nargs="+", choices=list(ARTIFACTS), default=None)
     rand.add_argument("--bank-size", type=int, default=None)
 
+    prep = sub.add_parser("prepare", help="download the official files, convert them and build the fake bank: "
+                                          "the set the app uses when no published one exists")
+    prep.add_argument("--out", type=Path, default=None, help="default: $FALCO_PREPARED_WEIGHTS or "
+                                                             "$HF_HOME/falco/prepared-weights")
+    prep.add_argument("--bank-size", type=int, default=None,
+                      help=f"fakes in the bank (default {BankConfig().size} on a GPU, "
+                           f"{BankConfig().cpu_size} on a CPU)")
+    prep.add_argument("--device", default=None, help="device building the bank (default cuda where there is one)")
+
     pub = sub.add_parser("publish", help="convert the official files to the Hub layout and upload them")
     pub.add_argument("--repo", required=True, help="Hub repo id to upload to (user/name)")
-    pub.add_argument("--e4e", type=Path, required=True, help="e4e_ffhq_encode.pt")
-    pub.add_argument("--arcface", type=Path, required=True, help="model_ir_se50.pth")
-    pub.add_argument("--farl", type=Path, required=True, help="FaRL-Base-Patch16-LAIONFace20M-ep64.pth")
-    pub.add_argument("--landmarks", type=Path, required=True, help="shape_predictor_68_face_landmarks.dat[.bz2]")
-    pub.add_argument("--recognition", type=Path, required=True, help="dlib_face_recognition_resnet_model_v1.dat[.bz2]")
+    pub.add_argument("--from-official", action="store_true",
+                     help="download the official files (as prepare does) instead of naming them")
+    pub.add_argument("--e4e", type=Path, help="e4e_ffhq_encode.pt")
+    pub.add_argument("--arcface", type=Path, help="model_ir_se50.pth")
+    pub.add_argument("--farl", type=Path, help="FaRL-Base-Patch16-LAIONFace20M-ep64.pth")
+    pub.add_argument("--landmarks", type=Path, help="shape_predictor_68_face_landmarks.dat[.bz2]")
+    pub.add_argument("--recognition", type=Path, help="dlib_face_recognition_resnet_model_v1.dat[.bz2]")
     pub.add_argument("--bank", type=Path, default=None,
                      help="a fake_bank.safetensors built from these networks (default: build one here)")
     pub.add_argument("--bank-size", type=int, default=None, help="rows of the bank built here (default 60000)")
-    pub.add_argument("--device", default="cpu", help="device for building the bank (cuda is much faster)")
+    pub.add_argument("--device", default=None,
+                     help="device for building the bank (cuda is much faster; default: cpu, or with "
+                          "--from-official cuda where there is one)")
     pub.add_argument("--generator", type=Path, default=None,
                      help="stylegan2-ffhq-config-f.pt (default: the decoder inside the e4e file)")
     pub.add_argument("--out", type=Path, default=None, help="write the Hub folder here (default: a temp folder)")
@@ -66,16 +85,28 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "random":
             make_random_weights(args.out, args.tiny, args.names, args.bank_size, progress=True)
             print(f"random {'tiny' if args.tiny else 'full-size'} weights (noise) in {args.out}")
+        elif args.command == "prepare":
+            print(f"weights prepared in {_prepare(args.out, args.bank_size, args.device)}")
         else:
-            if args.dry_run and args.out is None:
-                parser.error("--dry-run needs --out")
-            manifest = publish(args.repo, e4e=args.e4e, arcface=args.arcface, farl=args.farl,
-                               landmarks=args.landmarks, recognition=args.recognition, bank=args.bank,
-                               generator=args.generator, bank_size=args.bank_size, device=args.device,
-                               out=args.out, dry_run=args.dry_run,
-                               private=args.private, manifest_path=args.manifest)
+            folder = args.out
+            if args.from_official:
+                # A published set gets the paper's bank whatever the device; its own folder, not the app's cache.
+                folder = _prepare(folder or prepared_folder().with_name("published-weights"),
+                                  args.bank_size or BankConfig().size, args.device)
+                manifest = None if args.dry_run else upload_weights(folder, args.repo, args.private, args.manifest)
+            else:
+                missing = [f"--{name}" for name in OFFICIAL_FILE_ARGS if getattr(args, name) is None]
+                if missing:
+                    parser.error(f"publish needs {', '.join(missing)} (or --from-official)")
+                if args.dry_run and args.out is None:
+                    parser.error("--dry-run needs --out")
+                manifest = publish(args.repo, e4e=args.e4e, arcface=args.arcface, farl=args.farl,
+                                   landmarks=args.landmarks, recognition=args.recognition, bank=args.bank,
+                                   generator=args.generator, bank_size=args.bank_size, device=args.device or "cpu",
+                                   out=args.out, dry_run=args.dry_run,
+                                   private=args.private, manifest_path=args.manifest)
             if args.dry_run:
-                print(f"Hub folder written to {args.out} (not uploaded)")
+                print(f"Hub folder written to {folder} (not uploaded)")
             else:
                 print(f"published {args.repo}@{manifest.revision}; pinned manifest written to {args.manifest}: "
                       "commit it")
@@ -83,6 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _prepare(out: Path | None, bank_size: int | None, device: str | None) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # the bank's size and time estimate
+    shown: list[str] = []
+
+    def show(event: PrepareProgress) -> None:
+        # One line per item and stage and per 10 %, so a log stays readable.
+        tenths = None if event.fraction is None else int(event.fraction * 10) / 10
+        line = PrepareProgress(event.stage, event.item, event.index, event.total, tenths).describe()
+        if line not in shown:
+            shown.append(line)
+            print(line, file=sys.stderr, flush=True)
+
+    return prepare_weights(out, bank_size, device, progress=show)
 
 
 if __name__ == "__main__":

@@ -1,55 +1,25 @@
 """Publishing: the official checkpoints converted to the Hub layout, checked, and uploaded at a pinned commit.
 
-Downloads are never unpickled; the official ``.pt``/``.pth`` files are read here only, from the
-publisher's own disk, with ``torch.load(weights_only=True)`` (falco.models.io).
+Hub downloads are never unpickled; the official ``.pt``/``.pth`` files (named here, or downloaded by
+falco.weights.prepare) are read with ``torch.load(weights_only=True)`` only (falco.models.io).
 """
 
 from __future__ import annotations
 
-import bz2
 import shutil
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from falco.bank import FakeBank, build_bank, made_by
+from falco.bank import FakeBank, made_by
 from falco.config import BankConfig
 from falco.errors import WeightsError, first_line
 from falco.models import io
-from falco.weights.manifest import (
-    ARTIFACTS,
-    HASH_CHUNK,
-    MANIFEST_NAME,
-    MODEL_CARD_NAME,
-    NETWORKS,
-    PROJECT_MANIFEST,
-    Manifest,
-    describe_folder,
-    verify_file,
-)
-from falco.weights.model_card import model_card
+from falco.weights.assemble import build_bank_from_folder, check_dlib_model, copy_dlib_model, write_manifest
+from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, NETWORKS, PROJECT_MANIFEST, Manifest, verify_file
 
-
-def _copy_dlib_model(src: Path, dst: Path) -> None:
-    # dlib distributes its models bz2-compressed; the Hub holds them ready to load.
-    if src.suffix == ".bz2":
-        with bz2.open(src, "rb") as fin, open(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, HASH_CHUNK)
-    else:
-        shutil.copyfile(src, dst)
-
-
-def _check_dlib_models(landmarks: Path, recognition: Path) -> None:
-    import dlib
-    try:
-        dlib.shape_predictor(str(landmarks))
-    except RuntimeError as err:
-        raise WeightsError(f"{landmarks.name} is not a dlib shape predictor ({first_line(err)}).") from err
-    try:
-        dlib.face_recognition_model_v1(str(recognition))
-    except RuntimeError as err:
-        raise WeightsError(f"{recognition.name} is not a dlib face recognition model ({first_line(err)}).") from err
+PUBLISHED_NOTE = "Hashes of this folder; the pinned revision is recorded in the FALCO project's weights/manifest.json."
 
 
 def _check_bank(bank_path: Path, generator_path: Path, farl_path: Path) -> None:
@@ -99,25 +69,15 @@ def build_hub_folder(folder: str | Path, repo_id: str, *, e4e: str | Path, arcfa
         print(f"converting {inputs[name]} -> {ARTIFACTS[name]}", file=sys.stderr)
         io.convert(name, inputs[name], folder / ARTIFACTS[name])
     for name in ("dlib_landmarks", "dlib_recognition"):
-        _copy_dlib_model(Path(inputs[name]), folder / ARTIFACTS[name])
-    _check_dlib_models(folder / ARTIFACTS["dlib_landmarks"], folder / ARTIFACTS["dlib_recognition"])
+        copy_dlib_model(Path(inputs[name]), folder / ARTIFACTS[name])
+        check_dlib_model(name, folder / ARTIFACTS[name])
     if bank is None:
-        _build_bank_from_folder(folder, bank_size or BankConfig().size, device)
+        build_bank_from_folder(folder, bank_size or BankConfig().size, device)
     else:
         _check_bank(Path(bank), folder / ARTIFACTS["generator"], folder / ARTIFACTS["farl"])
         shutil.copyfile(bank, folder / ARTIFACTS["fake_bank"])
 
-    manifest = describe_folder(folder, repo_id, note="Hashes of this folder; the pinned revision is recorded in "
-                                                      "the FALCO project's weights/manifest.json.")
-    manifest.write(folder / MANIFEST_NAME)
-    (folder / MODEL_CARD_NAME).write_text(model_card(manifest))
-    return manifest
-
-
-def _build_bank_from_folder(folder: Path, n: int, device: str) -> None:
-    generator, mean_w = io.load_generator(folder / ARTIFACTS["generator"], device)
-    farl = io.load_farl(folder / ARTIFACTS["farl"], device)
-    build_bank(folder / ARTIFACTS["fake_bank"], n, generator, mean_w.to(device), farl)
+    return write_manifest(folder, repo_id, PUBLISHED_NOTE)
 
 
 def upload_weights(folder: str | Path, repo_id: str, private: bool = False,

@@ -1,0 +1,203 @@
+"""A weight set prepared from the official checkpoints: tiny official-layout files stand in for the downloads."""
+
+import bz2
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from falco.config import BankConfig
+from falco.errors import WeightsError
+from falco.models import io
+from falco.models.random_weights import TINY_CONFIGS, random_network
+from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, fetch_weights
+from falco.weights import prepare as prepare_module
+from falco.weights.prepare import PrepareProgress, bank_size_for, find_prepared, prepare_weights
+from falco.weights.random_set import packaged_dlib_model
+
+BANK_SIZE = 4
+
+
+@pytest.fixture(scope="session")
+def official_files(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random networks in the containers of the official releases (what the loaders of io read)."""
+    folder = tmp_path_factory.mktemp("official")
+    generator, e4e = random_network("generator", tiny=True), random_network("e4e", tiny=True)
+    latent_avg = io.estimate_mean_w(generator, samples=256).expand(e4e.config["n_styles"], -1).clone()
+    state = {**{f"encoder.{k}": v for k, v in e4e.state_dict().items()},
+             **{f"decoder.{k}": v for k, v in generator.state_dict().items()}}
+    files = {name: folder / filename for name, filename in (
+        ("e4e", "e4e_ffhq_encode.pt"), ("arcface", "model_ir_se50.pth"),
+        ("farl", "FaRL-Base-Patch16-LAIONFace20M-ep64.pth"),
+        ("dlib_landmarks", ARTIFACTS["dlib_landmarks"]), ("dlib_recognition", ARTIFACTS["dlib_recognition"] + ".bz2"))}
+    torch.save({"state_dict": state, "latent_avg": latent_avg, "opts": {"stylegan_size": 64}}, files["e4e"])
+    torch.save(random_network("arcface", tiny=True).state_dict(), files["arcface"])
+    farl = random_network("farl", tiny=True).state_dict()   # keys visual.*; the text tower is not ours
+    torch.save({"state_dict": {**farl, "text_projection": torch.zeros(4, 4)}}, files["farl"])
+    shutil.copyfile(packaged_dlib_model(ARTIFACTS["dlib_landmarks"]), files["dlib_landmarks"])
+    # dlib distributes its files bz2-compressed
+    files["dlib_recognition"].write_bytes(bz2.compress(
+        packaged_dlib_model(ARTIFACTS["dlib_recognition"]).read_bytes(), compresslevel=1))
+    return files
+
+
+class FakeOfficial:
+    """fetch_official over local files: each name's sources are tried in order, as the real one does."""
+
+    def __init__(self, files: dict[str, Path], fail_on_call: int | None = None,
+                 bad_first_source: dict[str, Path] | None = None):
+        self.files, self.fail_on_call, self.bad_first_source = files, fail_on_call, bad_first_source or {}
+        self.calls: list[str] = []
+
+    def __call__(self, name, folder, check=None, progress=None, sources=None):
+        self.calls.append(name)
+        if len(self.calls) == self.fail_on_call:
+            raise WeightsError(f"Downloading {name} failed: connection reset.")
+        candidates = [self.bad_first_source[name]] if name in self.bad_first_source else []
+        for src in [*candidates, self.files[name]]:
+            path, source = Path(folder) / self.files[name].name, SimpleNamespace(url=str(src), layout="official")
+            shutil.copyfile(src, path)
+            progress(0.5)
+            progress(1.0)
+            try:
+                check(path, source)
+            except WeightsError:
+                path.unlink()
+                continue
+            return path, source
+        raise WeightsError(f"No source of {name} passed its check.")
+
+
+def run_prepare(files, out: Path, fake: FakeOfficial, monkeypatch, events=None) -> Path:
+    monkeypatch.setattr(prepare_module.official, "fetch_official", fake)
+    return prepare_weights(out, bank_size=BANK_SIZE, device="cpu", configs=TINY_CONFIGS,
+                           progress=None if events is None else events.append)
+
+
+@pytest.fixture(scope="module")
+def prepared(official_files, tmp_path_factory):
+    events: list[PrepareProgress] = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        out = run_prepare(official_files, tmp_path_factory.mktemp("prepared") / "set", FakeOfficial(official_files),
+                          monkeypatch, events)
+    return out, events
+
+
+def test_prepared_set_is_fetched_and_loaded_like_a_published_one(prepared):
+    from falco.pipeline import FalcoPipeline
+    out, _ = prepared
+    assert find_prepared(out) == out and not out.with_name(out.name + ".partial").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS.values(), MANIFEST_NAME, "README.md"])
+    paths = fetch_weights(str(out), progress=False)
+    assert all(paths[name].is_file() for name in ARTIFACTS)
+    assert Manifest.load(out / MANIFEST_NAME).artifacts.keys() == ARTIFACTS.keys()
+    pipeline = FalcoPipeline.from_pretrained(str(out), device="cpu", progress=False)
+    assert len(pipeline.bank) == BANK_SIZE
+
+
+def test_progress_arrives_in_order_and_reads_as_a_sentence(prepared):
+    _, events = prepared
+    stages = [(e.stage, e.item) for e in events]
+    order = list(dict.fromkeys(stages))
+    items = ("e4e", "ArcFace", "FaRL", "dlib models")
+    assert order == [(stage, item) for item in items for stage in ("downloading", "converting")] + [
+        ("building the fake bank", "fake bank"), ("checking", "the weights")]
+    assert events[1].describe() == "Preparing the models on first start: downloading e4e (1 of 4), 50%"
+    dlib = [e.fraction for e in events if e.item == "dlib models" and e.stage == "downloading"]
+    assert dlib == [None, 0.25, 0.5, None, 0.75, 1.0]   # two files, one item
+    bank = [e.fraction for e in events if e.stage == "building the fake bank"]
+    assert bank == [0.0, 1.0] and events[-1].describe() == "Preparing the models on first start: checking the weights"
+
+
+def test_second_call_returns_the_set_without_fetching(prepared, monkeypatch):
+    out, _ = prepared
+    fake = FakeOfficial({}, fail_on_call=1)
+    assert run_prepare({}, out, fake, monkeypatch) == out and fake.calls == []
+
+
+def test_interrupted_prepare_leaves_no_set_and_resumes_without_refetching(official_files, tmp_path, monkeypatch):
+    out = tmp_path / "set"
+    first = FakeOfficial(official_files, fail_on_call=3)
+    with pytest.raises(WeightsError, match="connection reset"):
+        run_prepare(official_files, out, first, monkeypatch)
+    partial = out.with_name("set.partial")
+    assert not out.exists() and find_prepared(out) is None and find_prepared(partial) is None
+    assert first.calls == ["e4e", "arcface", "farl"] and (partial / ARTIFACTS["arcface"]).is_file()
+    (partial / MANIFEST_NAME).write_text(Manifest.unpublished().to_json())   # as if a crash came mid-write
+    assert find_prepared(partial) is None
+    second = FakeOfficial(official_files)
+    assert run_prepare(official_files, out, second, monkeypatch) == out
+    assert second.calls == ["farl", "dlib_landmarks", "dlib_recognition"]
+    assert find_prepared(out) == out and not partial.exists()
+
+
+def test_a_source_failing_its_conversion_is_dropped_for_the_next(official_files, tmp_path, monkeypatch):
+    fake = FakeOfficial(official_files, bad_first_source={"farl": official_files["arcface"]})
+    out = run_prepare(official_files, tmp_path / "set", fake, monkeypatch)
+    assert io.load_farl(out / ARTIFACTS["farl"]).config["width"] == TINY_CONFIGS["farl"]["width"]
+
+
+def test_damaged_set_is_not_reported(prepared, tmp_path):
+    copy = shutil.copytree(prepared[0], tmp_path / "set")
+    assert find_prepared(copy) == copy
+    farl = copy / ARTIFACTS["farl"]
+    data = bytearray(farl.read_bytes())
+    data[-1] ^= 1
+    farl.write_bytes(bytes(data))
+    assert find_prepared(copy) is None
+    (copy / MANIFEST_NAME).unlink()
+    assert find_prepared(copy) is None
+
+
+def test_foreign_folder_is_not_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(WeightsError, match="is not a FALCO weight set"):
+        prepare_weights(tmp_path, device="cpu")
+
+
+def test_bank_size_depends_on_the_device():
+    assert bank_size_for("cpu") == bank_size_for(torch.device("cpu")) == BankConfig().cpu_size
+    assert bank_size_for("cuda") == bank_size_for(torch.device("cuda", 1)) == BankConfig().size == 60_000
+    assert BankConfig().cpu_size < BankConfig().size
+
+
+def test_prepared_folder_is_under_hf_home_unless_set(monkeypatch, tmp_path):
+    from falco.config import PREPARED_WEIGHTS_ENV
+    monkeypatch.delenv(PREPARED_WEIGHTS_ENV, raising=False)
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path))
+    assert prepare_module.prepared_folder() == tmp_path / "falco" / "prepared-weights"
+    monkeypatch.setenv(PREPARED_WEIGHTS_ENV, str(tmp_path / "mine"))
+    assert prepare_module.prepared_folder() == tmp_path / "mine"
+
+
+def test_command_line_prepares_and_publishes_from_official(monkeypatch, tmp_path, capsys):
+    from falco.weights import __main__ as cli
+    asked = []
+
+    def fake_prepare(out, bank_size, device, progress):
+        asked.append((out, bank_size, device))
+        for fraction in (None, 0.01, 0.05, 0.12, 0.5, 1.0):
+            progress(PrepareProgress("downloading", "e4e", 1, 4, fraction))
+        return tmp_path if out is None else out
+
+    monkeypatch.setattr(cli, "prepare_weights", fake_prepare)
+    assert cli.main(["prepare", "--bank-size", "8", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"weights prepared in {tmp_path}\n"
+    assert [line.rsplit(" ", 1)[-1] for line in err.splitlines()] == ["4)", "0%", "10%", "50%", "100%"]
+    assert cli.main(["publish", "--repo", "you/name", "--from-official", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert asked == [(None, 8, "cpu"), (tmp_path, BankConfig().size, None)]
+    assert capsys.readouterr().out == f"Hub folder written to {tmp_path} (not uploaded)\n"
+
+
+def test_finding_a_prepared_set_needs_no_torch():
+    """The app looks for the set at startup while torch and Gradio import in the meantime."""
+    import subprocess
+    import sys
+    check = "import sys, falco.weights.prepare; print(sorted(m for m in ('torch', 'dlib') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"
