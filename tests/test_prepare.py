@@ -1,6 +1,5 @@
 """A weight set prepared from the official checkpoints: tiny official-layout files stand in for the downloads."""
 
-import bz2
 import shutil
 from pathlib import Path
 
@@ -10,36 +9,12 @@ import torch
 from falco.config import BankConfig
 from falco.errors import WeightsError
 from falco.models import io
-from falco.models.random_weights import TINY_CONFIGS, random_network
+from falco.models.random_weights import TINY_CONFIGS
 from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, fetch_weights, official
 from falco.weights import prepare as prepare_module
 from falco.weights.prepare import PrepareProgress, bank_size_for, find_prepared, prepare_weights
-from falco.weights.random_set import packaged_dlib_model
 
 BANK_SIZE = 4
-
-
-@pytest.fixture(scope="session")
-def official_files(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random networks in the containers of the official releases (what the loaders of io read)."""
-    folder = tmp_path_factory.mktemp("official")
-    generator, e4e = random_network("generator", tiny=True), random_network("e4e", tiny=True)
-    latent_avg = io.estimate_mean_w(generator, samples=256).expand(e4e.config["n_styles"], -1).clone()
-    state = {**{f"encoder.{k}": v for k, v in e4e.state_dict().items()},
-             **{f"decoder.{k}": v for k, v in generator.state_dict().items()}}
-    files = {name: folder / filename for name, filename in (
-        ("e4e", "e4e_ffhq_encode.pt"), ("arcface", "model_ir_se50.pth"),
-        ("farl", "FaRL-Base-Patch16-LAIONFace20M-ep64.pth"),
-        ("dlib_landmarks", ARTIFACTS["dlib_landmarks"]), ("dlib_recognition", ARTIFACTS["dlib_recognition"] + ".bz2"))}
-    torch.save({"state_dict": state, "latent_avg": latent_avg, "opts": {"stylegan_size": 64}}, files["e4e"])
-    torch.save(random_network("arcface", tiny=True).state_dict(), files["arcface"])
-    farl = random_network("farl", tiny=True).state_dict()   # keys visual.*; the text tower is not ours
-    torch.save({"state_dict": {**farl, "text_projection": torch.zeros(4, 4)}}, files["farl"])
-    shutil.copyfile(packaged_dlib_model(ARTIFACTS["dlib_landmarks"]), files["dlib_landmarks"])
-    # dlib distributes its files bz2-compressed
-    files["dlib_recognition"].write_bytes(bz2.compress(
-        packaged_dlib_model(ARTIFACTS["dlib_recognition"]).read_bytes(), compresslevel=1))
-    return files
 
 
 class FakeOfficial:

@@ -1,0 +1,82 @@
+"""A first start end to end, offline: the official files (tiny networks in the official containers, dlib's real
+models) come from a local server that answers like the Hub and like GitHub's release downloads.  A dead source,
+bytes other than the pinned ones and a file of the wrong layout each give way to the next source; the app
+prepares the set, serves, anonymizes; a second start uses the prepared set without the network."""
+
+import functools
+from dataclasses import replace
+
+import pytest
+from gradio_client import Client, handle_file
+
+from falco.config import PREPARED_WEIGHTS_ENV, WEIGHTS_REPO_ENV
+from falco.models.random_weights import TINY_CONFIGS
+from falco.ui import startup
+from falco.weights import official, prepare
+from falco.weights.official import Source
+from tests.fake_hub import FakeHub
+
+
+@pytest.fixture
+def server(official_files):
+    files = {name: path.read_bytes() for name, path in official_files.items()}
+    hub = FakeHub({"good/e4e": {"e4e_ffhq_encode.pt": files["e4e"]},
+                   "mirror/e4e": {"e4e_ffhq_encode.pt": files["e4e"]},
+                   "wrong-layout/arcface": {"model_ir_se50.pth": files["farl"]},   # FaRL's file under ArcFace's name
+                   "good/arcface": {"model_ir_se50.pth": files["arcface"]},
+                   "good/dlib": {official_files["dlib_landmarks"].name: files["dlib_landmarks"]}},
+                  urls={"/files/FaRL.pth": files["farl"],
+                        f"/files/{official_files['dlib_recognition'].name}": files["dlib_recognition"]})
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def official_sources(server, official_files, monkeypatch):
+    """The catalogue pointed at the local server; each file's first sources fail in another way."""
+    sources = {
+        "e4e": (Source("hub", "gone/e4e:e4e_ffhq_encode.pt"),                       # no such repo
+                Source("hub", "mirror/e4e:e4e_ffhq_encode.pt", sha256="0" * 64),    # other bytes than pinned
+                Source("hub", "good/e4e:e4e_ffhq_encode.pt")),
+        "arcface": (Source("hub", "wrong-layout/arcface:model_ir_se50.pth"),
+                    Source("hub", "good/arcface:model_ir_se50.pth")),
+        "farl": (Source("url", server.url("/files/FaRL.pth")),),
+        "dlib_landmarks": (Source("hub", f"good/dlib:{official_files['dlib_landmarks'].name}"),),
+        "dlib_recognition": (Source("url", server.url(f"/files/{official_files['dlib_recognition'].name}")),),
+    }
+    for name, tried in sources.items():
+        monkeypatch.setitem(official.OFFICIAL_FILES, name, replace(official.OFFICIAL_FILES[name], sources=tried))
+    return sources
+
+
+def test_a_first_start_prepares_serves_anonymizes_and_the_second_needs_no_network(
+        server, official_sources, astronaut, tmp_path, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_REPO_ENV, raising=False)   # the project's repo, which nothing pins yet
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv(PREPARED_WEIGHTS_ENV, str(tmp_path / "prepared"))
+    monkeypatch.setattr(startup, "prepare_weights",
+                        functools.partial(prepare.prepare_weights, configs=TINY_CONFIGS, bank_size=8))
+
+    demo, app = startup.start_app(weights=None, device="cpu", host="127.0.0.1", quiet=True, prevent_thread_lock=True)
+    try:
+        pipeline = app.loader.get()
+        assert pipeline.source == str(tmp_path / "prepared") and len(pipeline.bank) == 8
+        asked_for = {path.split("/resolve/")[0] for _, _, path in server.requests}
+        assert {"/gone/e4e", "/mirror/e4e", "/wrong-layout/arcface"} <= asked_for   # tried, then refused
+        assert not (tmp_path / "prepared.partial").exists()
+        photo, _, record, _ = Client(demo.local_url, verbose=False).predict(
+            handle_file(str(astronaut)), "all", "0", 1, 0.01, 10.0, 0.1, 0, False, api_name="/anonymize")
+        assert [f["face"] for f in record["faces"]] == [1] and record["params"]["weights"] == pipeline.source
+    finally:
+        demo.close()
+    assert prepare.find_prepared(tmp_path / "prepared") == tmp_path / "prepared"
+
+    asked = len(server.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    demo, app = startup.start_app(weights=None, device="cpu", host="127.0.0.1", quiet=True, prevent_thread_lock=True)
+    try:
+        assert app.loader.get().source == str(tmp_path / "prepared")
+    finally:
+        demo.close()
+    assert len(server.requests) == asked   # the second start asked the network nothing
