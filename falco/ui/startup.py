@@ -51,7 +51,8 @@ def weights_fetcher(weights: str | None, device: torch.device,
         def follow(step: PrepareProgress) -> None:
             report(step.describe())
         try:
-            folder = prepare_weights(device=device, progress=follow)
+            # ZeroGPU lends a GPU to each run only, so there the bank is built on the CPU (its smaller size).
+            folder = prepare_weights(device=torch.device("cpu") if zerogpu_available() else device, progress=follow)
         finally:
             report(None)
         return fetch_weights(str(folder))
