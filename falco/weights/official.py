@@ -63,9 +63,7 @@ class Source:
 class OfficialFile:
     name: str                      # "e4e", "arcface", "farl", "dlib_landmarks", "dlib_recognition"
     filename: str
-    sources: tuple[Source, ...]
-    licence: str                   # one line, shown in the README / page footer / model card
-    origin: str                    # one line: paper / project
+    sources: tuple[Source, ...]       # their origin and licence: falco.weights.licences
 
 
 DLIB_LANDMARKS_SHA256 = "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"
@@ -86,11 +84,7 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
             # Linked as "Download from HuggingFace" in a public README; hash and size from the issue.
             Source("hub", "zhengchong/e4e:e4e_ffhq_encode.pt",
                    sha256="2ace1d9a8c05c10a399bcd500b8dda118f759ff1aac89dbdab7435f2136a0999", size=1_201_649_680),
-        ),
-        licence="e4e encoder: MIT; its StyleGAN2 generator (decoder.*): NVIDIA Source Code License-NC, "
-                "non-commercial use only",
-        origin="e4e, Tov et al., Designing an Encoder for StyleGAN Image Manipulation, SIGGRAPH 2021 "
-               "(github.com/omertov/encoder4editing)"),
+        )),
     OfficialFile(
         "arcface", "model_ir_se50.pth",
         (
@@ -99,10 +93,7 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
                    sha256=IR_SE50_SHA256, size=175_367_323),
             # Same bytes per the issue; the file name in this repo could not be checked in public code.
             Source("hub", "lithiumice/ArcFace_PyTorch:model_ir_se50.pth", sha256=IR_SE50_SHA256, size=175_367_323),
-        ),
-        licence="IR-SE50 (TreB1eN/InsightFace_Pytorch, as used by pSp/e4e): MIT",
-        origin="ArcFace IR-SE50, Deng et al., ArcFace: Additive Angular Margin Loss for Deep Face Recognition, "
-               "CVPR 2019"),
+        )),
     OfficialFile(
         "farl", "FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
         (
@@ -113,10 +104,7 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
             # authors' scripts and others); model.safetensors is what from_pretrained reads, not checked further.
             Source("hub", "Green-Sky/FaRL-Base-Patch16-LAIONFace20M-ep64:model.safetensors",
                    layout="transformers-clip"),
-        ),
-        licence="FaRL: MIT",
-        origin="FaRL ViT-B/16, Zheng et al., General Facial Representation Learning in a Visual-Linguistic "
-               "Manner, CVPR 2022 (github.com/FacePerceiver/FaRL)"),
+        )),
     OfficialFile(
         "dlib_landmarks", "shape_predictor_68_face_landmarks.dat",
         (
@@ -130,9 +118,7 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
             # Linked by ComfyUI_FaceAnalysis and others; a public weights table records this very sha256 for it.
             Source("hub", "matt3ounstable/dlib_predictor_recognition:shape_predictor_68_face_landmarks.dat",
                    sha256=DLIB_LANDMARKS_SHA256, size=99_693_937),
-        ),
-        licence="dlib 68-point landmark model: trained on iBUG 300-W, whose terms exclude commercial use",
-        origin="dlib (Davis King), after Kazemi & Sullivan, One Millisecond Face Alignment, CVPR 2014"),
+        )),
     OfficialFile(
         "dlib_recognition", "dlib_face_recognition_resnet_model_v1.dat",
         (
@@ -141,9 +127,7 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
             # Linked by ComfyUI_FaceAnalysis and others; a public weights table records this very sha256 for it.
             Source("hub", "matt3ounstable/dlib_predictor_recognition:dlib_face_recognition_resnet_model_v1.dat",
                    sha256=DLIB_RECOGNITION_SHA256, size=22_466_066),
-        ),
-        licence="dlib face recognition ResNet model v1: CC0 (public domain)",
-        origin="dlib ResNet face recognition model v1 (Davis King, dlib.net)"),
+        )),
 )}
 
 
