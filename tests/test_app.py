@@ -169,7 +169,7 @@ def test_ui_run_streams_previews_then_results(served, upload):
 
     # Every file shown (faces found, previews, results, downloads) is the session's own, and goes with it.
     files = [f for update in [shown, *updates] for f in shown_files(update, c)]
-    assert len(files) == 1 + 3 + 1 + 4 + 7 and all(f.exists() for f in files)   # faces, previews, results
+    assert len(files) == 1 + 3 + 1 + 4 + 8 and all(f.exists() for f in files)   # faces, previews, results
     assert all(f.is_relative_to(session.folder) and f.is_relative_to(app.cache) for f in files)
     sessions.end_session(session)
     assert not any(f.exists() for f in files) and not upload.exists()

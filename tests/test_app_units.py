@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 import types
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -199,7 +200,10 @@ def test_downloads_hold_images_codes_and_record(tmp_path):
     names = sorted(p.rsplit("/", 1)[1] for p in paths)
     assert names == sorted(["photo_m0.png", "photo_m0.5.png", "face1_aligned.png", "face1_inversion.png",
                             "face1_fake.png", "face1_m0_anonymized.png", "face1_m0.5_anonymized.png",
-                            "wplus.safetensors", "run.json"])
+                            "wplus.safetensors", "run.json", downloads.ZIP_NAME])
+    with zipfile.ZipFile(tmp_path / downloads.ZIP_NAME) as bundle:   # everything in one download, byte for byte
+        assert sorted(bundle.namelist()) == sorted(n for n in names if n != downloads.ZIP_NAME)
+        assert all(bundle.read(n) == (tmp_path / n).read_bytes() for n in bundle.namelist())
     assert Image.open(tmp_path / "photo_m0.5.png").getpixel((0, 0)) == (0, 127, 0)
     assert Image.open(tmp_path / "face1_m0.5_anonymized.png").getpixel((0, 0)) == (127, 0, 0)
     saved = json.loads((tmp_path / "run.json").read_text())

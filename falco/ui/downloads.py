@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from falco.files import save_image, write_atomic
 from falco.results import AnonymizationResult
 from falco.ui.render import face_files
+
+ZIP_NAME = "falco_results.zip"
 
 
 def run_record(result: AnonymizationResult) -> dict[str, Any]:
@@ -17,7 +20,8 @@ def run_record(result: AnonymizationResult) -> dict[str, Any]:
 
 
 def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder: Path) -> list[str]:
-    """The images, the W+ codes and the JSON record of a run, as files in ``folder``."""
+    """The images, the W+ codes and the JSON record of a run, as files in ``folder``, and all of them in one zip
+    (last: the page shows the first file, the photo at the first m, as its result)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for margin, photo in zip(result.margins, result.photos, strict=True):
@@ -28,4 +32,14 @@ def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder:
                 paths.append(save_image(image, folder / name))
     codes = result.save_latents(folder / "wplus.safetensors")
     params = write_atomic(folder / "run.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
-    return [str(p) for p in [*paths, codes, params]]
+    files = [*paths, codes, params]
+    return [str(p) for p in [*files, write_zip(folder / ZIP_NAME, files)]]
+
+
+def write_zip(path: Path, files: list[Path]) -> Path:
+    """Every file of a run in one download (PNGs and safetensors are compressed already: stored as they are)."""
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as bundle:
+            for file in files:
+                bundle.write(file, arcname=file.name)
+    return write_atomic(path, write)
