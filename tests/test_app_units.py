@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -160,6 +161,15 @@ def test_preview_grid_tiles_previews_in_rows():
     assert grid.getpixel((8, 24)) == (5, 0, 0)
 
 
+def test_preview_tiles_carry_their_labels_on_a_band_at_their_foot():
+    plain = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
+    labelled = render.preview_grid(plain, tile=64, columns=2, labels=["face 1, m = 0", "face 1, m = 1"])
+    assert labelled.getpixel((5, 5)) == (255, 0, 0) and labelled.getpixel((69, 5)) == (0, 0, 255)   # tops untouched
+    for x in (0, 64):   # each tile's foot: the dark band with light text on it
+        band = labelled.crop((x, 54, x + 64, 64))
+        assert band.getpixel((63, 0)) == (20, 20, 20) and max(band.getdata()) > (200, 200, 200)
+
+
 def _result(margins, faces=(0,)):
     """A result of faces (detection indices) x margins whose every number says where it came from."""
     image = Image.new("RGB", (16, 16))
@@ -190,7 +200,9 @@ def test_galleries_and_metrics_label_every_image():
 def test_progress_names_each_item():
     event = StepEvent(3, 10, [(0, 0.0), (1, 0.5)], [], {}, [0.25, 0.75])
     html = render.progress_html(event)
-    assert 'value="3" max="10"' in html and "face 1, m = 0: 0.250" in html and "face 2, m = 0.5: 0.750" in html
+    assert 'value="3" max="10"' in html and "Step <b>3</b> / 10" in html
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", html)
+    assert rows == [("1", "0", "0.250"), ("2", "0.5", "0.750")]   # a row per face and m, faces counted from 1
 
 
 def test_downloads_hold_images_codes_and_record(tmp_path):

@@ -293,7 +293,8 @@ class FalcoApp:
         if event.previews:
             update[c.live] = str(folder / f"preview-{event.step}.webp")
             columns = len(settings.margins) if compare else len(event.previews)
-            preview_grid(event.previews, settings.optim.preview_size, columns).save(update[c.live])
+            labels = [f"face {f + 1}, m = {m:g}" for f, m in event.items]
+            preview_grid(event.previews, settings.optim.preview_size, columns, labels).save(update[c.live])
         return update
 
     # -- the API --

@@ -40,12 +40,21 @@ def face_summary(faces: Sequence[DetectedFace]) -> tuple[list[tuple[str, int]], 
     return choices, [value for _, value in choices], "\n".join([found, *lines])
 
 
-def preview_grid(images: Sequence[Image.Image], tile: int, columns: int) -> Image.Image:
-    """The previews in rows of ``columns``, each tile x tile (previews of a small generator are smaller)."""
+def preview_grid(images: Sequence[Image.Image], tile: int, columns: int,
+                 labels: Sequence[str] | None = None) -> Image.Image:
+    """The previews in rows of ``columns``, each tile x tile (previews of a small generator are smaller), each
+    with its label (e.g. "face 1, m = 0.5") on a dark band along its bottom edge."""
     columns = max(1, min(columns, len(images)))
     grid = Image.new("RGB", (tile * columns, tile * math.ceil(len(images) / columns)))
+    draw = ImageDraw.Draw(grid)
+    band = max(10, tile // 10)
+    font = ImageFont.load_default(size=max(8, band - 4))
     for i, image in enumerate(images):
-        grid.paste(image.convert("RGB").resize((tile, tile), Image.BILINEAR), (i % columns * tile, i // columns * tile))
+        x, y = i % columns * tile, i // columns * tile
+        grid.paste(image.convert("RGB").resize((tile, tile), Image.BILINEAR), (x, y))
+        if labels:
+            draw.rectangle((x, y + tile - band, x + tile - 1, y + tile - 1), fill=(20, 20, 20))
+            draw.text((x + 3, y + tile - band + 1), labels[i], fill=(255, 255, 255), font=font)
     return grid
 
 
@@ -54,11 +63,13 @@ def progress_box(text: str) -> str:
 
 
 def progress_html(event: StepEvent) -> str:
-    cosines = ", ".join(f"face {f + 1}, m = {m:g}: {c:.3f}"
-                        for (f, m), c in zip(event.items, event.identity_cosine, strict=True))
+    """The bar, the step, and each item's identity cosine as a compact table (a row per face and m)."""
+    rows = "".join(f"<tr><td>{f + 1}</td><td>{m:g}</td><td>{c:.3f}</td></tr>"
+                   for (f, m), c in zip(event.items, event.identity_cosine, strict=True))
     return (f'<div id="falco-progress"><progress value="{event.step}" max="{event.total_steps}" '
-            f'style="width:100%"></progress><div>Step <b>{event.step}</b> / {event.total_steps} &middot; '
-            f"identity cosine {cosines}</div></div>")
+            f'style="width:100%"></progress><div>Step <b>{event.step}</b> / {event.total_steps}</div>'
+            f'<table class="falco-cosines"><tr><th>face</th><th>m</th><th>identity cosine</th></tr>{rows}</table>'
+            "</div>")
 
 
 def verdict(distance: float) -> str:
