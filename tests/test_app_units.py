@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from falco import batch, device
 from falco.checks import check_face_picks
-from falco.config import AppConfig, CliConfig, OptimConfig
+from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, NoFaceError, WeightsError
 from falco.results import (
     WPLUS_FILE_METADATA,
@@ -331,3 +331,16 @@ def test_cpu_notice_and_defaults(monkeypatch):
     demo, app = page.build_app(loader=engine.EngineLoader(object), device="cpu", config=config, load_now=False)
     assert not app.on_gpu and app.default_optim.steps == 6
     assert "Running on CPU" in app.status_text()
+
+
+def test_margin_plot_draws_each_face_against_m_with_dlibs_threshold():
+    result = _result([0.0, 0.5, 1.0], faces=(0, 2))
+    cosine_axes, distance_axes = render.margin_plot(result).axes
+    assert [line.get_label() for line in cosine_axes.get_lines()] == ["face 1", "face 3"]
+    for axes, field in ((cosine_axes, "identity_cosine"), (distance_axes, "recognizer_distance")):
+        for line, face in zip(axes.get_lines(), (0, 2)):
+            rows = [r for r in result.faces if r.face_index == face]
+            assert list(line.get_xdata()) == [r.margin for r in rows]
+            assert list(line.get_ydata()) == [getattr(r, field) for r in rows]
+    threshold = distance_axes.get_lines()[-1]
+    assert set(threshold.get_ydata()) == {DLIB_SAME_PERSON_DISTANCE}

@@ -110,3 +110,23 @@ def face_gallery(result: AnonymizationResult, compare: bool = False,
                    else f"{name}: anonymized, m = {r.margin:g}, cosine {r.identity_cosine:.3f}")
         items.append((anonymized, caption))
     return items
+
+
+def margin_plot(result: AnonymizationResult):
+    """Per face, the ArcFace identity cosine and dlib's distance against m, with dlib's same-person threshold
+    drawn: how far each m moved the identity, as two judges see it.  A matplotlib Figure (for gr.Plot)."""
+    from matplotlib.figure import Figure  # the Agg canvas: no display, thread-safe per figure
+
+    figure = Figure(figsize=(6, 3.2), layout="constrained")
+    cosine_axes, distance_axes = figure.subplots(1, 2, sharex=True)
+    for face in sorted({r.face_index for r in result.faces}):
+        rows = sorted((r for r in result.faces if r.face_index == face), key=lambda r: r.margin)
+        margins = [r.margin for r in rows]
+        cosine_axes.plot(margins, [r.identity_cosine for r in rows], marker="o", label=f"face {face + 1}")
+        distance_axes.plot(margins, [r.recognizer_distance for r in rows], marker="o", label=f"face {face + 1}")
+    distance_axes.axhline(DLIB_SAME_PERSON_DISTANCE, color="grey", linestyle="--",
+                          label=f"same person below {DLIB_SAME_PERSON_DISTANCE:g}")
+    cosine_axes.set(xlabel="m", ylabel="identity cosine (ArcFace)")
+    distance_axes.set(xlabel="m", ylabel="recogniser distance (dlib)")
+    distance_axes.legend(fontsize="small")
+    return figure
