@@ -284,6 +284,19 @@ def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_
     assert [row[1] for row in updates[-1][c.metrics]] == [0.0, 0.5, 1.0]
     live = [u[c.live] for u in updates if c.live in u]
     assert Image.open(live[-1]).size == (3 * 256, 256)   # one face: one row of its three m
+
+    # The m slider browses the computed results at once: photo, face and figures at the nearest computed m.
+    downloads = {Path(f).name: f for f in updates[-1][c.downloads]}
+    for wanted, shown, note in ((0.5, 0.5, False), (0.6, 0.5, True), (0.9, 1.0, True), (0.0, 0.0, False)):
+        view = app.show_margin(wanted, session)
+        assert view[c.result_photo].value["path"] == downloads[f"photo_m{shown:g}.png"]
+        assert view[c.result_photo].label.startswith(f"Anonymized photo, m = {shown:g}")
+        assert ("nearest to" in view[c.result_photo].label) == note
+        assert [row[1] for row in view[c.metrics]] == [shown]
+        row = next(r for r in updates[-1][c.metrics] if r[1] == shown)   # the figures of that m, as computed
+        assert view[c.metrics][0] == row
+        assert Path(view[c.gallery].value[1]["image"]["path"]).name == f"face1_m{shown:g}_anonymized.png"
+    assert app.show_margin(0.5, sessions.Session()) == {}   # nothing compared: the slider only sets m
     session.forget()
 
 

@@ -38,6 +38,7 @@ from falco.ui.form import RunForm, RunSettings, parse_faces, settings_from_form
 from falco.ui.messages import describe_error
 from falco.ui.render import (
     METRIC_HEADERS,
+    Comparison,
     annotate_faces,
     face_gallery,
     face_summary,
@@ -183,7 +184,7 @@ class FalcoApp:
         """Detects the faces of a new photo (numbered outlines, the face picker, a summary) and clears
         the previous photo's results."""
         c = self.components
-        session.photo, session.detections = photo_path, None
+        session.photo, session.detections, session.compared = photo_path, None, None
         update = {c.progress: "", c.live: None, c.result_photo: None, c.gallery: [], c.metrics: [],
                   c.downloads: None, c.faces_view: None, c.picked: gr.CheckboxGroup(choices=[], value=[]),
                   c.picked_for: photo_path or "", c.session: session}
@@ -230,6 +231,16 @@ class FalcoApp:
             faces = self.loader.get().detect(read_photo(photo_path))
         return photo_path, replace(settings, faces=check_face_picks(form.faces, faces), detections=faces)
 
+    def show_margin(self, wanted: Any, session: Session) -> dict:
+        """After Compare m, the m slider shows the computed results at once (no run): the photo, each face and its
+        figures at the computed m nearest to the slider's, saying which m is shown."""
+        if session.compared is None or isinstance(wanted, bool) or not isinstance(wanted, (int, float)):
+            return {}
+        c = self.components
+        photo, label, items, rows = session.compared.view(float(wanted))
+        return {c.result_photo: gr.Image(value=photo, label=label), c.gallery: gr.Gallery(value=items, columns=2),
+                c.metrics: rows}
+
     def request_run(self, session: Session) -> None:
         """Runs when Run or Compare m is clicked, before the run waits in the queue: a Stop from now on ends it."""
         session.stops_at_request = session.stops
@@ -270,6 +281,8 @@ class FalcoApp:
                         continue
                     paths = write_downloads(event, run_record(event), folder)
                     session.drop_others(folder)
+                    # Several m: the m slider browses them (show_margin) until the next photo or run.
+                    session.compared = Comparison.of(event, folder) if len(event.margins) > 1 else None
                     yield {c.progress: progress_box(f"Done: {settings.optim.steps} steps in "
                                                     f"{time.monotonic() - started:.1f} s."),
                            c.result_photo: paths[0],   # the photo at the first m
@@ -401,6 +414,8 @@ class FalcoApp:
                 runs.append(requested.then(handler, inputs=c.form, outputs=c.results, show_progress_on=[live],
                                            concurrency_id="gpu", api_visibility="private", preprocess=False))
             stop_btn.click(self.stop, inputs=[session], queue=False, api_visibility="private")
+            margin.change(self.show_margin, inputs=[margin, session], outputs=[result_photo, gallery, metrics],
+                          queue=False, show_progress="hidden", api_visibility="private")
             # A new photo ends a run on the previous one and clears its results.
             photo.change(self.on_photo, inputs=[photo, session], cancels=runs,
                          outputs=[*c.results, faces_view, picked, faces_text, picked_for],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,52 @@ def margin_plot(result: AnonymizationResult):
     distance_axes.set(xlabel="m", ylabel="recogniser distance (dlib)")
     distance_axes.legend(fontsize="small")
     return figure
+
+
+@dataclass(frozen=True)
+class ComparedFace:
+    number: int                        # as the page numbers faces, from 1
+    aligned: str                       # the original crop's file
+    anonymized: dict[float, str]       # m -> the anonymized crop's file
+    cosine: dict[float, float]
+    distance: dict[float, float]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A Compare m result as the m slider browses it: the files written for the visitor, by m."""
+    margins: tuple[float, ...]
+    photos: dict[float, str]
+    faces: tuple[ComparedFace, ...]
+
+    @classmethod
+    def of(cls, result: AnonymizationResult, folder: Path) -> Comparison:
+        faces = []
+        for number in sorted({r.face_index + 1 for r in result.faces}):
+            rows = [r for r in result.faces if r.face_index + 1 == number]
+            files = {r.margin: face_files(r) for r in rows}
+            aligned = next(name for name in files[rows[0].margin] if name.endswith("_aligned.png"))
+            faces.append(ComparedFace(number, str(folder / aligned),
+                                      {m: str(folder / next(n for n in names if n.endswith("_anonymized.png")))
+                                       for m, names in files.items()},
+                                      {r.margin: r.identity_cosine for r in rows},
+                                      {r.margin: r.recognizer_distance for r in rows}))
+        return cls(tuple(result.margins), {m: str(folder / f"photo_m{m:g}.png") for m in result.margins},
+                   tuple(faces))
+
+    def nearest(self, wanted: float) -> float:
+        return min(self.margins, key=lambda m: (abs(m - wanted), m))
+
+    def view(self, wanted: float) -> tuple[str, str, list[tuple[str, str]], list[list[Any]]]:
+        """(photo, its label, gallery items, metric rows) at the computed m nearest to ``wanted``."""
+        m = self.nearest(wanted)
+        label = f"Anonymized photo, m = {m:g}"
+        if m != wanted:
+            label += f" (the computed m nearest to {wanted:g})"
+        items, rows = [], []
+        for face in self.faces:
+            cosine, distance = face.cosine[m], face.distance[m]
+            items += [(face.aligned, f"Face {face.number}: original"),
+                      (face.anonymized[m], f"Face {face.number}, m = {m:g}: cosine {cosine:.3f}, {verdict(distance)}")]
+            rows.append([face.number, m, round(cosine, 4), round(distance, 4), verdict(distance)])
+        return self.photos[m], label, items, rows

@@ -21,6 +21,7 @@ from PIL import Image
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
 from falco.ui.messages import PHOTO_GONE
+from falco.ui.render import Comparison
 
 
 def read_photo(path: str) -> Image.Image:
@@ -71,6 +72,7 @@ class Session:
     stops: int = 0                 # Stop clicks: a run stops once this differs from its count when it was asked for
     stops_at_request: int | None = None   # ``stops`` when Run or Compare m was last clicked (the run may wait)
     last_step: int = 0             # the last step the current run showed
+    compared: Comparison | None = None   # the last Compare m, browsed by the m slider
 
     def detections_for(self, photo_path: str | None) -> list[DetectedFace] | None:
         return self.detections if photo_path is not None and photo_path == self.photo else None
