@@ -163,7 +163,7 @@ def test_ui_run_streams_previews_then_results(served, upload):
     assert [caption for _, caption in final[c.gallery]["value"]] == [
         "Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour",
         f"Face 1: anonymized, m = 0, cosine {final[c.metrics][0][2]:.3f}"]
-    assert final[c.gallery]["columns"] == 4
+    assert final[c.gallery]["columns"] == 4 and not final[c.plot].visible   # one m: no plot against m
     assert len(final[c.metrics]) == 1 and final[c.metrics][0][:2] == [1, 0.0]
     assert final[c.metrics][0][4] in ("same person", "different person")
 
@@ -285,6 +285,7 @@ def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_
     live = [u[c.live] for u in updates if c.live in u]
     assert Image.open(live[-1]).size == (3 * 256, 256)   # one face: one row of its three m
 
+    assert updates[-1][c.plot].visible and updates[-1][c.plot].value   # identity against m, per face
     # The m slider browses the computed results at once: photo, face and figures at the nearest computed m.
     downloads = {Path(f).name: f for f in updates[-1][c.downloads]}
     for wanted, shown, note in ((0.5, 0.5, False), (0.6, 0.5, True), (0.9, 1.0, True), (0.0, 0.0, False)):

@@ -42,6 +42,7 @@ from falco.ui.render import (
     annotate_faces,
     face_gallery,
     face_summary,
+    margin_plot,
     metric_rows,
     preview_grid,
     progress_box,
@@ -118,6 +119,7 @@ class Components:
     result_photo: gr.Image
     gallery: gr.Gallery
     metrics: gr.Dataframe
+    plot: gr.Plot
     downloads: gr.File
     faces_view: gr.Image
     faces_text: gr.Markdown
@@ -130,7 +132,7 @@ class Components:
 
     @property
     def results(self) -> list:
-        return [self.progress, self.live, self.result_photo, self.gallery, self.metrics, self.downloads,
+        return [self.progress, self.live, self.result_photo, self.gallery, self.metrics, self.plot, self.downloads,
                 self.session]
 
 
@@ -185,7 +187,7 @@ class FalcoApp:
         the previous photo's results."""
         c = self.components
         session.photo, session.detections, session.compared = photo_path, None, None
-        update = {c.progress: "", c.live: None, c.result_photo: None, c.gallery: [], c.metrics: [],
+        update = {c.progress: "", c.live: None, c.result_photo: None, c.gallery: [], c.metrics: [], c.plot: None,
                   c.downloads: None, c.faces_view: None, c.picked: gr.CheckboxGroup(choices=[], value=[]),
                   c.picked_for: photo_path or "", c.session: session}
         if not photo_path:
@@ -288,7 +290,8 @@ class FalcoApp:
                            c.result_photo: paths[0],   # the photo at the first m
                            c.gallery: gr.update(value=face_gallery(event, compare, folder),
                                                 columns=1 + len(event.margins) if compare else 4),
-                           c.metrics: metric_rows(event), c.downloads: paths}
+                           c.metrics: metric_rows(event), c.downloads: paths,
+                           c.plot: gr.Plot(margin_plot(event) if compare else None, visible=compare)}
         except gr.Error as err:
             yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}")}
             raise
@@ -300,7 +303,7 @@ class FalcoApp:
         # Until its first step a run shows nothing (Gradio shows it waiting): one stopped or cancelled
         # before then leaves the earlier results as they were.
         if not session.last_step:
-            update |= {c.result_photo: None, c.gallery: [], c.metrics: [], c.downloads: None,
+            update |= {c.result_photo: None, c.gallery: [], c.metrics: [], c.downloads: None, c.plot: None,
                        c.session: session}   # a session that ran registers its cleanup
         session.last_step = event.step
         if event.previews:
@@ -385,6 +388,7 @@ class FalcoApp:
                     gallery = gr.Gallery(label="Results", columns=4, format="png", elem_id="falco-gallery")
                     metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Identity", interactive=False,
                                            elem_id="falco-metrics")
+                    plot = gr.Plot(label="Identity against m", visible=False, elem_id="falco-plot")
                     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                         elem_id="falco-downloads")
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
@@ -400,7 +404,7 @@ class FalcoApp:
             gr.Markdown(licence_footer(), elem_id="falco-licences")
             c = self.components = Components(photo, picked_for, picked, margin, margins_text, steps, lr, lambda_id,
                                              lambda_attr, seed, another_fake, session, progress, live, result_photo,
-                                             gallery, metrics, downloads, faces_view, faces_text)
+                                             gallery, metrics, plot, downloads, faces_view, faces_text)
 
             timer = gr.Timer(1.0, active=self.loader.status()[0] == "loading")
             timer.tick(self.status_update, outputs=[banner, timer], queue=False, api_visibility="private")
