@@ -149,6 +149,26 @@ def progress_value(page) -> int:
     return int(page.locator("#falco-progress progress").get_attribute("value"))
 
 
+
+def test_compare_then_the_m_slider_browses_the_results(page):
+    """After Compare m, moving the m slider shows the photo, faces and figures of the computed m nearest to it."""
+    set_steps(page, 1)
+    page.locator("#falco-compare").click()
+    page.locator("#falco-progress").get_by_text("Done: 1 steps").wait_for()
+    page.locator("#falco-plot").wait_for()   # identity against m
+    margin = page.locator("#falco-margin input[type=number]")
+    for wanted, shown in (("0.5", "m = 0.5"), ("0.6", "m = 0.5 (the computed m nearest to 0.6)"), ("1", "m = 1")):
+        margin.fill(wanted)
+        margin.press("Enter")
+        page.wait_for_function("shown => document.querySelector('#falco-result').innerText.includes(shown)",
+                               arg=shown)
+        page.locator("#falco-gallery").get_by_text(f"Face 1, {shown.split(' (')[0]}:").first.wait_for()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "compare_desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})   # a phone
+    page.screenshot(path=str(ARTIFACTS / "compare_phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1800})
+
 def test_stop_ends_a_run(page):
     page.locator("#falco-status").get_by_text("The networks are loaded").wait_for()
     set_steps(page, 200)

@@ -363,7 +363,8 @@ class FalcoApp:
                                               elem_id="falco-picked")
                     picked_for = gr.Textbox(visible=False)
                     margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
-                                       info="0: as unlike the original as possible; 1: keeps the identity")
+                                       info="0: as unlike the original as possible; 1: keeps the identity",
+                                       elem_id="falco-margin")
                     with gr.Row():
                         run_btn = gr.Button("Run", variant="primary", elem_id="falco-run")
                         compare_btn = gr.Button("Compare m", elem_id="falco-compare")
