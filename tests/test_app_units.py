@@ -146,6 +146,13 @@ def test_annotate_and_summarise_faces():
     assert (np.asarray(photo) == (0, 0, 255)).all()                            # the input is left alone
     assert (annotated[50, 9:12] == [46, 204, 64]).all(axis=-1).any()          # usable: green outline
     assert (annotated[30, 119:122] == [170, 170, 170]).all(axis=-1).any()     # not usable: grey
+    # A face at the photo's top edge has its number at the crop's foot, clear of the page's label over the top.
+    top_face = np.asarray(render.annotate_faces(Image.new("RGB", (200, 200), (0, 0, 255)),
+                                                [_face([[20, 0], [20, 120], [140, 120], [140, 0]])])).astype(int)
+    tag = (top_face == [46, 204, 64]).all(axis=-1)
+    tag[:, 18:23] = tag[:, 138:143] = tag[:3] = tag[118:123] = False   # the outline itself
+    rows = np.nonzero(tag.any(axis=1))[0]
+    assert rows.size and rows.min() > 60 and rows.max() < 120   # filled tag inside the crop's lower half
     choices, ticked, text = render.face_summary(faces)
     assert choices == [("Face 1", 0)] and ticked == [0]
     assert "Found 2 faces, 1 usable" in text and "Face 2 cannot be anonymized: the face is too small" in text

@@ -25,11 +25,14 @@ def annotate_faces(photo: Image.Image, faces: Sequence[DetectedFace]) -> Image.I
         colour = (46, 204, 64) if face.usable else (170, 170, 170)
         quad = [tuple(map(float, p)) for p in face.quad]
         draw.line(quad + quad[:1], fill=colour, width=width)
-        x, y = min(p[0] for p in quad), min(p[1] for p in quad)
-        left, top, right, bottom = draw.textbbox((x, y), str(number), font=font)
-        pad = width * 2
-        draw.rectangle((left - pad, top - pad, right + pad, bottom + pad), fill=colour)
-        draw.text((x, y), str(number), fill=(0, 0, 0), font=font)
+        # The tag sits inside the crop's foot, not on its top: the page lays its own label over the top-left
+        # of the picture, which hid the number of a face near the photo's top edge.
+        left, top, right, bottom = draw.textbbox((0, 0), str(number), font=font)
+        pad, tag_w, tag_h = width * 2, right - left, bottom - top
+        x = min(max(min(p[0] for p in quad) + 2 * pad, pad), canvas.width - tag_w - pad)
+        y = min(max(max(p[1] for p in quad) - tag_h - 3 * pad, pad), canvas.height - tag_h - pad)
+        draw.rectangle((x - pad, y - pad, x + tag_w + pad, y + tag_h + pad), fill=colour)
+        draw.text((x - left, y - top), str(number), fill=(0, 0, 0), font=font)
     return canvas
 
 
