@@ -194,13 +194,15 @@ def test_a_photo_two_sessions_share_stays_until_both_end(served, upload):
 
 
 def run_error(app, *args, **kwargs) -> tuple[str, str]:
-    """(message, progress box) of a run that fails before it starts."""
+    """(message, progress box) of a run that fails before it starts; its last update also clears the results."""
     updates = ui_run(app, *args, **kwargs)
     shown = None
     with pytest.raises(gr.Error) as caught:
         for shown in updates:
             pass
-    return caught.value.message, shown[app.components.progress]
+    c = app.components
+    assert shown[c.result_photo] is None and shown[c.gallery] == [] and shown[c.downloads] is None
+    return caught.value.message, shown[c.progress]
 
 
 def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos):

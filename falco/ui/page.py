@@ -293,7 +293,10 @@ class FalcoApp:
                            c.metrics: metric_rows(event), c.downloads: paths,
                            c.plot: gr.Plot(margin_plot(event) if compare else None, visible=compare)}
         except gr.Error as err:
-            yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}")}
+            # The earlier results go with the error: they never sit under a message about another run.
+            session.compared = None
+            yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}"), c.result_photo: None, c.gallery: [],
+                   c.metrics: [], c.plot: None, c.downloads: None}
             raise
 
     def _step_update(self, event: StepEvent, session: Session, folder: Path, settings: RunSettings,
