@@ -235,10 +235,12 @@ def test_a_first_start_shows_what_it_prepares_then_the_page_becomes_usable(brows
         page = open_page(browser, demo.local_url)
         status = page.locator("#falco-status")
         status.get_by_text("Preparing the models on first start: downloading e4e (2 of 4), 48%").wait_for()
+        status.locator(".falco-dot.falco-loading").wait_for()   # drawn by CSS: no emoji font needed
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "first-start.png"))
         go.set()
         status.get_by_text("The networks are loaded").wait_for()
+        status.locator(".falco-dot.falco-ready").wait_for()
         page.close()
     finally:
         go.set()

@@ -63,7 +63,9 @@ lighting and age (Barattin et al., CVPR 2023).
 3. **Run** streams the optimisation as it goes; **Compare m** runs several values of m at once.
 """
 # Gradio's file list offers to remove each file of a list, downloads included.
-PAGE_CSS = "#falco-downloads .label-clear-button { display: none; }"
+PAGE_CSS = """#falco-downloads .label-clear-button { display: none; }
+.falco-dot { display: inline-block; width: 0.75em; height: 0.75em; border-radius: 50%; vertical-align: -0.05em; }
+.falco-ready { background: #2ecc40; } .falco-loading { background: #f0ad4e; } .falco-failed { background: #e74c3c; }"""
 
 
 def as_gr_error(err: BaseException) -> gr.Error:
@@ -174,8 +176,8 @@ class FalcoApp:
         notice = "" if self.on_gpu else (
             f"\n\n**Running on CPU**: a run takes minutes, not seconds. Defaults are lowered to {cpu.steps} steps"
             f"{' with the losses at 256 px' if cpu.loss_on_skip256 else ''}; the paper uses {OptimConfig().steps}.")
-        icon = {"ready": "✅", "loading": "⏳", "failed": "⚠️"}[state]
-        return f"{icon} {line}{notice}"
+        # A coloured dot drawn by CSS: emoji need a font that not every visitor's machine has.
+        return f'<span class="falco-dot falco-{state}" title="{state}"></span> {line}{notice}'
 
     def status_update(self) -> tuple[str, gr.Timer]:
         """Refreshes the banner until the load has ended either way."""
