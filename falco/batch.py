@@ -59,6 +59,7 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     redone: int = 0    # of done and failed: images recorded before with other settings
+    failed_before: int = 0   # of skipped: images whose failure record (same settings) stands, not retried
 
     @property
     def handled(self) -> int:
@@ -110,8 +111,10 @@ def read_record(record: Path) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
-def prepare_out_dir(in_dir: Path, out_dir: Path) -> None:
-    """Creates ``out_dir`` and proves it writable; a FalcoError saying why it cannot hold the outputs."""
+def prepare_out_dir(in_dir: Path, out_dir: Path) -> list[Path]:
+    """Creates ``out_dir`` and proves it writable; a FalcoError saying why it cannot hold the outputs.
+
+    Returns the folders it created, deepest first, for ``remove_empty`` should the run write nothing."""
     source, target = Path(in_dir).resolve(), Path(out_dir).resolve()
     if target == source:
         raise FalcoError(f"{out_dir} is the input folder: the outputs would sit beside the photos. "
@@ -121,13 +124,27 @@ def prepare_out_dir(in_dir: Path, out_dir: Path) -> None:
                          "Give an output folder outside the input folder.")
     if out_dir.exists() and not out_dir.is_dir():
         raise FalcoError(f"{out_dir} is a file, not a folder.")
+    created = [folder for folder in (out_dir, *out_dir.absolute().parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        remove_empty(created)
         raise FalcoError(f"Cannot create the output folder {out_dir}: {err.strerror or err}.") from None
     problem = _unwritable(out_dir)
     if problem:
+        remove_empty(created)
         raise FalcoError(f"Cannot write to the output folder {out_dir}: {problem}.")
+    return created
+
+
+def remove_empty(created: Sequence[Path]) -> None:
+    """Removes the folders ``prepare_out_dir`` created, deepest first, while they are empty: a run stopped
+    before its first file leaves no trace, and a folder that holds anything (or existed before) stays."""
+    for folder in created:
+        try:
+            folder.rmdir()   # refuses a folder that is not empty
+        except OSError:
+            return
 
 
 def _unwritable(folder: Path) -> str | None:
@@ -190,10 +207,13 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
     settings = run_settings(margins, optim, fake_k, pipeline.source)
     files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
     summary = Summary(total=len(files))
-    with tqdm(files, unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress) as bar:
+    with tqdm(total=len(files), unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress) as bar:
         try:
-            for relative in bar:
+            for relative in files:
                 _anonymize_file(pipeline, in_dir, out_dir, relative, settings, optim, retry_failed, config, summary)
+                # Counted by hand, after the image: iterating the bar would count it only at the next image,
+                # one behind the postfix.  set_postfix redraws both.
+                bar.update(1)
                 bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
         except KeyboardInterrupt as stop:
             raise Interrupted(summary) from stop
@@ -207,6 +227,7 @@ def _anonymize_file(pipeline, in_dir: Path, out_dir: Path, relative: str, settin
     if earlier is not None and earlier.get("settings") == settings:
         if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
             summary.skipped += 1
+            summary.failed_before += earlier.get("status") == "failed"
             return
     elif earlier is not None:
         if not summary.redone:

@@ -22,7 +22,13 @@ from falco.checks import check_fake_k, check_run_settings
 from falco.config import BankConfig, OptimConfig
 from falco.errors import FalcoError
 
-ANONYMIZE_HELP = batch.__doc__.split("\n\n", 1)[1]
+EXIT_IMAGES_FAILED = 3   # the run went through, but some images have a failure record: not 1, which stopped it
+ANONYMIZE_HELP = batch.__doc__.split("\n\n", 1)[1] + f"""
+Exit status: 0 every image done (in this run or an earlier one); {EXIT_IMAGES_FAILED} the run went through but
+some images failed, in this run or an earlier one (their records say why; --retry-failed runs
+them again); 1 an error stopped the run; 2 a usage error, found before the networks load;
+130 interrupted (Ctrl-C or SIGTERM): run the same command again to resume.
+"""
 
 
 def _interrupt(signum, frame):
@@ -72,28 +78,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
-    try:
-        shard = batch.Shard.parse(args.shard)
-    except ValueError as err:
-        usage.error(str(err))
-    if not args.in_dir.is_dir():
-        usage.error(f"{args.in_dir} is not a folder")
-    optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
-    try:   # before the networks load, so a typo costs no load
-        margins = check_run_settings(args.margin, optim, args.fake_k)
-        batch.prepare_out_dir(args.in_dir, args.out_dir)
-    except FalcoError as err:
-        usage.error(str(err))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    # SIGTERM (a scheduler's stop) ends the run as Ctrl-C does: between two files, nothing half-written.
+    # From here to the end Ctrl-C, and SIGTERM (a scheduler's stop) as Ctrl-C, answer with one line and 130:
+    # a stop during the checks, the imports or the loading is no less expected than one between two files.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    created: list[Path] = []
+    finished = False
     try:
+        try:
+            shard = batch.Shard.parse(args.shard)
+        except ValueError as err:
+            usage.error(str(err))
+        if not args.in_dir.is_dir():
+            usage.error(f"{args.in_dir} is not a folder")
+        optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
+        try:   # before the networks load, so a typo costs no load
+            margins = check_run_settings(args.margin, optim, args.fake_k)
+            created = batch.prepare_out_dir(args.in_dir, args.out_dir)
+        except FalcoError as err:
+            usage.error(str(err))
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
         from falco.pipeline import FalcoPipeline  # imports torch, open_clip, dlib: after the usage checks
         pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
         check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
         summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,
                                        shard, args.retry_failed, progress=not args.no_progress)
+        finished = True
+        print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
+        return EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0
     except FalcoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -103,8 +114,8 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
-    return 0
+        if not finished:   # a run that wrote nothing leaves no empty output folder behind
+            batch.remove_empty(created)
 
 
 def build_bank(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:

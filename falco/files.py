@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from safetensors.torch import save
+
+# torch loads with save_tensors: the command line imports this module before it parses its arguments, and
+# torch's seconds there would delay its usage errors and meet a Ctrl-C with a traceback.
+if TYPE_CHECKING:
+    import torch
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
@@ -31,6 +35,8 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """A safetensors file, written as bytes: safetensors' own save_file makes files readable by their owner
     alone, whatever the umask."""
+    from safetensors.torch import save
+
     data = save(dict(tensors), metadata=metadata)
     return write_atomic(path, lambda tmp: tmp.write_bytes(data))
 

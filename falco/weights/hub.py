@@ -175,8 +175,10 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
     cache = Path(constants.HF_HUB_CACHE)
     if size is not None and not isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str):
         _ensure_space(size, cache, filename)
+    # The app and the command line both take --weights, which wins over the variable: name both.
+    local_hint = f"or point --weights (or {WEIGHTS_REPO_ENV}) at a local weights folder"
     offline_hint = (f"HF_HUB_OFFLINE is set and {filename} is not in the cache {cache}: run once with network "
-                    f"access (or unset HF_HUB_OFFLINE), or set {WEIGHTS_REPO_ENV} to a local weights folder.")
+                    f"access (or unset HF_HUB_OFFLINE), {local_hint}.")
     try:
         with _progress_bars(progress):
             return Path(hf_hub_download(repo_id, filename, revision=revision))
@@ -185,14 +187,13 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
                            f"@revision or weights/manifest.json.") from err
     except RepositoryNotFoundError as err:   # also private and gated repos without access
         raise WeightsError(f"The weights repo {repo_id} was not found on {constants.ENDPOINT} (or it is private): "
-                           f"check --weights / {WEIGHTS_REPO_ENV}, or log in with `hf auth login`.") from err
+                           f"check --weights (or {WEIGHTS_REPO_ENV}), or log in with `hf auth login`.") from err
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
         if constants.HF_HUB_OFFLINE:
             raise WeightsError(offline_hint) from err
         error = WeightsError if isinstance(err, OfflineModeIsEnabled) else HubUnavailableError
         raise error(f"Cannot reach {constants.ENDPOINT} to download {filename} and it is not in the cache "
-                    f"{cache}: check the network connection (or HF_ENDPOINT), or set {WEIGHTS_REPO_ENV} "
-                    "to a local weights folder.") from err
+                    f"{cache}: check the network connection (or HF_ENDPOINT), {local_hint}.") from err
     except EntryNotFoundError as err:
         raise WeightsError(f"{filename} is missing from the weights repo {where}: it does not hold a complete "
                            "FALCO weight set; publish one with `python -m falco.weights publish`.") from err
