@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -48,6 +49,12 @@ class _Prepared:
     fake_k: int
     inversions: list[Image.Image]
     fakes: list[Image.Image]
+
+
+def weights_label(source: str) -> str:
+    """How records name the weights: a Hub repo as given (user/name[@revision]), a local folder by its name only,
+    so that no record (the app's downloads included) shows a server path.  Resumes compare ``source`` itself."""
+    return f"local folder {Path(source).name}" if Path(source).is_absolute() else source
 
 
 class FalcoPipeline:
@@ -172,5 +179,5 @@ class FalcoPipeline:
     def _params(self, prepared: _Prepared, margins: tuple[float, ...], optim: OptimConfig) -> dict:
         return {"faces": prepared.chosen, "margins": list(margins), "optim": asdict(optim), "fake_k": prepared.fake_k,
                 "fake_rows": prepared.fake_rows.tolist(), "fake_seeds": self.bank.seeds[prepared.fake_rows].tolist(),
-                "bank": {"size": len(self.bank), **self.bank.config}, "weights": self.source,
+                "bank": {"size": len(self.bank), **self.bank.config}, "weights": weights_label(self.source),
                 "device": str(self.device), "falco_version": falco.__version__}

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -53,12 +54,37 @@ def bad_photos(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def upload(astronaut, tmp_path) -> Path:
-    """A copy of the astronaut standing for an upload: a session that ends deletes it."""
+def upload(served, astronaut, tmp_path) -> Path:
+    """A copy of the astronaut standing for an upload (Gradio's /upload made it): a session that ends deletes it."""
     path = tmp_path / "upload" / "astronaut.png"
     path.parent.mkdir()
     path.write_bytes(astronaut.read_bytes())
+    served[0].demo.upload_file_set.add(str(path))
     return path
+
+
+def raw_call(url: str, data: list) -> tuple[str, object]:
+    """Calls /anonymize over HTTP as any client may, with values gradio_client would not send:
+    ("complete", outputs) or ("error", message)."""
+    with httpx.Client(base_url=url, timeout=300) as http:
+        # json.dumps writes inf as Infinity, which Python's JSON reader (the server's) takes back.
+        body = json.dumps({"data": data})
+        event_id = http.post("gradio_api/call/anonymize", content=body,
+                             headers={"content-type": "application/json"}).json()["event_id"]
+        kind = None
+        for line in http.get(f"gradio_api/call/anonymize/{event_id}").text.splitlines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind in ("complete", "error"):
+                data = json.loads(line[6:])
+                return kind, data["error"] if kind == "error" and isinstance(data, dict) else data
+    raise AssertionError("no result")
+
+
+def uploaded(url: str, photo: Path) -> str:
+    """The server path of ``photo`` uploaded through Gradio's /upload, as a client does before a call."""
+    with httpx.Client(base_url=url, timeout=60) as http, photo.open("rb") as f:
+        return http.post("gradio_api/upload", files={"files": (photo.name, f)}).json()[0]
 
 
 def anonymize(client: Client, photo: Path, margins: str = "0", steps: int = 2, faces: str = "all"):
@@ -71,11 +97,12 @@ def payload(path) -> dict:
     return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
 
 
-def form_data(app, session, photo, picked=(0,), steps=3, seed=0, lr=0.01, picked_for=None, margins="0") -> dict:
+def form_data(app, session, photo, picked=(0,), steps=3, seed=0, lr=0.01, picked_for=None, margins="0",
+              margin=0.0) -> dict:
     """The form as Run and Compare m receive it: one dict keyed by component, values unprocessed."""
     c = app.components
     return {c.photo: payload(photo) if photo else None, c.picked_for: str(photo) if picked_for is None else picked_for,
-            c.picked: list(picked), c.margin: 0.0, c.margins_text: margins, c.steps: steps, c.lr: lr,
+            c.picked: list(picked), c.margin: margin, c.margins_text: margins, c.steps: steps, c.lr: lr,
             c.lambda_id: 10.0, c.lambda_attr: 0.1, c.seed: seed, c.another_fake: False, c.session: session}
 
 
@@ -111,6 +138,7 @@ def test_api_anonymizes_with_several_margins(client, astronaut, tiny_pipeline):
     assert not np.array_equal(np.asarray(Image.open(photo)), np.asarray(Image.open(astronaut).convert("RGB")))
     assert [(f["face"], f["margin"]) for f in record["faces"]] == [(1, 0.0), (1, 1.0)]
     assert record["params"]["optim"]["steps"] == 2 and record["params"]["margins"] == [0.0, 1.0]
+    assert record["params"]["weights"] == f"local folder {Path(tiny_pipeline.source).name}"   # no server path
     captions = [item["caption"] for item in gallery]
     assert captions[:3] == ["Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour"]
     assert len(captions) == 5
@@ -307,7 +335,9 @@ def test_ui_messages_for_bad_photos(served, bad_photos):
     app, _ = served
     text = app.components.faces_text
     assert "not an image" in app.on_photo(str(bad_photos["text"]), sessions.Session())[text]
-    assert "No face" in app.on_photo(str(bad_photos["no face"]), sessions.Session())[text]
+    # The page's words are the API's, the hint included.
+    assert app.on_photo(str(bad_photos["no face"]), sessions.Session())[text] == (
+        "⚠️ No face was found in the photo. Faces should be roughly frontal and at least about 40 pixels wide.")
     assert "too large" in app.on_photo(str(bad_photos["huge"]), sessions.Session())[text]
     with pytest.raises(gr.Error, match="Choose at least one face"):
         list(ui_run(app, sessions.Session(), bad_photos["no face"], picked=[]))
@@ -336,6 +366,95 @@ def test_api_upload_is_deleted_after_the_call(served, client, upload):
     assert outside_faces_equal(Path(photo), named)
     assert not list(app.cache.rglob(named.name))   # the server's copy of the upload
     assert all(Path(f).exists() for f in files)   # what the call returned stays for the client (and the sweep)
+
+
+def test_api_touches_no_file_it_did_not_upload(served, client, upload):
+    """Anyone may send any path of Gradio's cache (the example's is in /config): the call may read it, but
+    only an upload of its own goes with it.  The example and a session's files stay."""
+    app, url = served
+    c = app.components
+    example = next(iter(c.photo.keep_in_cache))
+    session = sessions.Session()
+    shown = Path(app.on_photo(str(upload), session)[c.faces_view])   # in the session's folder
+    for path in (example, str(shown)):
+        raw_call(url, [{"path": path, "meta": {"_type": "gradio.FileData"}}, "all", "0", 1, *API_DEFAULTS.values()])
+        assert Path(path).exists()
+    assert "1 usable" in app.on_photo(example, sessions.Session())[c.faces_text]   # the example still works
+    sessions.end_session(session)
+
+
+def test_api_refuses_a_photo_not_uploaded_without_naming_a_path(served, astronaut):
+    app, url = served
+    def file(path: str) -> dict:
+        return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+    # Relative, elsewhere on the server, out of the cache through "..", no path.
+    for photo in (file("x.jpg"), file(str(astronaut)), file(str(app.cache / ".." / "x.jpg")), {"url": "x"}):
+        assert raw_call(url, [photo, "all", "0", 1, *API_DEFAULTS.values()]) == (
+            "error", "The photo must be uploaded with the call.")   # names no server path
+
+
+@pytest.mark.parametrize("change", [{"margins": "abc"}, {"steps": "abc"}, {"seed": None}, {"faces": "x"},
+                                    {"another_fake": "yes"}])
+def test_refused_api_calls_delete_the_upload(served, astronaut, tmp_path, change):
+    app, url = served
+    photo = tmp_path / f"refused-{len(str(change))}-{next(iter(change))}.png"
+    photo.write_bytes(astronaut.read_bytes())
+    path = uploaded(url, photo)
+    values = {"faces": "all", "margins": "0", "steps": 1, **API_DEFAULTS, **change}
+    kind, message = raw_call(url, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *values.values()])
+    assert kind == "error" and not Path(path).exists()
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("steps", "abc", "Steps must be a number."), ("steps", True, "Steps must be a number."),
+    ("steps", [3], "Steps must be a number."), ("steps", float("inf"), "Steps must be a number."),
+    ("steps", 1.4, "Steps must be a whole number, not 1.4."), ("steps", 0.5, "Steps must be a whole number, not 0.5."),
+    ("seed", "abc", "The seed must be a number."), ("seed", None, "The seed must be a number."),
+    ("seed", True, "The seed must be a number."), ("seed", 1.5, "The seed must be a whole number, not 1.5."),
+    ("seed", float("inf"), "The seed must be a number."), ("lr", "abc", "The learning rate must be a number."),
+    ("lr", None, "The learning rate must be a number."), ("lr", 1e400, "The learning rate must be a number.")])
+def test_api_bad_numbers_are_one_line(served, client, astronaut, caplog, capfd, name, value, expected):
+    values = {"faces": "all", "margins": "0", "steps": 1, **API_DEFAULTS, name: value}
+    with caplog.at_level("ERROR"):
+        if value == float("inf"):   # gradio_client does not send it (JSON has no inf); any other client may
+            path = uploaded(served[1], astronaut)
+            assert raw_call(served[1], [{"path": path, "meta": {"_type": "gradio.FileData"}}, *values.values()]) == (
+                "error", expected)
+        else:
+            with pytest.raises(AppError) as caught:
+                client.predict(handle_file(str(astronaut)), *values.values(), api_name="/anonymize")
+            assert str(caught.value) == expected
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_page_refuses_what_it_would_round_or_clamp(served, astronaut):
+    app, _ = served
+    session = sessions.Session()
+    app.on_photo(str(astronaut), session)
+    assert run_error(app, session, astronaut, steps=100000)[0] == "Steps must be at most 200, not 100000."
+    assert run_error(app, session, astronaut, steps=1.4)[0] == "Steps must be a whole number, not 1.4."
+    assert run_error(app, session, astronaut, seed=1.5)[0] == "The seed must be a whole number, not 1.5."
+    assert run_error(app, session, astronaut, margin=1.5)[0] == "Every m must lie between 0 and 1, not 1.5."
+    session.forget()
+
+
+def test_api_calls_queued_with_the_same_photo_all_run(served, astronaut, tmp_path):
+    """Gradio stores the same photo at one path: the upload lives until the last call with it is done."""
+    app, url = served
+    photo = tmp_path / "shared-by-four.png"
+    photo.write_bytes(astronaut.read_bytes())
+    clients = [Client(url, verbose=False) for _ in range(4)]
+    jobs = [cl.submit(handle_file(str(photo)), "all", "0", 1, *API_DEFAULTS.values(), api_name="/anonymize")
+            for cl in clients]
+    for job in jobs:
+        assert outside_faces_equal(Path(job.result(timeout=300)[0]), astronaut)
+    for _ in range(100):   # the last call lets go of the file just after its result is sent
+        if not list(app.cache.rglob(photo.name)):
+            break
+        threading.Event().wait(0.1)
+    assert not list(app.cache.rglob(photo.name))
 
 
 @pytest.mark.parametrize("failure, message", [(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried 2 GiB"),

@@ -95,8 +95,9 @@ def test_too_small_faces_are_reported_with_reason(photo):
     faces = FaceAnalyzer(LANDMARKS, FaceConfig(min_face_size=400)).detect(photo)
     face = next(f for f in faces if f.score > 1.0)
     assert not face.usable and "too small" in face.reason
-    with pytest.raises(NoFaceError, match="too small"):
+    with pytest.raises(NoFaceError, match="too small") as caught:
         require_usable(faces)
+    assert "(face 1: " in str(caught.value) and "face 0" not in str(caught.value)   # numbered as the page does
 
 
 def test_photo_without_face_raises_no_face(analyzer, photo):

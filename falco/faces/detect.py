@@ -101,15 +101,18 @@ class FaceAnalyzer:
                             usable=reason is None, reason=reason)
 
 
+NO_FACE_MESSAGE = "No face was found in the photo. Faces should be roughly frontal and at least about 40 pixels wide."
+
+
 def require_usable(faces: list[DetectedFace]) -> list[int]:
     """Indices of the usable faces; NoFaceError (saying why) when there are none."""
     usable = [i for i, face in enumerate(faces) if face.usable]
     if usable:
         return usable
     if not faces:
-        raise NoFaceError("No face was found in the photo. Faces should be roughly frontal and "
-                          "at least about 40 pixels wide.")
-    reasons = "; ".join(f"face {i}: {face.reason}" for i, face in enumerate(faces))
+        raise NoFaceError(NO_FACE_MESSAGE)
+    # Numbered from 1, as the page and the API number faces.
+    reasons = "; ".join(f"face {i}: {face.reason}" for i, face in enumerate(faces, start=1))
     raise NoFaceError(f"No face in the photo can be anonymized ({reasons}).")
 
 

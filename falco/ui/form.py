@@ -27,7 +27,7 @@ class RunSettings:
 
 def parse_faces(text: str) -> tuple[int, ...] | None:
     """ "all" (or empty) -> None; "1, 3" -> (0, 2)."""
-    text = (text or "").strip().lower()
+    text = ("" if text is None else str(text)).strip().lower()
     if text in ("", "all"):
         return None
     try:
@@ -42,27 +42,29 @@ def parse_faces(text: str) -> tuple[int, ...] | None:
 def parse_margins(text: str, limit: int) -> tuple[float, ...]:
     """ "0, 0.5;1" -> (0.0, 0.5, 1.0), repeats dropped; at most ``limit`` values (falco.checks' rules)."""
     try:
-        values = [float(v) for v in str(text or "").replace(";", ",").split(",") if v.strip()]
+        values = [float(v) for v in ("" if text is None else str(text)).replace(";", ",").split(",") if v.strip()]
     except ValueError:
         raise FalcoError(f"m values must be numbers between 0 and 1 separated by commas, not {text!r}.") from None
     return check_margins(values, limit)
 
 
-def _number(name: str, value: Any) -> float:
+def _number(name: str, value: Any, whole: bool = False) -> float:
+    """``value`` as sent (the page and the API hand their numbers over unprocessed): a finite number, whole when
+    asked; nothing is rounded or clamped without a word."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise FalcoError(f"{name} must be a number.")
+    if whole and value != int(value):
+        raise FalcoError(f"{name} must be a whole number, not {value:g}.")
     return value
 
 
 def parse_optim(base: OptimConfig, steps: Any, lr: Any, lambda_id: Any, lambda_attr: Any, seed: Any,
                 max_steps: int) -> OptimConfig:
     """The form's numbers over ``base``; a FalcoError of one line for any that is missing or out of range."""
-    seed = _number("The seed", seed)
-    if seed != int(seed):
-        raise FalcoError(f"The seed must be a whole number, not {seed:g}.")
-    optim = replace(base, steps=int(_number("Steps", steps)), lr=float(_number("The learning rate", lr)),
+    optim = replace(base, steps=int(_number("Steps", steps, whole=True)), lr=float(_number("The learning rate", lr)),
                     lambda_id=float(_number("lambda_id", lambda_id)),
-                    lambda_attr=float(_number("lambda_attr", lambda_attr)), seed=int(seed))
+                    lambda_attr=float(_number("lambda_attr", lambda_attr)),
+                    seed=int(_number("The seed", seed, whole=True)))
     return check_optim(optim, max_steps)
 
 
@@ -77,12 +79,14 @@ class RunForm:
     lambda_id: Any
     lambda_attr: Any
     seed: Any
-    another_fake: bool = False
+    another_fake: Any = False
 
 
 def settings_from_form(form: RunForm, base: OptimConfig, max_margins: int, max_steps: int) -> RunSettings:
     """The RunSettings of a form; a FalcoError naming the first bad value.  Steps 0 (or none) is ``base``'s."""
-    steps = base.steps if form.steps in (0, None) else form.steps
-    return RunSettings(form.faces, parse_margins(form.margins, max_margins),
-                       parse_optim(base, steps, form.lr, form.lambda_id, form.lambda_attr, form.seed, max_steps),
-                       bool(form.another_fake))
+    steps = base.steps if form.steps is None or (form.steps == 0 and not isinstance(form.steps, bool)) else form.steps
+    margins = parse_margins(form.margins, max_margins)
+    optim = parse_optim(base, steps, form.lr, form.lambda_id, form.lambda_attr, form.seed, max_steps)
+    if not isinstance(form.another_fake, bool) and form.another_fake is not None:
+        raise FalcoError(f"another_fake must be true or false, not {form.another_fake!r}.")
+    return RunSettings(form.faces, margins, optim, bool(form.another_fake))

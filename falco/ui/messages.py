@@ -18,6 +18,7 @@ OOM_MESSAGE = ("The GPU ran out of memory. Try fewer faces, fewer m values, or f
                "or try again when the Space is less busy.")
 UNEXPECTED_MESSAGE = "Something went wrong on the server (it has been logged). Please try again."
 LOAD_FAILED_MESSAGE = "The models could not be loaded; the server log says why."
+PHOTO_NOT_UPLOADED = "The photo must be uploaded with the call."
 PHOTO_GONE = "The photo is no longer on the server; please upload it again."
 
 

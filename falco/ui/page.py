@@ -31,11 +31,12 @@ from falco.checks import check_face_picks
 from falco.config import AppConfig, OptimConfig
 from falco.device import app_device, zerogpu_available
 from falco.errors import FalcoError
+from falco.faces.detect import NO_FACE_MESSAGE
 from falco.results import AnonymizationResult, StepEvent
 from falco.ui.downloads import run_record, write_downloads
 from falco.ui.engine import EngineLoader, pipeline_factory
 from falco.ui.form import RunForm, RunSettings, parse_faces, settings_from_form
-from falco.ui.messages import describe_error
+from falco.ui.messages import PHOTO_NOT_UPLOADED, describe_error
 from falco.ui.render import (
     METRIC_HEADERS,
     Comparison,
@@ -71,6 +72,13 @@ PAGE_CSS = """#falco-downloads .label-clear-button { display: none; }
 def as_gr_error(err: BaseException) -> gr.Error:
     """``err`` as the gr.Error a handler raises: one line for the visitor (describe_error logs what is worth it)."""
     return gr.Error(describe_error(err), print_exception=False)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_ino
+    except OSError:
+        return None
 
 
 def zerogpu_decorator(duration_s: int) -> Callable | None:
@@ -194,7 +202,7 @@ class FalcoApp:
                   c.picked_for: photo_path or "", c.session: session}
         if not photo_path:
             return update | {c.faces_text: ""}
-        if photo_path not in c.photo.keep_in_cache:   # example files are shared by every session
+        if self._deletable(photo_path):
             session.hold(photo_path)
         try:
             photo = read_photo(photo_path)
@@ -207,7 +215,7 @@ class FalcoApp:
         update[c.faces_view] = str(folder / "faces.webp")
         annotate_faces(photo, faces).save(update[c.faces_view])
         if not faces:
-            return update | {c.faces_text: "⚠️ No face was found in this photo."}
+            return update | {c.faces_text: f"⚠️ {NO_FACE_MESSAGE}"}
         choices, ticked, text = face_summary(faces)
         return update | {c.picked: gr.CheckboxGroup(choices=choices, value=ticked), c.faces_text: text}
 
@@ -319,8 +327,8 @@ class FalcoApp:
         return update
 
     # -- the API --
-    def api_anonymize(self, photo: str, faces: str, margins: str, steps: float, lr: float, lambda_id: float,
-                      lambda_attr: float, seed: float, another_fake: bool):
+    def api_anonymize(self, photo: Any, faces: Any, margins: Any, steps: Any, lr: Any, lambda_id: Any,
+                      lambda_attr: Any, seed: Any, another_fake: Any):
         """Anonymize the faces of a photo.
 
         faces: "all" or face numbers ("1,3"; usable faces first, largest first); margins: one
@@ -330,24 +338,57 @@ class FalcoApp:
         record (parameters, identity cosine and recogniser distance per face and m) and the
         files to download (every image, the W+ codes, the record).
         """
+        # Unprocessed values (see build): no check of Gradio's can fail before this handler owns the upload, so
+        # the upload goes in every outcome, and every bad value gets the page's words.
         try:
-            form = RunForm(photo, parse_faces(faces), margins, steps, lr, lambda_id, lambda_attr, seed,
-                           bool(another_fake))
-            settings = settings_from_form(form, self.default_optim, self.config.max_margins, self.config.max_steps)
+            path = self._api_photo(photo)
         except FalcoError as err:
             raise as_gr_error(err) from err
-        if photo:   # the upload goes with the call, unless a page session shows the same file
-            UPLOADS.hold(photo)
+        owned = self._deletable(path)
+        if owned:   # a page session showing the same file holds it too
+            UPLOADS.hold(path)
+            seen = _inode(path)
         try:
-            for event in self._stream(photo, settings):
+            try:
+                form = RunForm(path, parse_faces(faces), margins, steps, lr, lambda_id, lambda_attr, seed, another_fake)
+                settings = settings_from_form(form, self.default_optim, self.config.max_margins, self.config.max_steps)
+            except FalcoError as err:
+                raise as_gr_error(err) from err
+            for event in self._stream(path, settings):
                 if isinstance(event, AnonymizationResult):
                     record = run_record(event)
                     with tempfile.TemporaryDirectory(prefix="falco-api-") as folder:
                         # Gradio copies the files into its cache before it resumes this generator.
                         yield event.photo, face_gallery(event), record, write_downloads(event, record, Path(folder))
         finally:
-            if photo:
-                UPLOADS.release(photo)
+            if owned:
+                # Gradio names an upload by its content: calls queued with the same photo use this file after this
+                # one, and a file uploaded again since (a new inode) belongs to that upload's call.
+                UPLOADS.release(path, delete=self._api_calls_with(path) <= 1 and _inode(path) == seen)
+
+    def _api_photo(self, payload: Any) -> str:
+        """The path of an API call's photo (Gradio's file record): one in Gradio's cache, or a FalcoError that
+        names no server path."""
+        if payload is None:
+            raise FalcoError("Upload a photo first.")
+        path = payload.get("path") if isinstance(payload, dict) else None
+        if not isinstance(path, str) or not Path(path).is_absolute() or not (
+                Path(path).resolve().is_relative_to(self.cache.resolve())):
+            raise FalcoError(PHOTO_NOT_UPLOADED)
+        return path
+
+    def _deletable(self, path: str) -> bool:
+        """Whether ``path`` is an upload that its holders may delete: a file Gradio's /upload made, and not an
+        example (anyone may send any path of the cache; examples and other sessions' files must stay)."""
+        return (path in self.demo.upload_file_set and "falco-session-" not in path
+                and not any(path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values()))
+
+    def _api_calls_with(self, path: str) -> int:
+        """API calls queued or running (this one included) whose photo is ``path``."""
+        events = list(self.demo._queue.event_ids_to_events.values())   # from joining the queue until done
+        return sum(1 for event in events if event.fn.api_name == "anonymize" and event.data is not None
+                   and event.data.data and isinstance(event.data.data[0], dict)
+                   and event.data.data[0].get("path") == path)
 
     # -- layout --
     def build(self) -> gr.Blocks:
@@ -398,7 +439,12 @@ class FalcoApp:
                     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                         elem_id="falco-downloads")
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
-                api_inputs = [photo_input(label="photo"), gr.Textbox("all", label="faces"),
+                api_photo = gr.Image(type="filepath", label="photo")
+                # Gradio checks and copies an input's files before any handler runs, and refuses a path outside its
+                # cache in words that name server paths; with a proxy (the attribute of apps loaded from others) it
+                # leaves the file record as sent, and api_anonymize checks it itself (the proxy serves nothing).
+                api_photo.proxy_url = "http://unprocessed.invalid"
+                api_inputs = [api_photo, gr.Textbox("all", label="faces"),
                               gr.Textbox("0", label="margins"), gr.Number(0, label="steps", precision=0),
                               gr.Number(optim.lr, label="lr"), gr.Number(optim.lambda_id, label="lambda_id"),
                               gr.Number(optim.lambda_attr, label="lambda_attr"),
@@ -431,8 +477,9 @@ class FalcoApp:
                          outputs=[*c.results, faces_view, picked, faces_text, picked_for],
                          concurrency_id="detect", concurrency_limit=2, api_visibility="private")
             api_btn.click(self.api_anonymize, inputs=api_inputs, outputs=api_outputs, api_name="anonymize",
-                          concurrency_id="gpu")
+                          concurrency_id="gpu", preprocess=False)
         demo.queue(max_size=cfg.queue_max_size, default_concurrency_limit=1)
+        self.demo = demo
         return demo
 
 

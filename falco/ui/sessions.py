@@ -47,13 +47,16 @@ class SharedFiles:
         with self._lock:
             self._holders[path] += 1
 
-    def release(self, path: str) -> None:
+    def release(self, path: str, delete: bool = True) -> None:
+        """Lets go of ``path``; the last holder deletes it, unless ``delete`` is False (someone not counted here,
+        such as a queued API call, still needs it)."""
         with self._lock:
             self._holders[path] -= 1
             if self._holders[path] > 0:
                 return
             del self._holders[path]
-            Path(path).unlink(missing_ok=True)
+            if delete:
+                Path(path).unlink(missing_ok=True)
 
 
 UPLOADS = SharedFiles()   # one per process, as Gradio's cache is
