@@ -233,10 +233,11 @@ def run_error(app, *args, **kwargs) -> tuple[str, str]:
     return caught.value.message, shown[c.progress]
 
 
-def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos):
+def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos, upload):
     app, _ = served
     session = sessions.Session()
     app.on_photo(str(astronaut), session)
+    app.demo.upload_file_set.add(str(bad_photos["no face"]))   # as Gradio's /upload records a new photo
     assert run_error(app, session, None) == ("Upload a photo first.", render.progress_box("⚠️ Upload a photo first."))
     # Run clicked before the new photo's faces were numbered: the picks are those of the previous photo.
     message, box = run_error(app, session, bad_photos["no face"], picked=[0], picked_for=str(astronaut))
@@ -245,8 +246,11 @@ def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos
     for picked, reason in (([1], "Face 2 cannot be anonymized"), ([3], "there is no face 4"),
                            (["0"], "chosen by number")):
         assert reason in run_error(app, session, astronaut, picked=picked)[0]
-    # Faces the session has not seen are found again before the check.
-    assert "Face 2 cannot be anonymized" in run_error(app, sessions.Session(), astronaut, picked=[1])[0]
+    # Faces the session has not seen (an upload) are found again before the check.
+    assert "Face 2 cannot be anonymized" in run_error(app, sessions.Session(), upload, picked=[1])[0]
+    # Runs skip Gradio's preprocessing: a file neither uploaded, an example nor the session's photo is refused
+    # (any caller of the event could otherwise name any image on the server).
+    assert run_error(app, sessions.Session(), astronaut)[0] == messages.PHOTO_NOT_UPLOADED
     message, box = run_error(app, session, astronaut, seed=-5)
     assert "seed must lie between 0 and 2**63 - 1, not -5" in message and "seed" in box
     assert "learning rate must be above 0, not -1" in run_error(app, session, astronaut, lr=-1)[0]
@@ -339,8 +343,10 @@ def test_ui_messages_for_bad_photos(served, bad_photos):
     assert app.on_photo(str(bad_photos["no face"]), sessions.Session())[text] == (
         "⚠️ No face was found in the photo. Faces should be roughly frontal and at least about 40 pixels wide.")
     assert "too large" in app.on_photo(str(bad_photos["huge"]), sessions.Session())[text]
+    seen = sessions.Session()
+    app.on_photo(str(bad_photos["no face"]), seen)   # the session's photo, as the page's change event gives it
     with pytest.raises(gr.Error, match="Choose at least one face"):
-        list(ui_run(app, sessions.Session(), bad_photos["no face"], picked=[]))
+        list(ui_run(app, seen, bad_photos["no face"], picked=[]))
 
 
 def test_api_error_messages_then_keeps_serving(client, astronaut, bad_photos):

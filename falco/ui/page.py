@@ -228,6 +228,12 @@ class FalcoApp:
         photo_path = None if payload is None else c.photo.preprocess(ImageData(**payload))
         if not photo_path:
             raise FalcoError("Upload a photo first.")
+        session: Session = data[c.session]
+        # Runs skip Gradio's preprocessing, and with it its check that a file was uploaded: any caller of the event
+        # could name any image on the server.  The session's own photo (Gradio checked it on its way in), an
+        # upload or an example are what a page can show.
+        if photo_path != session.photo and not self._known_file(photo_path):
+            raise FalcoError(PHOTO_NOT_UPLOADED)
         if data.get(c.picked_for) != photo_path:   # the picker still shows an earlier photo's faces
             raise FalcoError("The faces of this photo are still being found; tick them once they are "
                              "numbered, then run again.")
@@ -237,7 +243,6 @@ class FalcoApp:
                        data.get(c.seed), bool(data.get(c.another_fake)))
         settings = settings_from_form(form, self.default_optim, self.config.max_margins if compare else 1,
                                       self.config.max_steps)
-        session: Session = data[c.session]
         faces = session.detections_for(photo_path)
         if faces is None:   # the session's photo changed since (or its detection failed): find them again
             faces = self.loader.get().detect(read_photo(photo_path))
@@ -376,6 +381,11 @@ class FalcoApp:
                 Path(path).resolve().is_relative_to(self.cache.resolve())):
             raise FalcoError(PHOTO_NOT_UPLOADED)
         return path
+
+    def _known_file(self, path: str) -> bool:
+        """A file Gradio's /upload made, or an example."""
+        return path in self.demo.upload_file_set or any(
+            path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values())
 
     def _deletable(self, path: str) -> bool:
         """Whether ``path`` is an upload that its holders may delete: a file Gradio's /upload made, and not an
