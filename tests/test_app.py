@@ -217,8 +217,8 @@ def test_a_photo_two_sessions_share_stays_until_both_end(served, upload):
     assert not upload.exists()
     # A photo gone anyway (its session ended in another tab) is a message without the server's path.
     assert run_error(app, sessions.Session(), upload, steps=1) == (messages.PHOTO_GONE,
-                                                                       render.progress_box(f"⚠️ {messages.PHOTO_GONE}"))
-    assert app.on_photo(str(upload), sessions.Session())[c.faces_text] == f"⚠️ {messages.PHOTO_GONE}"
+                                                                       render.progress_box(render.warning(messages.PHOTO_GONE)))
+    assert app.on_photo(str(upload), sessions.Session())[c.faces_text] == render.warning(messages.PHOTO_GONE)
 
 
 def run_error(app, *args, **kwargs) -> tuple[str, str]:
@@ -238,7 +238,8 @@ def test_runs_check_the_photo_and_the_faces_ticked(served, astronaut, bad_photos
     session = sessions.Session()
     app.on_photo(str(astronaut), session)
     app.demo.upload_file_set.add(str(bad_photos["no face"]))   # as Gradio's /upload records a new photo
-    assert run_error(app, session, None) == ("Upload a photo first.", render.progress_box("⚠️ Upload a photo first."))
+    first = "Upload a photo first."
+    assert run_error(app, session, None) == (first, render.progress_box(render.warning(first)))
     # Run clicked before the new photo's faces were numbered: the picks are those of the previous photo.
     message, box = run_error(app, session, bad_photos["no face"], picked=[0], picked_for=str(astronaut))
     assert "still being found" in message and "still being found" in box
@@ -341,7 +342,8 @@ def test_ui_messages_for_bad_photos(served, bad_photos):
     assert "not an image" in app.on_photo(str(bad_photos["text"]), sessions.Session())[text]
     # The page's words are the API's, the hint included.
     assert app.on_photo(str(bad_photos["no face"]), sessions.Session())[text] == (
-        "⚠️ No face was found in the photo. Faces should be roughly frontal and at least about 40 pixels wide.")
+        render.warning("No face was found in the photo. Faces should be roughly frontal and at least about 40 pixels "
+                       "wide."))
     assert "too large" in app.on_photo(str(bad_photos["huge"]), sessions.Session())[text]
     seen = sessions.Session()
     app.on_photo(str(bad_photos["no face"]), seen)   # the session's photo, as the page's change event gives it

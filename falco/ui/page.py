@@ -48,6 +48,7 @@ from falco.ui.render import (
     preview_grid,
     progress_box,
     progress_html,
+    warning,
 )
 from falco.ui.sessions import UPLOADS, Session, end_session, read_photo
 from falco.weights import fetch_weights
@@ -208,14 +209,14 @@ class FalcoApp:
             photo = read_photo(photo_path)
             faces = self.loader.get().detect(photo)
         except Exception as err:
-            return update | {c.faces_text: f"⚠️ {describe_error(err)}"}
+            return update | {c.faces_text: warning(describe_error(err))}
         session.detections = faces
         folder = session.new_folder(self.cache, "photo")
         session.drop_others(folder)
         update[c.faces_view] = str(folder / "faces.webp")
         annotate_faces(photo, faces).save(update[c.faces_view])
         if not faces:
-            return update | {c.faces_text: f"⚠️ {NO_FACE_MESSAGE}"}
+            return update | {c.faces_text: warning(NO_FACE_MESSAGE)}
         choices, ticked, text = face_summary(faces)
         return update | {c.picked: gr.CheckboxGroup(choices=choices, value=ticked), c.faces_text: text}
 
@@ -310,7 +311,7 @@ class FalcoApp:
         except gr.Error as err:
             # The earlier results go with the error: they never sit under a message about another run.
             session.compared = None
-            yield {c.progress: progress_box(f"⚠️ {html.escape(err.message)}"), c.result_photo: None, c.gallery: [],
+            yield {c.progress: progress_box(warning(html.escape(err.message))), c.result_photo: None, c.gallery: [],
                    c.metrics: [], c.plot: None, c.downloads: None}
             raise
 

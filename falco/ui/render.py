@@ -62,6 +62,11 @@ def preview_grid(images: Sequence[Image.Image], tile: int, columns: int,
     return grid
 
 
+def warning(text: str) -> str:
+    """A message that something failed, marked by a red dot the page's CSS draws (emoji need a font)."""
+    return f'<span class="falco-dot falco-failed"></span> {text}'
+
+
 def progress_box(text: str) -> str:
     return f'<div id="falco-progress">{text}</div>'
 
