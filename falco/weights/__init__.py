@@ -7,6 +7,7 @@
     official    where each official checkpoint is downloaded from
     assemble    steps shared by publish and prepare: dlib files, the bank, manifest and model card
     prepare     a set built on this machine from the official checkpoints when none is published
+    licences    each file's origin and licence, the one definition
     publish     the official checkpoints converted, checked and uploaded
     __main__    the command line: python -m falco.weights fetch | random | prepare | publish
 """
