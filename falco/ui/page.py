@@ -385,14 +385,15 @@ class FalcoApp:
 
     def _known_file(self, path: str) -> bool:
         """A file Gradio's /upload made, or an example."""
-        return path in self.demo.upload_file_set or any(
-            path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values())
+        return path in self.demo.upload_file_set or self._is_example(path)
+
+    def _is_example(self, path: str) -> bool:
+        return any(path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values())
 
     def _deletable(self, path: str) -> bool:
         """Whether ``path`` is an upload that its holders may delete: a file Gradio's /upload made, and not an
         example (anyone may send any path of the cache; examples and other sessions' files must stay)."""
-        return (path in self.demo.upload_file_set and "falco-session-" not in path
-                and not any(path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values()))
+        return path in self.demo.upload_file_set and "falco-session-" not in path and not self._is_example(path)
 
     def _api_calls_with(self, path: str) -> int:
         """API calls queued or running (this one included) whose photo is ``path``."""

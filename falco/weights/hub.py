@@ -199,8 +199,7 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
                            "FALCO weight set; publish one with `python -m falco.weights publish`.") from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
-        for_now = status is None or status >= 500 or status in (408, 429)
-        raise (HubUnavailableError if for_now else WeightsError)(
+        raise (HubUnavailableError if answer_is_for_now(status) else WeightsError)(
             f"The Hub answered {status or 'an error'} for {filename} of {where}; try again later.") from err
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -216,14 +215,23 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
             "check the network connection and try again.") from err
 
 
-def _ensure_space(size: int, directory: Path, filename: str) -> None:
+def answer_is_for_now(status: int | None) -> bool:
+    """Whether an HTTP answer (None: none) means the server fails for now, so a later try may work."""
+    return status is None or status >= 500 or status in (408, 429)
+
+
+def lacking_space(size: int, directory: Path) -> str | None:
+    """Why ``size`` bytes do not fit on ``directory``'s disk (the folder may not exist yet), or None."""
     existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
-    if existing is None:
-        return
-    free = shutil.disk_usage(existing).free
-    if free < size:
-        raise WeightsError(f"Not enough disk space for {filename}: it needs {size / 1e6:.0f} MB and {directory} "
-                           f"has {free / 1e6:.0f} MB free; free some space or set HF_HOME to a larger disk.")
+    if existing is not None and (free := shutil.disk_usage(existing).free) < size:
+        return f"it needs {size / 1e6:.0f} MB and {existing} has {free / 1e6:.0f} MB free"
+    return None
+
+
+def _ensure_space(size: int, directory: Path, filename: str) -> None:
+    if problem := lacking_space(size, directory):
+        raise WeightsError(f"Not enough disk space for {filename}: {problem}; free some space or set HF_HOME to a "
+                           "larger disk.")
 
 
 def network_errors() -> tuple[type[BaseException], ...]:

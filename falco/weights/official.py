@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from falco.errors import HubUnavailableError, WeightsError, first_line
-from falco.weights.hub import network_errors
+from falco.weights.hub import answer_is_for_now, lacking_space, network_errors
 from falco.weights.manifest import sha256_file
 
 KINDS = ("hub", "url", "package")
@@ -228,9 +228,13 @@ def _local_path(folder: Path, name: str, source: Source) -> Path:
 
 
 def _package_path(source: Source) -> Path:
-    # Located without importing the package: face_recognition_models imports the removed pkg_resources.
+    return installed_file(*source.location.split(":", 1))
+
+
+def installed_file(package: str, relative: str) -> Path:
+    """A file shipped inside an installed package, found without importing it (face_recognition_models imports
+    the removed pkg_resources); WeightsError when the package or file is missing."""
     from importlib.util import find_spec
-    package, relative = source.location.split(":", 1)
     spec = find_spec(package)
     path = Path(spec.submodule_search_locations[0]) / relative if spec and spec.submodule_search_locations else None
     if path is None or not path.is_file():
@@ -245,10 +249,8 @@ def _offline() -> bool:
 
 
 def _ensure_space(size: int, directory: Path) -> None:
-    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
-    if existing is not None and (free := shutil.disk_usage(existing).free) < size:
-        raise WeightsError(f"not enough disk space: it needs {size / 1e6:.0f} MB and {existing} has "
-                           f"{free / 1e6:.0f} MB free")
+    if problem := lacking_space(size, directory):
+        raise WeightsError(f"not enough disk space: {problem}")
 
 
 def _reporting_tqdm(report: Progress) -> type:
@@ -347,7 +349,7 @@ def _from_url(url: str, path: Path, size: int | None, report: Progress) -> Path:
 
 
 def _http_error(status: int | None) -> WeightsError:
-    for_now = status is None or status >= 500 or status in (408, 429)
+    for_now = answer_is_for_now(status)
     reason = "the file is not there" if status in (401, 403, 404, 410) else "try again later"
     return (HubUnavailableError if for_now else WeightsError)(f"answered HTTP {status or 'error'} ({reason})")
 

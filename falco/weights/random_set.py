@@ -15,12 +15,12 @@ import torch
 
 from falco.bank import build_bank
 from falco.config import BankConfig
-from falco.errors import WeightsError
 from falco.models import io
 from falco.models.random_weights import random_network
 from falco.weights.hub import check_names
 from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, MODEL_CARD_NAME, NETWORKS, Manifest, describe_folder
 from falco.weights.model_card import model_card
+from falco.weights.official import installed_file
 
 RANDOM_BANK_SIZE = {True: 32, False: 8}   # tiny, full size
 
@@ -69,13 +69,7 @@ def make_random_weights(out_dir: str | Path, tiny: bool, names: Iterable[str] | 
 
 
 def packaged_dlib_model(filename: str) -> Path:
-    # Located without importing face_recognition_models (it imports the removed pkg_resources).
-    from importlib.util import find_spec
-    spec = find_spec("face_recognition_models")
-    path = Path(spec.submodule_search_locations[0]) / "models" / filename if spec else None
-    if path is None or not path.is_file():
-        raise WeightsError(f"{filename} comes from the face_recognition_models package: "
-                           "pip install -r requirements-dev.txt")
-    return path
+    """One of dlib's real models, as the face_recognition_models package (a requirement) ships it."""
+    return installed_file("face_recognition_models", f"models/{filename}")
 
 
