@@ -117,6 +117,9 @@ DLIB_SAME_PERSON_DISTANCE = 0.6
 @dataclass(frozen=True)
 class AppConfig:
     queue_max_size: int = 16                     # runs waiting beyond this are refused ("queue full")
+    # After a click, the progress box looks for the run in line this long: one cancelled before it joined
+    # (a new photo) stops the looking.  Joining takes milliseconds; a busy server's event loop, more.
+    queue_join_s: float = 10.0
     compare_margins: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_margins: int = 8                         # m values in one batch (GPU memory grows with it)
     cpu_optim: OptimConfig = OptimConfig(steps=10, preview_every=1, loss_on_skip256=True)

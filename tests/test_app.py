@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -27,6 +28,7 @@ from falco.ui import engine, messages, page, render, sessions
 # Few steps, a preview at each: enough to see streaming, quick on a CPU.
 TEST_CONFIG = AppConfig(cpu_optim=OptimConfig(steps=3, preview_every=1, loss_on_skip256=True))
 API_DEFAULTS = dict(lr=0.01, lambda_id=10.0, lambda_attr=0.1, seed=0, another_fake=False)
+CLICK = SimpleNamespace(session_hash="a-page-with-no-run-in-line")   # the gr.Request of a click
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,8 @@ def ui_run(app, session, photo, **form):
 def shown_files(update: dict, c) -> list[Path]:
     """Every file an update shows the visitor."""
     files = [update.get(c.faces_view), update.get(c.live), update.get(c.result_photo), *(update.get(c.downloads) or [])]
+    before_after = update.get(c.before_after)
+    files += [image["path"] for image in (before_after.value or ()) if image] if before_after else []
     gallery = update.get(c.gallery)
     files += [image for image, _ in (gallery["value"] if gallery else [])]
     return [Path(f) for f in files if f]
@@ -183,8 +187,10 @@ def test_ui_run_streams_previews_then_results(served, upload):
     updates = list(ui_run(app, session, upload))
     previews = [u[c.live] for u in updates if c.live in u]
     assert len(previews) == 3 and all(Image.open(p).size == (256, 256) for p in previews)
-    assert "Step <b>1</b>" in updates[0][c.progress]   # nothing before the first step: a run stopped earlier
-    assert updates[0][c.result_photo] is None and updates[0][c.gallery] == []   # leaves the old results shown
+    # Until its first step a run says it started and clears nothing: one stopped then leaves the old results shown.
+    assert "Started" in updates[0][c.progress] and set(updates[0]) == {c.progress}
+    assert "Step <b>1</b>" in updates[1][c.progress]
+    assert updates[1][c.result_photo] is None and updates[1][c.gallery] == [] and updates[1][c.before_after] is None
     assert 'value="3" max="3"' in updates[-2][c.progress]
     final = updates[-1]
     assert "Done" in final[c.progress] and Image.open(final[c.result_photo]).size == (512, 512)
@@ -194,10 +200,19 @@ def test_ui_run_streams_previews_then_results(served, upload):
     assert final[c.gallery]["columns"] == 4 and not final[c.plot].visible   # one m: no plot against m
     assert len(final[c.metrics]) == 1 and final[c.metrics][0][:2] == [1, 0.0]
     assert final[c.metrics][0][4] in ("same person", "different person")
+    # Before | after: the photo as uploaded beside the result, then each face's crop, picked below the slider.
+    before, after = (Path(image["path"]) for image in final[c.before_after].value)
+    assert after.name == "photo_m0.png" and np.array_equal(np.asarray(Image.open(before).convert("RGB")),
+                                                           np.asarray(Image.open(upload).convert("RGB")))
+    assert final[c.shown_view].choices == [("Photo", "Photo"), ("Face 1", "Face 1")] and final[c.shown_view].visible
+    face = app.show_before_after("Face 1", 0.0, session)[c.before_after]
+    assert [Path(image["path"]).name for image in face.value] == ["face1_aligned.png", "face1_m0_anonymized.png"]
+    assert face.label == "Face 1: original | anonymized, m = 0"
 
     # Every file shown (faces found, previews, results, downloads) is the session's own, and goes with it.
     files = [f for update in [shown, *updates] for f in shown_files(update, c)]
-    assert len(files) == 1 + 3 + 1 + 4 + 8 and all(f.exists() for f in files)   # faces, previews, results
+    # faces, previews, result, gallery, downloads, before | after
+    assert len(files) == 1 + 3 + 1 + 4 + 8 + 2 and all(f.exists() for f in files)
     assert all(f.is_relative_to(session.folder) and f.is_relative_to(app.cache) for f in files)
     sessions.end_session(session)
     assert not any(f.exists() for f in files) and not upload.exists()
@@ -266,19 +281,21 @@ def test_stop_makes_the_run_say_stopped_as_its_last_update(served, astronaut):
     c = app.components
     session = sessions.Session()
     app.on_photo(str(astronaut), session)
-    app.request_run(session)
+    app.request_run(session, CLICK)
     updates = ui_run(app, session, astronaut, steps=3)
+    assert "Started" in next(updates)[c.progress]
     next(updates)
     assert session.last_step == 1
     app.stop(session)
     assert list(updates) == [{c.progress: render.progress_box("Stopped after step 1.")}]
 
-    app.request_run(session)
+    app.request_run(session, CLICK)
     app.stop(session)   # while the run waits in the queue
-    assert list(ui_run(app, session, astronaut, steps=3)) == []
+    stopped = render.progress_box(messages.STOPPED_WAITING)
+    assert list(ui_run(app, session, astronaut, steps=3)) == [{c.progress: stopped}]
 
     app.stop(session)   # nothing running: the next run is not stopped by it
-    app.request_run(session)
+    app.request_run(session, CLICK)
     assert "Done: 1 steps" in list(ui_run(app, session, astronaut, steps=1))[-1][c.progress]
     session.uploads.clear()   # a fixture, not an upload
     session.forget()
@@ -324,7 +341,7 @@ def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_
     # The m slider browses the computed results at once: photo, face and figures at the nearest computed m.
     downloads = {Path(f).name: f for f in updates[-1][c.downloads]}
     for wanted, shown, note in ((0.5, 0.5, False), (0.6, 0.5, True), (0.9, 1.0, True), (0.0, 0.0, False)):
-        view = app.show_margin(wanted, session)
+        view = app.show_margin(wanted, "Face 1", session)
         assert view[c.result_photo].value["path"] == downloads[f"photo_m{shown:g}.png"]
         assert view[c.result_photo].label.startswith(f"Anonymized photo, m = {shown:g}")
         assert ("nearest to" in view[c.result_photo].label) == note
@@ -332,7 +349,11 @@ def test_ui_compare_runs_margins_as_one_batch(served, upload, monkeypatch, tiny_
         row = next(r for r in updates[-1][c.metrics] if r[1] == shown)   # the figures of that m, as computed
         assert view[c.metrics][0] == row
         assert Path(view[c.gallery].value[1]["image"]["path"]).name == f"face1_m{shown:g}_anonymized.png"
-    assert app.show_margin(0.5, sessions.Session()) == {}   # nothing compared: the slider only sets m
+        # The before | after slider follows, on the face picked for it.
+        assert Path(view[c.before_after].value[1]["path"]).name == f"face1_m{shown:g}_anonymized.png"
+        assert view[c.before_after].label.startswith(f"Face 1: original | anonymized, m = {shown:g}")
+        assert ("nearest to" in view[c.before_after].label) == note
+    assert app.show_margin(0.5, "Photo", sessions.Session()) == {}   # nothing compared: the slider only sets m
     session.forget()
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from falco.ui.messages import RUN_GOING
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("FALCO_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -163,17 +165,45 @@ def test_compare_then_the_m_slider_browses_the_results(page):
         page.wait_for_function("shown => document.querySelector('#falco-result').innerText.includes(shown)",
                                arg=shown)
         page.locator("#falco-gallery").get_by_text(f"Face 1, {shown.split(' (')[0]}:").first.wait_for()
+    # Before | after, on the photo then on a face; it follows the m slider too.
+    slider = page.locator("#falco-before-after")
+    page.wait_for_function("() => document.querySelector('#falco-before-after').innerText.includes("
+                           "'Photo: original | anonymized, m = 1')")
+    assert slider.locator("img").count() == 2
+    page.locator("#falco-shown").get_by_text("Face 1").click()
+    page.wait_for_function("() => document.querySelector('#falco-before-after').innerText.includes("
+                           "'Face 1: original | anonymized, m = 1')")
+    margin.fill("0.25")
+    margin.press("Enter")
+    page.wait_for_function("() => document.querySelector('#falco-before-after').innerText.includes("
+                           "'Face 1: original | anonymized, m = 0.25')")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "compare_desktop.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})   # a phone
     page.screenshot(path=str(ARTIFACTS / "compare_phone.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 1800})
 
-def test_stop_ends_a_run(page):
+def test_stop_ends_a_run(page, browser, app_url, fixtures_dir):
     page.locator("#falco-status").get_by_text("The networks are loaded").wait_for()
     set_steps(page, 200)
     start_run(page)
     page.wait_for_function("() => Number(document.querySelector('#falco-progress progress')?.value) >= 2")
+    # Run clicked again during the run: the page says one is going, and the run goes on.
+    page.locator("#falco-run").click()
+    page.get_by_text(RUN_GOING).first.wait_for()
+    going = progress_value(page)
+    page.wait_for_function("going => Number(document.querySelector('#falco-progress progress')?.value) > going",
+                           arg=going)
+    # Another visitor's run waits in line behind it and says so in its progress box.
+    other = open_page(browser, app_url)
+    other.locator("#falco-photo input[type=file]").set_input_files(str(fixtures_dir / "align" / "astronaut.png"))
+    other.locator("#falco-faces-text").get_by_text("usable").wait_for()
+    other.get_by_text("Advanced").click()
+    set_steps(other, 1)
+    other.locator("#falco-run").click()
+    other.locator("#falco-progress").get_by_text("Waiting in line: yours is next").wait_for()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    other.screenshot(path=str(ARTIFACTS / "waiting_in_line.png"))
     page.locator("#falco-stop").click()
     page.locator("#falco-progress").get_by_text("Stopped after step").wait_for()
     # The run's own last update says "Stopped": it stays, with the step it stopped at, and nothing moves.
@@ -181,6 +211,8 @@ def test_stop_ends_a_run(page):
     page.wait_for_timeout(3000)   # several steps' worth of time, were the run still going
     assert page.locator("#falco-progress").inner_text() == stopped and stopped.startswith("Stopped after step")
     assert page.locator("#falco-progress").get_by_text("Done").count() == 0
+    other.locator("#falco-progress").get_by_text("Done").wait_for()   # its turn came
+    other.close()
     # The GPU slot is free again: a short run goes through.
     set_steps(page, 2)
     start_run(page)

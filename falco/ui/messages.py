@@ -20,6 +20,9 @@ UNEXPECTED_MESSAGE = "Something went wrong on the server (it has been logged). P
 LOAD_FAILED_MESSAGE = "The models could not be loaded; the server log says why."
 PHOTO_NOT_UPLOADED = "The photo must be uploaded with the call."
 PHOTO_GONE = "The photo is no longer on the server; please upload it again."
+STOPPED_WAITING = "Stopped before it started; the earlier results stay."
+STOPPED_EARLY = "Stopped before its first step; the earlier results stay."
+RUN_GOING = "Your run is still going (or stopping): wait for it to end, or press Stop, then run again."
 
 
 def describe_error(err: BaseException) -> str:

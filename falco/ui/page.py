@@ -32,13 +32,16 @@ from falco.config import AppConfig, OptimConfig
 from falco.device import app_device, zerogpu_available
 from falco.errors import FalcoError
 from falco.faces.detect import NO_FACE_MESSAGE
+from falco.files import save_image
 from falco.results import AnonymizationResult, StepEvent
 from falco.ui.downloads import run_record, write_downloads
 from falco.ui.engine import EngineLoader, pipeline_factory
 from falco.ui.form import RunForm, RunSettings, parse_faces, settings_from_form
-from falco.ui.messages import PHOTO_NOT_UPLOADED, describe_error
+from falco.ui.messages import PHOTO_NOT_UPLOADED, RUN_GOING, STOPPED_EARLY, STOPPED_WAITING, describe_error
+from falco.ui.queue_state import api_calls_with, has_events, place_in_line
 from falco.ui.render import (
     METRIC_HEADERS,
+    PHOTO_VIEW,
     Comparison,
     annotate_faces,
     face_gallery,
@@ -80,6 +83,10 @@ def _inode(path: str) -> int | None:
         return Path(path).stat().st_ino
     except OSError:
         return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def zerogpu_decorator(duration_s: int) -> Callable | None:
@@ -134,6 +141,9 @@ class Components:
     downloads: gr.File
     faces_view: gr.Image
     faces_text: gr.Markdown
+    before_after: gr.ImageSlider
+    shown_view: gr.Radio              # what the before/after slider shows: the photo or a face
+    waiting: gr.Timer                 # refreshes the progress box while the visitor's run waits in line
 
     @property
     def form(self) -> set:
@@ -144,7 +154,12 @@ class Components:
     @property
     def results(self) -> list:
         return [self.progress, self.live, self.result_photo, self.gallery, self.metrics, self.plot, self.downloads,
-                self.session]
+                self.before_after, self.shown_view, self.session]
+
+    def cleared(self) -> dict:
+        """The results of no run: shown while a new one starts, after a new photo and under an error."""
+        return {self.result_photo: None, self.gallery: [], self.metrics: [], self.plot: None, self.downloads: None,
+                self.before_after: None, self.shown_view: gr.Radio(choices=[], value=None, visible=False)}
 
 
 class FalcoApp:
@@ -165,12 +180,16 @@ class FalcoApp:
                                     fake_k=self.config.another_fake_k if settings.another_fake else 1,
                                     detections=settings.detections)
 
-    def _stream(self, photo_path: str | None, settings: RunSettings) -> Iterator[StepEvent | AnonymizationResult]:
+    @staticmethod
+    def _read(photo_path: str) -> Image.Image:
+        try:
+            return read_photo(photo_path)
+        except Exception as err:
+            raise as_gr_error(err) from err
+
+    def _stream(self, photo: Image.Image, settings: RunSettings) -> Iterator[StepEvent | AnonymizationResult]:
         """StepEvents then the AnonymizationResult; every error becomes a gr.Error."""
         try:
-            if not photo_path:
-                raise FalcoError("Upload a photo first.")
-            photo = read_photo(photo_path)
             self.loader.get()   # wait for the networks here, not inside the GPU slot
             yield from self._device_run(photo, settings)
         except gr.Error:
@@ -197,10 +216,9 @@ class FalcoApp:
         """Detects the faces of a new photo (numbered outlines, the face picker, a summary) and clears
         the previous photo's results."""
         c = self.components
-        session.photo, session.detections, session.compared = photo_path, None, None
-        update = {c.progress: "", c.live: None, c.result_photo: None, c.gallery: [], c.metrics: [], c.plot: None,
-                  c.downloads: None, c.faces_view: None, c.picked: gr.CheckboxGroup(choices=[], value=[]),
-                  c.picked_for: photo_path or "", c.session: session}
+        session.photo, session.detections, session.shown = photo_path, None, None
+        update = {c.progress: "", c.live: None, **c.cleared(), c.faces_view: None,
+                  c.picked: gr.CheckboxGroup(choices=[], value=[]), c.picked_for: photo_path or "", c.session: session}
         if not photo_path:
             return update | {c.faces_text: ""}
         if self._deletable(photo_path):
@@ -249,19 +267,43 @@ class FalcoApp:
             faces = self.loader.get().detect(read_photo(photo_path))
         return photo_path, replace(settings, faces=check_face_picks(form.faces, faces), detections=faces)
 
-    def show_margin(self, wanted: Any, session: Session) -> dict:
+    def show_margin(self, wanted: Any, shown: Any, session: Session) -> dict:
         """After Compare m, the m slider shows the computed results at once (no run): the photo, each face and its
         figures at the computed m nearest to the slider's, saying which m is shown."""
-        if session.compared is None or isinstance(wanted, bool) or not isinstance(wanted, (int, float)):
+        if session.shown is None or len(session.shown.margins) < 2 or not _is_number(wanted):
             return {}
         c = self.components
-        photo, label, items, rows = session.compared.view(float(wanted))
+        photo, label, items, rows = session.shown.view(float(wanted))
         return {c.result_photo: gr.Image(value=photo, label=label), c.gallery: gr.Gallery(value=items, columns=2),
-                c.metrics: rows}
+                c.metrics: rows} | self.show_before_after(shown, wanted, session)
 
-    def request_run(self, session: Session) -> None:
-        """Runs when Run or Compare m is clicked, before the run waits in the queue: a Stop from now on ends it."""
-        session.stops_at_request = session.stops
+    def show_before_after(self, shown: Any, wanted: Any, session: Session) -> dict:
+        """The before/after slider on the photo or face ``shown``, at the m the results show."""
+        if session.shown is None or not _is_number(wanted):
+            return {self.components.before_after: gr.skip()}   # (an empty dict would be the slider's value)
+        pair, label = session.shown.before_after(float(wanted), shown if isinstance(shown, str) else None)
+        return {self.components.before_after: gr.ImageSlider(value=pair, label=label)}
+
+    def request_run(self, session: Session, request: gr.Request) -> gr.Timer:
+        """Runs when Run or Compare m is clicked, before the run waits in the queue: a Stop from now on ends it, and
+        the progress box shows its place in line.  A click while the visitor's run waits or runs starts nothing."""
+        if has_events(self.demo, request.session_hash, (self.run, self.compare)):
+            raise gr.Error(RUN_GOING, print_exception=False)
+        session.stops_at_request, session.asked_at = session.stops, time.monotonic()
+        return gr.Timer(active=True)
+
+    def show_waiting(self, session: Session, request: gr.Request) -> dict:
+        """The visitor's place in line and the expected wait, in the progress box, until the run starts."""
+        c = self.components
+        if session.asked_at is None:   # started (it shows its own progress), or ended
+            return {c.waiting: gr.Timer(active=False)}
+        place = place_in_line(self.demo, request.session_hash, (self.run, self.compare), "gpu")
+        if place is not None:
+            return {c.progress: progress_box(html.escape(place.describe()))}
+        if time.monotonic() - session.asked_at > self.config.queue_join_s:   # never joined, or cancelled waiting
+            session.asked_at = None
+            return {c.waiting: gr.Timer(active=False)}
+        return {}   # not in line yet, or just taken from it
 
     def stop(self, session: Session) -> None:
         """Asks the visitor's run (running or waiting) to stop; the run says so itself."""
@@ -279,40 +321,49 @@ class FalcoApp:
         c = self.components
         session: Session = data[c.session]
         stops = session.stops if session.stops_at_request is None else session.stops_at_request
-        session.stops_at_request, session.last_step = None, 0
+        session.stops_at_request, session.last_step, session.asked_at = None, 0, None
         try:
             try:
                 photo_path, settings = self._page_settings(data, compare)
             except Exception as err:
                 raise as_gr_error(err) from err
+            photo = self._read(photo_path)
+            if session.stops != stops:   # Stop clicked while it waited in line (which the progress box showed)
+                yield {c.progress: progress_box(STOPPED_WAITING)}
+                return
             folder = session.new_folder(self.cache, "run")
             started = time.monotonic()
-            with closing(self._stream(photo_path, settings)) as events:
+            # Shown until the first step (inversion, fakes and the first pass take a while): not "waiting" any more.
+            yield {c.progress: progress_box("Started: inverting the faces and finding their fakes.")}
+            with closing(self._stream(photo, settings)) as events:
                 for event in events:
                     if session.stops != stops:
-                        # A run stopped before its first step shows nothing: the earlier results stay.
-                        if session.last_step:
-                            yield {c.progress: progress_box(f"Stopped after step {session.last_step}.")}
+                        # A run stopped before its first step cleared nothing: the earlier results stay.
+                        yield {c.progress: progress_box(f"Stopped after step {session.last_step}." if session.last_step
+                                                        else STOPPED_EARLY)}
                         return
                     if isinstance(event, StepEvent):
                         yield self._step_update(event, session, folder, settings, compare)
                         continue
                     paths = write_downloads(event, run_record(event), folder)
+                    original = save_image(photo, folder / "original.png")
                     session.drop_others(folder)
                     # Several m: the m slider browses them (show_margin) until the next photo or run.
-                    session.compared = Comparison.of(event, folder) if len(event.margins) > 1 else None
+                    session.shown = Comparison.of(event, folder, str(original))
+                    pair, label = session.shown.before_after(event.margins[0], PHOTO_VIEW)
                     yield {c.progress: progress_box(f"Done: {settings.optim.steps} steps in "
                                                     f"{time.monotonic() - started:.1f} s."),
                            c.result_photo: paths[0],   # the photo at the first m
                            c.gallery: gr.update(value=face_gallery(event, compare, folder),
                                                 columns=1 + len(event.margins) if compare else 4),
                            c.metrics: metric_rows(event), c.downloads: paths,
-                           c.plot: gr.Plot(margin_plot(event) if compare else None, visible=compare)}
+                           c.plot: gr.Plot(margin_plot(event) if compare else None, visible=compare),
+                           c.before_after: gr.ImageSlider(value=pair, label=label),
+                           c.shown_view: gr.Radio(choices=session.shown.views, value=PHOTO_VIEW, visible=True)}
         except gr.Error as err:
             # The earlier results go with the error: they never sit under a message about another run.
-            session.compared = None
-            yield {c.progress: progress_box(warning(html.escape(err.message))), c.result_photo: None, c.gallery: [],
-                   c.metrics: [], c.plot: None, c.downloads: None}
+            session.shown = None
+            yield {c.progress: progress_box(warning(html.escape(err.message))), **c.cleared()}
             raise
 
     def _step_update(self, event: StepEvent, session: Session, folder: Path, settings: RunSettings,
@@ -322,8 +373,7 @@ class FalcoApp:
         # Until its first step a run shows nothing (Gradio shows it waiting): one stopped or cancelled
         # before then leaves the earlier results as they were.
         if not session.last_step:
-            update |= {c.result_photo: None, c.gallery: [], c.metrics: [], c.downloads: None, c.plot: None,
-                       c.session: session}   # a session that ran registers its cleanup
+            update |= {**c.cleared(), c.session: session}   # a session that ran registers its cleanup
         session.last_step = event.step
         if event.previews:
             update[c.live] = str(folder / f"preview-{event.step}.webp")
@@ -360,7 +410,7 @@ class FalcoApp:
                 settings = settings_from_form(form, self.default_optim, self.config.max_margins, self.config.max_steps)
             except FalcoError as err:
                 raise as_gr_error(err) from err
-            for event in self._stream(path, settings):
+            for event in self._stream(self._read(path), settings):
                 if isinstance(event, AnonymizationResult):
                     record = run_record(event)
                     with tempfile.TemporaryDirectory(prefix="falco-api-") as folder:
@@ -370,7 +420,8 @@ class FalcoApp:
             if owned:
                 # Gradio names an upload by its content: calls queued with the same photo use this file after this
                 # one, and a file uploaded again since (a new inode) belongs to that upload's call.
-                UPLOADS.release(path, delete=self._api_calls_with(path) <= 1 and _inode(path) == seen)
+                UPLOADS.release(path, delete=api_calls_with(self.demo, "anonymize", path) <= 1
+                                and _inode(path) == seen)
 
     def _api_photo(self, payload: Any) -> str:
         """The path of an API call's photo (Gradio's file record): one in Gradio's cache, or a FalcoError that
@@ -394,13 +445,6 @@ class FalcoApp:
         """Whether ``path`` is an upload that its holders may delete: a file Gradio's /upload made, and not an
         example (anyone may send any path of the cache; examples and other sessions' files must stay)."""
         return path in self.demo.upload_file_set and "falco-session-" not in path and not self._is_example(path)
-
-    def _api_calls_with(self, path: str) -> int:
-        """API calls queued or running (this one included) whose photo is ``path``."""
-        events = list(self.demo._queue.event_ids_to_events.values())   # from joining the queue until done
-        return sum(1 for event in events if event.fn.api_name == "anonymize" and event.data is not None
-                   and event.data.data and isinstance(event.data.data[0], dict)
-                   and event.data.data[0].get("path") == path)
 
     # -- layout --
     def build(self) -> gr.Blocks:
@@ -448,6 +492,9 @@ class FalcoApp:
                     metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Identity", interactive=False,
                                            elem_id="falco-metrics")
                     plot = gr.Plot(label="Identity against m", visible=False, elem_id="falco-plot")
+                    shown_view = gr.Radio(label="Before | after", choices=[], visible=False, elem_id="falco-shown")
+                    before_after = gr.ImageSlider(label="Original | anonymized", type="filepath", interactive=False,
+                                                  elem_id="falco-before-after")
                     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                         elem_id="falco-downloads")
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
@@ -468,7 +515,8 @@ class FalcoApp:
             gr.Markdown(licence_footer(), elem_id="falco-licences")
             c = self.components = Components(photo, picked_for, picked, margin, margins_text, steps, lr, lambda_id,
                                              lambda_attr, seed, another_fake, session, progress, live, result_photo,
-                                             gallery, metrics, plot, downloads, faces_view, faces_text)
+                                             gallery, metrics, plot, downloads, faces_view, faces_text, before_after,
+                                             shown_view, gr.Timer(1.0, active=False))
 
             timer = gr.Timer(1.0, active=self.loader.status()[0] == "loading")
             timer.tick(self.status_update, outputs=[banner, timer], queue=False, api_visibility="private")
@@ -478,12 +526,22 @@ class FalcoApp:
             # fails the picker's check; _page_settings checks every value and says what is wrong.
             runs = []
             for button, handler in ((run_btn, self.run), (compare_btn, self.compare)):
-                requested = button.click(self.request_run, inputs=[session], queue=False, api_visibility="private")
-                runs.append(requested.then(handler, inputs=c.form, outputs=c.results, show_progress_on=[live],
+                # Every click reaches request_run (Gradio's default drops clicks while the last one's chain runs),
+                # which refuses one while a run is going; .success: a refused click starts nothing.  Queued, but in
+                # a line of its own that never waits: only a queued event's error reaches the visitor as a toast.
+                requested = button.click(self.request_run, inputs=[session], outputs=[c.waiting],
+                                         concurrency_id="clicks", concurrency_limit=None, show_progress="hidden",
+                                         api_visibility="private", trigger_mode="multiple")
+                runs.append(requested.success(handler, inputs=c.form, outputs=c.results, show_progress_on=[live],
                                            concurrency_id="gpu", api_visibility="private", preprocess=False))
             stop_btn.click(self.stop, inputs=[session], queue=False, api_visibility="private")
-            margin.change(self.show_margin, inputs=[margin, session], outputs=[result_photo, gallery, metrics],
-                          queue=False, show_progress="hidden", api_visibility="private")
+            c.waiting.tick(self.show_waiting, inputs=[session], outputs=[progress, c.waiting], queue=False,
+                           show_progress="hidden", api_visibility="private")
+            margin.change(self.show_margin, inputs=[margin, shown_view, session],
+                          outputs=[result_photo, gallery, metrics, before_after], queue=False, show_progress="hidden",
+                          api_visibility="private")
+            shown_view.change(self.show_before_after, inputs=[shown_view, margin, session], outputs=[before_after],
+                              queue=False, show_progress="hidden", api_visibility="private")
             # A new photo ends a run on the previous one and clears its results.
             photo.change(self.on_photo, inputs=[photo, session], cancels=runs,
                          outputs=[*c.results, faces_view, picked, faces_text, picked_for],

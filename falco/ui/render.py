@@ -150,15 +150,20 @@ class ComparedFace:
     distance: dict[float, float]
 
 
+PHOTO_VIEW = "Photo"   # the before/after slider's choice of the whole photo; faces are "Face 1", "Face 2", ...
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """A Compare m result as the m slider browses it: the files written for the visitor, by m."""
+    """A run's result as the page browses it: the files written for the visitor, by m (the m slider moves
+    between them after Compare m), and the original photo's, for the before/after slider."""
     margins: tuple[float, ...]
     photos: dict[float, str]
     faces: tuple[ComparedFace, ...]
+    original: str
 
     @classmethod
-    def of(cls, result: AnonymizationResult, folder: Path) -> Comparison:
+    def of(cls, result: AnonymizationResult, folder: Path, original: str) -> Comparison:
         faces = []
         for number in sorted({r.face_index + 1 for r in result.faces}):
             rows = [r for r in result.faces if r.face_index + 1 == number]
@@ -170,17 +175,35 @@ class Comparison:
                                       {r.margin: r.identity_cosine for r in rows},
                                       {r.margin: r.recognizer_distance for r in rows}))
         return cls(tuple(result.margins), {m: str(folder / f"photo_m{m:g}.png") for m in result.margins},
-                   tuple(faces))
+                   tuple(faces), original)
+
+    @property
+    def views(self) -> list[str]:
+        """What the before/after slider can show: the photo, then each face."""
+        return [PHOTO_VIEW, *(f"Face {face.number}" for face in self.faces)]
 
     def nearest(self, wanted: float) -> float:
         return min(self.margins, key=lambda m: (abs(m - wanted), m))
 
+    def _at(self, wanted: float) -> tuple[float, str]:
+        m = self.nearest(wanted)
+        if m == wanted or len(self.margins) == 1:
+            return m, f"m = {m:g}"
+        return m, f"m = {m:g} (the computed m nearest to {wanted:g})"
+
+    def before_after(self, wanted: float, shown: str | None) -> tuple[tuple[str, str], str]:
+        """(original, anonymized) files of the photo or of face ``shown`` ("Face 2") at the computed m nearest to
+        ``wanted``, and their label."""
+        m, at = self._at(wanted)
+        for face in self.faces:
+            if shown == f"Face {face.number}":
+                return (face.aligned, face.anonymized[m]), f"Face {face.number}: original | anonymized, {at}"
+        return (self.original, self.photos[m]), f"Photo: original | anonymized, {at}"
+
     def view(self, wanted: float) -> tuple[str, str, list[tuple[str, str]], list[list[Any]]]:
         """(photo, its label, gallery items, metric rows) at the computed m nearest to ``wanted``."""
-        m = self.nearest(wanted)
-        label = f"Anonymized photo, m = {m:g}"
-        if m != wanted:
-            label += f" (the computed m nearest to {wanted:g})"
+        m, at = self._at(wanted)
+        label = f"Anonymized photo, {at}"
         items, rows = [], []
         for face in self.faces:
             cosine, distance = face.cosine[m], face.distance[m]

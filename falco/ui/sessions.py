@@ -75,7 +75,8 @@ class Session:
     stops: int = 0                 # Stop clicks: a run stops once this differs from its count when it was asked for
     stops_at_request: int | None = None   # ``stops`` when Run or Compare m was last clicked (the run may wait)
     last_step: int = 0             # the last step the current run showed
-    compared: Comparison | None = None   # the last Compare m, browsed by the m slider
+    asked_at: float | None = None  # time.monotonic() of the click whose run has not started yet
+    shown: Comparison | None = None   # the last run's results: the m slider browses several m, the before/after
 
     def detections_for(self, photo_path: str | None) -> list[DetectedFace] | None:
         return self.detections if photo_path is not None and photo_path == self.photo else None
