@@ -417,8 +417,9 @@ def test_api_refuses_a_photo_not_uploaded_without_naming_a_path(served, astronau
     def file(path: str) -> dict:
         return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
-    # Relative, elsewhere on the server, out of the cache through "..", no path.
-    for photo in (file("x.jpg"), file(str(astronaut)), file(str(app.cache / ".." / "x.jpg")), {"url": "x"}):
+    # Relative, elsewhere on the server, out of the cache through "..", no path; not a file record at all.
+    for photo in (file("x.jpg"), file(str(astronaut)), file(str(app.cache / ".." / "x.jpg")), {"url": "x"},
+                  "abc", str(astronaut), 5, ["x"], {"path": 3}):
         assert raw_call(url, [photo, "all", "0", 1, *API_DEFAULTS.values()]) == (
             "error", "The photo must be uploaded with the call.")   # names no server path
 

@@ -26,6 +26,7 @@ import gradio as gr
 import torch
 from gradio.data_classes import ImageData
 from PIL import Image
+from pydantic import ValidationError, model_validator
 
 from falco.checks import check_face_picks
 from falco.config import AppConfig, OptimConfig
@@ -115,6 +116,33 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
     image.preprocess = keep_file
     return image
+
+
+class AnyPhotoRecord(ImageData):
+    """Gradio's image file record, validated as ever, except that a value that is not one ("abc", 5) passes as an
+    empty record instead of failing with pydantic's message: api_anonymize then answers it in the page's words."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, validate: Any) -> Any:
+        try:
+            return validate(value)
+        except ValidationError:
+            return cls.model_construct(path=None)
+
+
+def api_photo_input() -> gr.Image:
+    """The API's photo input, left to api_anonymize to check: whatever a caller sends reaches it as sent.
+
+    Gradio checks and copies an input's files before any handler runs, refusing a path outside its cache in words
+    that name server paths; with a proxy URL (the attribute of apps loaded from other apps) it leaves the file record
+    as sent, and the proxy serves nothing (Gradio's /proxy route serves only the hosts of the apps it loaded).  Its
+    check of the record's shape is made lenient (AnyPhotoRecord); the schema clients read stays Gradio's.
+    """
+    photo = gr.Image(type="filepath", label="photo")
+    photo.proxy_url = "http://unprocessed.invalid"
+    photo.data_model = AnyPhotoRecord
+    return photo
 
 
 @dataclass(frozen=True)
@@ -498,12 +526,7 @@ class FalcoApp:
                     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                         elem_id="falco-downloads")
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
-                api_photo = gr.Image(type="filepath", label="photo")
-                # Gradio checks and copies an input's files before any handler runs, and refuses a path outside its
-                # cache in words that name server paths; with a proxy (the attribute of apps loaded from others) it
-                # leaves the file record as sent, and api_anonymize checks it itself (the proxy serves nothing).
-                api_photo.proxy_url = "http://unprocessed.invalid"
-                api_inputs = [api_photo, gr.Textbox("all", label="faces"),
+                api_inputs = [api_photo_input(), gr.Textbox("all", label="faces"),
                               gr.Textbox("0", label="margins"), gr.Number(0, label="steps", precision=0),
                               gr.Number(optim.lr, label="lr"), gr.Number(optim.lambda_id, label="lambda_id"),
                               gr.Number(optim.lambda_attr, label="lambda_attr"),
