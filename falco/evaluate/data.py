@@ -225,7 +225,8 @@ def _from_dataset(name: str, labels: Labels, image_column: str, split: str) -> E
             skipped["failed"] = skipped.get("failed", 0) + 1
             continue
         margin = row[DATASET_COLUMNS["margin"]]
-        anonymized.append(Anonymized(key, None if margin is None else float(margin),
+        # A float32 column holds 0.9 as 0.8999999762: rounded, its rows group and print as the m that was asked for.
+        anonymized.append(Anonymized(key, None if margin is None else round(float(margin), 6),
                                      partial(_row_image, raw, index, DATASET_COLUMNS["anonymized"])))
     if not anonymized:
         raise FalcoError(f"The dataset {Path(name).name} has no anonymized image ({_describe(skipped)}).")
