@@ -180,7 +180,7 @@ def test_table_lays_out_ours_then_the_papers():
     assert rows[4][casia] == f"{paper[0.9].reid_casia:.2f} %"
     assert rows[3][headings.index("Attr. acc.")] == f"{paper[0.0].attribute_accuracy:.4f}"
     text = format_table(figures_for([None]))
-    assert "m = ?" in text and "29.93" in text and len(text.splitlines()) == 2 + 2 + 1 + len(PAPER_CELEBAHQ)
+    assert "m = ?" in text and "29.93" in text and len(text.splitlines()) == 2 + 2 + 1 + len(PAPER_CELEBAHQ) + 1
 
 
 def test_metrics_json_and_a_self_contained_html(tmp_path, face):

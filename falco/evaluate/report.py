@@ -20,8 +20,9 @@ from falco.evaluate.data import EvaluationSet
 from falco.files import write_atomic
 
 METRICS_NAME, REPORT_NAME = "metrics.json", "report.html"
-# The table's columns: (heading, how a row of metrics.json gives it, how it is printed).
-JUDGE_NAMES = {"facenet_casia": "CASIA", "facenet_vgg": "VGG", "arcface": "ArcFace", "dlib": "dlib"}
+# The identity judges' headings.  ArcFace is starred: the loss optimised its cosine, so it is no independent judge.
+JUDGE_NAMES = {"facenet_casia": "CASIA", "facenet_vgg": "VGG", "arcface": "ArcFace*", "dlib": "dlib"}
+ARCFACE_NOTE = "* ArcFace IR-SE50 is the loss's own judge (the run optimised its cosine): not an independent measure."
 
 
 def margin_label(margin) -> str:
@@ -65,7 +66,7 @@ def format_table(figures: dict, paper: Sequence[PaperFigures] = PAPER_CELEBAHQ) 
     out = [line(headings), "-" * sum(widths) + "-" * 2 * (len(widths) - 1), *map(line, rows[:ours])]
     if paper:
         out += ["-" * sum(widths) + "-" * 2 * (len(widths) - 1), *map(line, rows[ours:])]
-    return "\n".join(out)
+    return "\n".join([*out, ARCFACE_NOTE])
 
 
 def write_metrics(figures: dict, out_dir: Path, paper: Sequence[PaperFigures] = PAPER_CELEBAHQ) -> Path:
@@ -113,7 +114,8 @@ table.examples td {{ padding: 2px; text-align: center; font-size: 0.8em; }}
 <h2>Figures</h2>
 {table}
 <p>Rates in %; re-identification: the share of anonymized faces whose nearest original, by each judge, is their own
-source (or, with identity labels, the same person). Grey rows: the paper's CelebA-HQ figures, for reference.</p>
+source (or, with identity labels, the same person). Grey rows: the paper's CelebA-HQ figures, for reference.
+{html.escape(ARCFACE_NOTE)}</p>
 <h2>Plots</h2>
 <div class="plots">{plots}</div>
 <h2>Examples</h2>
