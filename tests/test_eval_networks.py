@@ -197,3 +197,23 @@ def test_random_judges_folder_must_be_complete(tiny_weights_with_judges, tmp_pat
         judges.fetch_evaluation_weights(copy)
     # A folder without judges (any published set) sends the judges to their public sources.
     assert judges.random_judges_folder(tmp_path) is None
+
+
+def test_random_command_writes_judges_unless_told_not_to(tmp_path):
+    from falco.weights.__main__ import main
+    assert main(["random", "--out", str(tmp_path / "with"), "--tiny", "--names", "arcface"]) == 0
+    paths = judges.fetch_evaluation_weights(tmp_path / "with")
+    assert paths.source == str((tmp_path / "with" / "evaluation").resolve()) and paths.probe_weights is None
+    assert paths.pnet.name == "pnet.pt" and paths.facenet_vgg.name == "20180402-114759-vggface2.pt"
+    assert main(["random", "--out", str(tmp_path / "without"), "--tiny", "--names", "arcface", "--no-judges"]) == 0
+    assert not (tmp_path / "without" / "evaluation").exists()
+
+
+def test_readme_names_every_judge_licence():
+    from pathlib import Path
+
+    from falco.weights.licences import EVALUATION_LICENCES
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Evaluation networks"):]
+    for terms in EVALUATION_LICENCES.values():
+        assert f"[{terms.licence}]({terms.url})" in section, terms
