@@ -180,6 +180,7 @@ def test_table_lays_out_ours_then_the_papers():
     assert rows[4][casia] == f"{paper[0.9].reid_casia:.2f} %"
     assert rows[3][headings.index("Attr. acc.")] == f"{paper[0.0].attribute_accuracy:.4f}"
     text = format_table(figures_for([None]))
+    assert "FID (64-d)" in format_table({**figures_for([0.0]), "input": {"fid_features": 64}})
     assert "m = ?" in text and "29.93" in text and len(text.splitlines()) == 2 + 2 + 1 + len(PAPER_CELEBAHQ) + 1
 
 
@@ -200,9 +201,11 @@ def test_metrics_json_and_a_self_contained_html(tmp_path, face):
 
 # --- Evaluations on random weights --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def evaluator(tiny_weights):
+def evaluator(tiny_weights_with_judges):
     from falco.evaluate.metrics import Evaluator
-    return Evaluator.from_pretrained(str(tiny_weights), "cpu", progress=False)
+    # 64 Inception features: FID's arithmetic is the same, its 2048-d eigenvalues take ~20 s a margin on this CPU.
+    return Evaluator.from_pretrained(str(tiny_weights_with_judges), "cpu", EvaluationConfig(fid_features=64),
+                                     progress=False)
 
 
 def test_identical_folders_by_hand(tmp_path, face, evaluator):
@@ -249,16 +252,17 @@ def test_usage_errors_exit_2_and_bad_input_exits_1(tmp_path, capsys):
     assert not out.exists()                                       # nothing written for a run that did not start
 
 
-def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights):
+def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights_with_judges):
     """The whole run as a user types it: falco anonymize at two m, then falco.evaluate on its output folder."""
     photos = make_tree(tmp_path / "photos", {"a/x.png": face, "y.png": ImageOps.mirror(face)})
     out, report = tmp_path / "anonymized", tmp_path / "report"
     run = subprocess.run([sys.executable, "-m", "falco.cli", "anonymize", str(photos), str(out), "--weights",
-                          str(tiny_weights), "--device", "cpu", "--steps", "1", "--margin", "0", "0.5",
+                          str(tiny_weights_with_judges), "--device", "cpu", "--steps", "1", "--margin", "0", "0.5",
                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     run = subprocess.run([sys.executable, "-m", "falco.evaluate", str(photos), str(out), "--weights",
-                          str(tiny_weights), "--device", "cpu", "--out", str(report), "--no-progress"],
+                          str(tiny_weights_with_judges), "--device", "cpu", "--out", str(report),
+                          "--fid-features", "64", "--no-progress"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     figures = json.loads((report / "metrics.json").read_text())

@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--labels", type=Path, default=None,
                      help="folders' labels: a CSV with the originals' relative paths (column 'path' or the first)")
     top.add_argument("--margin", type=float, default=None, help="the m of two plain folders (for the table)")
+    top.add_argument("--fid-features", type=int, choices=(64, 192, 768, 2048), default=EvaluationConfig().fid_features,
+                     help="InceptionV3 features for FID: 2048 as published FIDs; fewer for quick checks")
     top.add_argument("--no-progress", action="store_true")
     return top
 
@@ -73,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from falco.evaluate.metrics import Evaluator
     from falco.evaluate.report import format_table, write_html, write_metrics
 
-    config = EvaluationConfig()
+    config = EvaluationConfig(fid_features=args.fid_features)
     labels = Labels(args.identity_column, None if args.attribute_columns is None else tuple(args.attribute_columns),
                     args.labels)
     data = load_evaluation_set(args.originals, args.anonymized, labels, args.image_column, args.split,

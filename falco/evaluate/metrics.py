@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from falco.config import EvaluationConfig
+from falco.config import EvaluationConfig, FaceConfig
 from falco.device import resolve_device
 from falco.evaluate.data import EvaluationSet, Original
 from falco.faces import DetectedFace, FaceAnalyzer, align_face
@@ -124,7 +124,8 @@ class Evaluator:
         device = resolve_device(device)
         paths = fetch_weights(source, names=("arcface", "dlib_landmarks", "dlib_recognition"), progress=progress)
         arcface = load_networks(paths, device, names=("arcface",)).arcface
-        return cls(load_judges(source, device, progress=progress), arcface, FaceAnalyzer(paths.dlib_landmarks),
+        analyzer = FaceAnalyzer(paths.dlib_landmarks, FaceConfig(detect_max_side=config.detect_max_side))
+        return cls(load_judges(source, device, progress=progress), arcface, analyzer,
                    FaceRecognizer(paths.dlib_recognition), device, config)
 
     @torch.no_grad()
@@ -137,7 +138,7 @@ class Evaluator:
             by_key[item.key].append(item)
         originals = [o for o in data.originals if o.key in by_key]
         margins = data.margins
-        inception = _fid_inception(self.judges.fid_weights, self.device)
+        inception = _fid_inception(self.judges.fid_weights, self.config.fid_features, self.device)
         real_fid, fake_fid = _fid_metric(inception, self.device), {m: _fid_metric(inception, self.device)
                                                                    for m in margins}
         tally = _Tally()
@@ -233,7 +234,8 @@ class Evaluator:
                     "detection_percent": {d: 100.0 * float(np.mean(v)) for d, v in tally.detected[ORIGINAL].items()},
                     "attribute_accuracy": probe.get(ORIGINAL, {}).get("mean"),
                     "attribute_accuracy_per_attribute": probe.get(ORIGINAL, {}).get("per_attribute")}
-        return {"input": {"kind": data.kind, "aligned": aligned, "originals": len(originals),
+        return {"input": {"kind": data.kind, "aligned": aligned, "fid_features": self.config.fid_features,
+                          "originals": len(originals),
                           "anonymized": sum(r["images"] for r in rows), "skipped": dict(data.skipped),
                           "no_face_in_original": tally.no_face, "identity_labels": data.has_identities,
                           "attributes": list(data.attribute_names),
@@ -270,10 +272,10 @@ def _nearest(faces: list[DetectedFace], reference: DetectedFace) -> DetectedFace
 
 
 # --- FID (torchmetrics, torch-fidelity's InceptionV3) ---------------------------------------------------------------
-def _fid_inception(weights, device: torch.device):
+def _fid_inception(weights, features: int, device: torch.device):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
                               feature_extractor_weights_path=str(weights)).to(device)
 
 

@@ -37,8 +37,9 @@ def _number(value, digits: int, suffix: str = "") -> str:
 
 def table_rows(figures: dict, paper: Sequence[PaperFigures] = PAPER_CELEBAHQ) -> tuple[list[str], list[list[str]]]:
     """(headings, rows of cells): the originals, each m, then the paper's CelebA-HQ rows for reference."""
-    headings = ["", "FID", "Det. dlib", "Det. MTCNN", *(f"Re-ID {n}" for n in JUDGE_NAMES.values()), "Attr. acc.",
-                "Landmarks"]
+    features = figures["input"].get("fid_features", 2048)
+    headings = ["", "FID" if features == 2048 else f"FID ({features}-d)", "Det. dlib", "Det. MTCNN",
+                *(f"Re-ID {n}" for n in JUDGE_NAMES.values()), "Attr. acc.", "Landmarks"]
     original = figures["original"]
     rows = [["Original", "-", _number(original["detection_percent"].get("dlib"), 2, " %"),
              _number(original["detection_percent"].get("mtcnn"), 2, " %"), *["-"] * len(JUDGE_NAMES),
