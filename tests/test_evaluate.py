@@ -45,6 +45,15 @@ def test_landmark_error_is_normalised_by_the_outer_eye_corners():
     assert landmark_error(moved, reference) == pytest.approx(0.1)
 
 
+def test_landmarks_follow_an_anonymized_image_of_another_size():
+    from falco.evaluate.metrics import _scaled
+    points = np.array([[0.0, 0.0], [99.0, 49.0], [10.0, 20.0]])
+    same = _scaled(points, (100, 50), (100, 50))
+    assert same is points
+    # Pixel centres on integers: the 100-px image's pixel 0 covers pixels 0 and 1 of the 200-px one, centre 0.5.
+    assert np.array_equal(_scaled(points, (100, 50), (200, 100)), [[0.5, 0.5], [198.5, 98.5], [20.5, 40.5]])
+
+
 def test_held_out_split_is_a_seeded_partition():
     keys = [f"k{i}" for i in range(10)]
     train, held_out = split_held_out(keys, 0.2, seed=0)

@@ -166,8 +166,12 @@ class Evaluator:
         if face is None and not aligned:
             tally.no_face += 1
             return
-        crops = [self._crop(image, face, aligned) for image in (photo, *images)]
-        embeddings = self._embed(crops, [photo, *images], face)
+        # The run keeps the face where it was: the original's landmarks locate every anonymized face too (scaled,
+        # should an anonymized image have another size).
+        points = [None if face is None else _scaled(face.landmarks, photo.size, image.size)
+                  for image in (photo, *images)]
+        crops = [self._crop(image, landmarks, aligned) for image, landmarks in zip((photo, *images), points)]
+        embeddings = self._embed(crops, [photo, *images], None if face is None else points)
         identity = original.identity if original.identity is not None else original.key
         for judge, vectors in embeddings.items():
             tally.gallery[judge].append((identity, vectors[0]))
@@ -178,21 +182,21 @@ class Evaluator:
             for m, vector in zip(labels, encoded):
                 tally.encodings[m][original.key] = vector
         if face is not None:
-            for m, faces in zip(labels[1:], found[1:]):
-                match = _nearest(self._confident(faces), face)
+            for m, faces, reference in zip(labels[1:], found[1:], points[1:]):
+                match = _nearest(self._confident(faces), reference)
                 if match is not None:
-                    tally.landmark_errors[m].append(landmark_error(match.landmarks, face.landmarks))
+                    tally.landmark_errors[m].append(landmark_error(match.landmarks, reference))
 
     def _confident(self, faces: list[DetectedFace]) -> list[DetectedFace]:
         return [f for f in faces if f.score >= self.analyzer.config.min_detector_score]
 
-    def _crop(self, image: Image.Image, face: DetectedFace | None, aligned: bool) -> Image.Image:
+    def _crop(self, image: Image.Image, landmarks: np.ndarray | None, aligned: bool) -> Image.Image:
         size = self.config.crop_size
         if aligned:
             return image.resize((size, size), Image.Resampling.LANCZOS)
-        return align_face(image, face.landmarks, size=size).image
+        return align_face(image, landmarks, size=size).image
 
-    def _embed(self, crops: list[Image.Image], images: list[Image.Image], face: DetectedFace | None) -> dict:
+    def _embed(self, crops: list[Image.Image], images: list[Image.Image], landmarks: list | None) -> dict:
         """judge -> [len(crops), D] on the CPU; dlib's only where the original's landmarks are known."""
         faces = to_tensor(crops, self.device)                          # [-1, 1]
         box = tuple(round(v * self.config.crop_size / 256) for v in self.config.facenet_box)
@@ -200,9 +204,9 @@ class Evaluator:
         result = {f"facenet_{name}": self.judges.facenet[name].embed(facenet_input).float().cpu().numpy()
                   for name in ("casia", "vgg")}
         result["arcface"] = self.arcface(identity_preprocess(faces)).float().cpu().numpy()
-        if face is not None:
-            # The run keeps the face where it was: the original's landmarks locate every anonymized face too.
-            result["dlib"] = np.stack([self.recognizer.descriptor(image, face.landmarks) for image in images])
+        if landmarks is not None:
+            result["dlib"] = np.stack([self.recognizer.descriptor(image, points)
+                                       for image, points in zip(images, landmarks)])
         return result
 
     def _figures(self, data: EvaluationSet, originals: list[Original], margins: list, aligned: bool,
@@ -261,13 +265,21 @@ class Evaluator:
         return probe_accuracy(*stack(encoded, train), tests, data.attribute_names, self.config.probe_max_iter)
 
 
+def _scaled(landmarks: np.ndarray, size: tuple[int, int], other: tuple[int, int]) -> np.ndarray:
+    """Landmarks of an image of ``size`` in an image of ``other`` size (pixel centres on integers, as dlib)."""
+    if size == other:
+        return landmarks
+    scale = np.array(other, np.float64) / np.array(size, np.float64)
+    return (landmarks + 0.5) * scale - 0.5
+
+
 def _largest(faces: list[DetectedFace]) -> DetectedFace | None:
     return max(faces, key=lambda f: f.area, default=None)
 
 
-def _nearest(faces: list[DetectedFace], reference: DetectedFace) -> DetectedFace | None:
-    """The detection whose landmarks' centre lies nearest the reference face's."""
-    centre = reference.landmarks.mean(0)
+def _nearest(faces: list[DetectedFace], reference: np.ndarray) -> DetectedFace | None:
+    """The detection whose landmarks' centre lies nearest the reference landmarks' [68, 2]."""
+    centre = reference.mean(0)
     return min(faces, key=lambda f: float(np.linalg.norm(f.landmarks.mean(0) - centre)), default=None)
 
 
@@ -275,8 +287,10 @@ def _nearest(faces: list[DetectedFace], reference: DetectedFace) -> DetectedFace
 def _fid_inception(weights, features: int, device: torch.device):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
-                              feature_extractor_weights_path=str(weights)).to(device)
+    inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
+                                   feature_extractor_weights_path=str(weights)).to(device)
+    inception.num_features = features   # torchmetrics reads it instead of probing with a CPU image
+    return inception
 
 
 def _fid_metric(inception, device: torch.device):
