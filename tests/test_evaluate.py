@@ -162,6 +162,9 @@ def test_dataset_rows_per_m_share_their_original(tmp_path, face):
     assert np.array_equal(np.asarray(data.anonymized[0].load()), np.asarray(ImageOps.mirror(face)))
     with pytest.raises(FalcoError, match="no column photo"):
         load_evaluation_set(tmp_path / "ds", image_column="photo")
+    (tmp_path / "not-a-dataset").mkdir()
+    with pytest.raises(FalcoError, match="Cannot open the dataset not-a-dataset"):
+        load_evaluation_set(tmp_path / "not-a-dataset")
 
 
 # --- The report ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from PIL import Image
 
 from falco.batch import list_images, output_paths, read_record
 from falco.config import CliConfig
-from falco.errors import FalcoError
+from falco.errors import FalcoError, first_line
 from falco.faces.io import load_photo
 
 # CelebA's 40 binary attributes, as its annotation file names them: found among a dataset's columns (any case)
@@ -208,7 +208,7 @@ def _from_dataset(name: str, labels: Labels, image_column: str, split: str) -> E
     needed = [image_column, *DATASET_COLUMNS.values()]
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise FalcoError(f"The dataset {Path(name).name} has no column {', '.join(missing)} (its columns: "
+        raise FalcoError(f"The dataset {_dataset_label(name)} has no column {', '.join(missing)} (its columns: "
                          f"{', '.join(columns)}); --image-column names the original image's.")
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
     raw = raw.cast_column(DATASET_COLUMNS["anonymized"], datasets.Image(decode=False))
@@ -229,7 +229,7 @@ def _from_dataset(name: str, labels: Labels, image_column: str, split: str) -> E
         anonymized.append(Anonymized(key, None if margin is None else round(float(margin), 6),
                                      partial(_row_image, raw, index, DATASET_COLUMNS["anonymized"])))
     if not anonymized:
-        raise FalcoError(f"The dataset {Path(name).name} has no anonymized image ({_describe(skipped)}).")
+        raise FalcoError(f"The dataset {_dataset_label(name)} has no anonymized image ({_describe(skipped)}).")
     return EvaluationSet("dataset", sorted(originals.values(), key=lambda o: o.key), anonymized, names, skipped)
 
 
@@ -241,13 +241,19 @@ def _open_dataset(name: str, split: str):
             loaded = datasets.load_from_disk(name)
         else:
             loaded = datasets.load_dataset(name, split=split)
-    except FileNotFoundError as err:
-        raise FalcoError(f"{Path(name).name} is neither a saved dataset nor a dataset on the Hub ({err}).") from None
+    except (OSError, ValueError) as err:   # not found, the Hub unreachable (ConnectionError), a malformed name
+        raise FalcoError(f"Cannot open the dataset {_dataset_label(name)} (a save_to_disk folder or a Hub name): "
+                         f"{first_line(err)}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise FalcoError(f"The dataset has no split {split!r} (it has {', '.join(loaded)}); pass --split.")
         loaded = loaded[split]
     return loaded
+
+
+def _dataset_label(name: str) -> str:
+    """How messages name a dataset: a Hub name as given, a local folder by its own name (no server path)."""
+    return Path(name).name if Path(name).exists() else name
 
 
 def _image_key(value: dict | None, index: int) -> str:
