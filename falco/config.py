@@ -128,3 +128,44 @@ class AppConfig:
     max_upload_bytes: int = 25 * 1024 * 1024
     max_steps: int = 200                         # the Steps slider's top, and the API's limit
     cache_sweep_s: tuple[int, int] = (600, 3600)  # every 10 min, delete served files older than 1 h
+
+
+# --- Evaluation (python -m falco.evaluate; README "Evaluation") ---------------------------
+@dataclass(frozen=True)
+class PaperFigures:
+    """One row of the paper's CelebA-HQ table (FALCO, CVPR 2023); None where the paper gives no figure."""
+    margin: float
+    fid: float | None = None
+    detection_dlib: float | None = None        # % of anonymized images with a face found
+    detection_mtcnn: float | None = None
+    reid_casia: float | None = None            # % re-identified by FaceNet trained on CASIA-WebFace
+    reid_vgg: float | None = None              # ... and on VGGFace2
+    attribute_accuracy: float | None = None    # the paper's own attribute classifier (not public)
+
+
+# The paper's CelebA-HQ figures, printed beside a run's for reference.
+PAPER_CELEBAHQ: tuple[PaperFigures, ...] = (
+    PaperFigures(margin=0.0, fid=29.93, detection_dlib=100.0, detection_mtcnn=100.0, reid_casia=2.80,
+                 reid_vgg=1.67, attribute_accuracy=0.8181),
+    PaperFigures(margin=0.9, fid=27.58, reid_casia=3.41, reid_vgg=1.76),
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    crop_size: int = 256               # side of the aligned face crops the identity judges see
+    # FaceNet was trained on tight MTCNN crops: it sees this box of the FFHQ crop (in pixels of a 256 crop, scaled
+    # to crop_size), ArcFace's interior (falco.models.arcface's ID_CROP_ROWS / ID_CROP_COLS), not the loose framing.
+    facenet_box: tuple[int, int, int, int] = (32, 35, 220, 223)   # left, top, right, bottom
+    mtcnn_min_probability: float = 0.9   # an MTCNN box below this is not a detection
+    probe_test_fraction: float = 0.2   # originals held out of the probe's training (its "Original" row)
+    probe_max_iter: int = 2000         # LogisticRegression's iterations
+    seed: int = 0                      # the probe's train/test split
+    # dlib scans photos up to this long side (FaceConfig.detect_max_side, for the evaluation): a 1024 CelebA-HQ
+    # image is scanned at 1024 without upsampling (its face is ~500 px), 4x cheaper than the app's 2048.
+    detect_max_side: int = 1024
+    # InceptionV3 features FID compares: 2048 (the pool features every published FID uses); torchmetrics offers 64,
+    # 192 and 768 for quick checks (far cheaper: the 2048-d covariance's eigenvalues take ~20 s on a 2-core CPU).
+    fid_features: int = 2048
+    examples: int = 6                  # originals shown, with each m, in report.html's grid
+    example_side: int = 160            # their side in pixels

@@ -57,6 +57,15 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_weights_with_judges(tiny_weights) -> Path:
+    """tiny_weights with random evaluation networks in ``evaluation/`` (falco.evaluate.judges), added once per
+    session: the FID Inception keeps its real size (96 MB, about a second), the others are tiny."""
+    from falco.weights.random_set import make_random_judges
+    make_random_judges(tiny_weights, tiny=True)
+    return tiny_weights
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline(tiny_weights):
     """FalcoPipeline on the tiny random weights, on the CPU."""
     from falco.pipeline import FalcoPipeline

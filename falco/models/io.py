@@ -109,8 +109,10 @@ def _state_dict_of(obj: object, path: str | Path, *candidates: str) -> Mapping[s
                        "is it the right checkpoint?")
 
 
-def _build(cls: Callable[..., nn.Module], config: dict, state: Mapping[str, torch.Tensor],
-           path: str | Path) -> nn.Module:
+def build_strict(cls: Callable[..., nn.Module], config: dict, state: Mapping[str, torch.Tensor],
+                 path: str | Path) -> nn.Module:
+    """``cls(**config)`` holding exactly ``state``: WeightsError naming the mismatch unless every key and shape
+    matches (no key missing, none unexpected)."""
     try:
         with torch.device("meta"):   # no throwaway random init: the file's tensors become the weights
             model = cls(**config)
@@ -179,7 +181,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu",
         return _strip(_state_dict_of(payload, path, "state_dict"), "decoder."), {}
 
     state, config, latent_avg = _read_with_latent_avg(path, "generator", official, config)
-    model = _build(Generator, config, state, path)
+    model = build_strict(Generator, config, state, path)
     mean_w = estimate_mean_w(model) if latent_avg is None else _mean_w_from(latent_avg)
     return model.to(device), mean_w.to(device)
 
@@ -195,7 +197,7 @@ def load_e4e(path: str | Path, device: str | torch.device = "cpu",
     state, config, latent_avg = _read_with_latent_avg(path, "e4e", official, config)
     if latent_avg is None:
         raise WeightsError(f"{Path(path).name} has no latent_avg; e4e codes are offsets from it.")
-    model = _build(Encoder4Editing, config, state, path)
+    model = build_strict(Encoder4Editing, config, state, path)
     return model.to(device), _latent_avg_rows(latent_avg, model.config["n_styles"], path).to(device)
 
 
@@ -204,7 +206,7 @@ def load_arcface(path: str | Path, device: str | torch.device = "cpu", config: d
     payload, stored = _read(path, "arcface")
     if stored is None and not isinstance(payload, dict):
         raise WeightsError(f"{Path(path).name} is not a state dict.")
-    return _build(ArcFace, _config(stored, {}, config, path, "arcface"), payload, path).to(device)
+    return build_strict(ArcFace, _config(stored, {}, config, path, "arcface"), payload, path).to(device)
 
 
 # transformers' CLIP vision keys -> OpenAI CLIP's (ours), as convert_clip_original_pytorch_to_hf.py maps them.
@@ -266,14 +268,14 @@ def load_farl(path: str | Path, device: str | torch.device = "cpu", config: dict
         if path.suffix != ".safetensors":
             raise WeightsError(f"{path.name}: the transformers CLIP layout is read from .safetensors files only.")
         payload = _farl_from_transformers_clip(_read_safetensors(path)[0], path)
-        return _build(FaRL, _config(None, {}, config, path, "farl"), payload, path).to(device)
+        return build_strict(FaRL, _config(None, {}, config, path, "farl"), payload, path).to(device)
     if layout != "official":
         raise ValueError(f"unknown FaRL layout {layout!r}; expected one of {LAYOUTS}")
     payload, stored = _read(path, "farl")
     if stored is None:
         # The official file also holds the text tower and pre-training heads: only visual.* is ours.
         payload = {k: v for k, v in _state_dict_of(payload, path, "state_dict").items() if k.startswith("visual.")}
-    return _build(FaRL, _config(stored, {}, config, path, "farl"), payload, path).to(device)
+    return build_strict(FaRL, _config(stored, {}, config, path, "farl"), payload, path).to(device)
 
 
 def save_network(path: str | Path, network: str, model: nn.Module,

@@ -36,6 +36,21 @@ LICENCES: dict[str, Terms] = {
                               "https://github.com/davisking/dlib-models", non_commercial=False),
 }
 
+# The judges of `python -m falco.evaluate` (falco.evaluate.judges): not part of a weight set, so neither the footer
+# nor the model card lists them; README "Evaluation networks" repeats them.
+EVALUATION_LICENCES: dict[str, Terms] = {
+    "facenet": Terms("FaceNet InceptionResnetV1 (CASIA-WebFace, VGGFace2)",
+                     "timesler/facenet-pytorch, ported from davidsandberg/facenet", "MIT",
+                     "https://github.com/timesler/facenet-pytorch/blob/master/LICENSE.md", non_commercial=False),
+    "mtcnn": Terms("MTCNN pnet/rnet/onet", "timesler/facenet-pytorch, ported from davidsandberg/facenet", "MIT",
+                   "https://github.com/timesler/facenet-pytorch/blob/master/LICENSE.md", non_commercial=False),
+    "fid_inception": Terms("FID InceptionV3 (2015-12-05)", "TensorFlow models, converted by toshas/torch-fidelity",
+                           "Apache 2.0", "https://github.com/tensorflow/models/blob/master/LICENSE",
+                           non_commercial=False),
+    "probe": Terms("open_clip ViT-B/32 laion2b_s34b_b79k", "LAION, laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "MIT",
+                   "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K", non_commercial=False),
+}
+
 
 def non_commercial_note() -> str:
     """Why the set as a whole is for non-commercial use, naming the files that make it so."""

@@ -141,7 +141,13 @@ def fetch_official(name: str, folder: Path, check: Check | None = None, progress
     that verifies is used without network (second start, offline)."""
     if name not in OFFICIAL_FILES:
         raise ValueError(f"unknown official file {name!r}; expected one of {list(OFFICIAL_FILES)}")
-    entry, folder = OFFICIAL_FILES[name], Path(folder)
+    return fetch_file(OFFICIAL_FILES[name], folder, check, progress, sources)
+
+
+def fetch_file(entry: OfficialFile, folder: Path, check: Check | None = None, progress: Progress | None = None,
+               sources: Sequence[Source] | None = None) -> tuple[Path, Source]:
+    """fetch_official for any file described as an OfficialFile (the evaluation networks' too)."""
+    name, folder = entry.name, Path(folder)
     sources = tuple(entry.sources if sources is None else sources)
     report = progress or (lambda fraction: None)
     failures: dict[int, WeightsError] = {}
