@@ -76,8 +76,8 @@ def test_picks_must_be_usable_faces_of_the_photo():
 
 def test_page_wiring():
     """Runs take the form's values unprocessed, as one dict (Gradio's checks of the picker and the numbers would
-    answer with its own messages before the handler); a click first notes the Stop count at once (unqueued), so a
-    Stop while the run waits ends it; Stop cancels nothing (the run says "Stopped" itself); a new photo ends a
+    answer with its own messages before the handler); a click first notes the Stop count, so a Stop while the run
+    waits ends it; Stop cancels nothing (the run says "Stopped" itself); a new photo ends a
     run."""
     demo, app = page.build_app(loader=engine.EngineLoader(object), device="cpu", load_now=False)
     fns = {fn.name: fn for fn in demo.fns.values()}
@@ -85,7 +85,14 @@ def test_page_wiring():
     c = app.components
     for name in ("run", "compare"):
         assert not fns[name].preprocess and set(fns[name].inputs) == {*c.form} and fns[name].inputs_as_dict
-    assert fns["request_run"].queue is False and fns["stop"].queue is False and not fns["stop"].cancels
+    # Every click reaches request_run at once (a line of its own, never full, so its refusal shows as a toast);
+    # the run follows only a click it accepted.
+    request = fns["request_run"]
+    assert request.concurrency_id != fns["run"].concurrency_id and request.concurrency_limit is None
+    assert request.trigger_mode == "multiple"
+    for name in ("run", "compare"):
+        assert fns[name].trigger_only_on_success and demo.fns[fns[name].trigger_after].name == "request_run"
+    assert fns["stop"].queue is False and not fns["stop"].cancels
     cancelled_by = {target: sorted(fn.cancels) for fn in demo.fns.values() if fn.cancels for target in fn.targets}
     assert cancelled_by == {(c.photo._id, "change"): runs}   # a new photo, and nothing else
     assert c.session in fns["run"].outputs   # a session that ran registers its cleanup
