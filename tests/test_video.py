@@ -235,3 +235,19 @@ def test_cli_refuses_a_file_that_is_no_clip(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["anonymize", str(photo), str(tmp_path / "out")])
     assert stop.value.code == 2 and "neither a folder nor a clip" in capsys.readouterr().err
+
+
+def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
+    from falco.video.live import LiveAnonymizer
+    live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))
+    first = live.feed(frames[0], now=0.0)
+    assert first.shape == frames[0].shape and not np.array_equal(first, frames[0])   # blurred: no face shown
+    assert not live.results
+    out = live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
+    assert list(live.results) == [1] and live.fps > 0
+    quad = ffhq_quad(live.results[1].landmarks[1])
+    x0, y0 = np.floor(quad.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
+    outside = np.ones(out.shape[:2], bool)
+    outside[max(y0, 0):y1, max(x0, 0):x1] = False
+    assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])

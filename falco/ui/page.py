@@ -51,6 +51,7 @@ from falco.ui.render import (
     warning,
 )
 from falco.ui.sessions import UPLOADS, Session, end_session, read_photo
+from falco.ui.video_tab import add_video_tab
 from falco.weights import fetch_weights
 from falco.weights.licences import licence_footer
 
@@ -450,6 +451,7 @@ class FalcoApp:
                     plot = gr.Plot(label="Identity against m", visible=False, elem_id="falco-plot")
                     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                         elem_id="falco-downloads")
+            self.video_tab = add_video_tab(self)
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
                 api_photo = gr.Image(type="filepath", label="photo")
                 # Gradio checks and copies an input's files before any handler runs, and refuses a path outside its
