@@ -148,7 +148,12 @@ class VideoConfig:
     smooth_min_cutoff: float = 1.0
     smooth_beta: float = 0.05
     smooth_d_cutoff: float = 1.0
-    batch_frames: int = 8                     # faces per e4e + generator pass when rendering
+    # Faces per e4e + generator pass when rendering; None: 2 on the CPU (4 full-size faces at once peaked at
+    # 12.5 GB with the identity run before them), 8 elsewhere.
+    batch_frames: int | None = None
+    # Side of each frame's aligned crop; None: e4e's input (256), aligned straight to it (antialiased) instead of
+    # to 1024 and resized, which cost more than e4e itself per frame on a CPU.
+    align_size: int | None = None
     queue_frames: int = 16                    # frames decoded ahead of the networks and waiting to be encoded
     refine_steps: int = 0                     # >0: per-frame optimisation steps warm-started from the offset
     # Encoding: None keeps the input's codec where this build of PyAV can write it, else the container's default.

@@ -164,7 +164,9 @@ class FrameRenderer:
 
     def align(self, frame: Frame) -> tuple[Frame, Image.Image, list[_Item]]:
         photo = Image.fromarray(frame.pixels, "RGB")
-        items = [_Item(frame.index, t, align_face(photo, r.landmarks[frame.index], config=self.pipeline.face_config))
+        size = self.config.align_size or self.pipeline.nets.e4e.config["input_size"]
+        items = [_Item(frame.index, t, align_face(photo, r.landmarks[frame.index], size,
+                                                  config=self.pipeline.face_config))
                  for t, r in enumerate(self.results) if frame.index in r.landmarks]
         return frame, photo, items
 
@@ -228,6 +230,7 @@ def render_frames(renderer: FrameRenderer, source: VideoInfo, writer: VideoWrite
                   config: VideoConfig) -> Iterator[VideoProgress]:
     """Every frame through the renderer into the writer; VideoProgress after each batch."""
     done = 0
+    per_pass = config.batch_frames or (2 if renderer.pipeline.device.type == "cpu" else 8)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-encode") as encoder:
         writing: deque[Future] = deque()
 
@@ -245,7 +248,7 @@ def render_frames(renderer: FrameRenderer, source: VideoInfo, writer: VideoWrite
             for aligned in _read_ahead(frames, renderer.align, config.queue_frames):
                 batch.append(aligned)
                 faces += len(aligned[2])
-                if faces >= config.batch_frames or len(batch) >= config.queue_frames:
+                if faces >= per_pass or len(batch) >= config.queue_frames:
                     flush(batch)
                     done += len(batch)
                     batch, faces = [], 0
