@@ -251,3 +251,15 @@ def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
     outside = np.ones(out.shape[:2], bool)
     outside[max(y0, 0):y1, max(x0, 0):x1] = False
     assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])
+
+
+def test_the_webcam_handler_keeps_one_live_session(tiny_pipeline, frames):
+    from falco.ui.engine import EngineLoader
+    from falco.ui.page import FalcoApp
+    from falco.ui.video_tab import VideoTab
+    tab = VideoTab(FalcoApp(EngineLoader(lambda: tiny_pipeline), on_gpu=False))
+    out, state, live = tab.stream(frames[0], 0.0, None)
+    assert out.shape == frames[0].shape and "building" in state
+    assert tab.stream(frames[1], 0.0, live)[2] is live              # the same m: the same session
+    assert tab.stream(frames[2], 0.5, live)[2] is not live          # another m: identities built again
+    assert tab.stream(None, 0.0, live) == (None, "", live)
