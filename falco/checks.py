@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from falco.config import OptimConfig
-from falco.errors import FalcoError
+from falco.errors import FalcoError, InputVideoError
 
 if TYPE_CHECKING:
     from falco.faces import DetectedFace
@@ -89,3 +89,11 @@ def check_face_picks(picks: Sequence[object] | None, faces: Sequence[DetectedFac
         if not faces[i].usable:
             raise FalcoError(f"Face {i + 1} cannot be anonymized: {faces[i].reason}.")
     return chosen
+
+
+def check_video_length(seconds: float, limit: float | None) -> float:
+    """A clip's length, at most ``limit`` seconds (None: any length)."""
+    if limit is not None and seconds > limit:
+        raise InputVideoError(f"The clip lasts {seconds:.1f} s; at most {limit:g} s are accepted here. "
+                              "Trim it and try again.")
+    return seconds

@@ -1,6 +1,7 @@
 """The command line: ``falco`` (or ``python -m falco.cli``).
 
     falco anonymize IN_DIR OUT_DIR [--margin 0 0.5] [--shard 0/4] [--weights SRC]
+    falco anonymize CLIP.mp4 OUT_DIR [--margin 0] [--refine-steps K]   (clips in IN_DIR are done too)
     falco bank build --out fake_bank.safetensors --n 60000 [--weights SRC] [--device cuda]
 
 Arguments become values here; the work is falco.batch's (folder trees) and falco.bank's.
@@ -21,6 +22,7 @@ from falco import batch
 from falco.checks import check_fake_k, check_run_settings
 from falco.config import BankConfig, OptimConfig
 from falco.errors import FalcoError
+from falco.video import files as clips
 
 EXIT_IMAGES_FAILED = 3   # the run went through, but some images have a failure record: not 1, which stopped it
 ANONYMIZE_HELP = batch.__doc__.split("\n\n", 1)[1] + f"""
@@ -41,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("anonymize", help="anonymize a folder tree into a mirror tree", description=ANONYMIZE_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("in_dir", type=Path)
+    run.add_argument("in_dir", type=Path, help="a folder tree of photos and clips, or one clip")
     run.add_argument("out_dir", type=Path)
     run.add_argument("--margin", type=float, nargs="+", default=[defaults.margin],
                      help="m values (several run as one batch per photo)")
@@ -53,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fake-k", type=int, default=bank.k_nearest,
                      help="draw the fake among the k nearest (with --seed)")
     run.add_argument("--loss-on-skip256", action="store_true", help="losses on the generator's 256 output")
+    run.add_argument("--refine-steps", type=int, default=0,
+                     help="clips: optimisation steps per frame, warm-started from the person's identity")
     run.add_argument("--retry-failed", action="store_true", help="run again the images whose record is a failure")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(usage=run)
@@ -88,8 +92,10 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             shard = batch.Shard.parse(args.shard)
         except ValueError as err:
             usage.error(str(err))
-        if not args.in_dir.is_dir():
-            usage.error(f"{args.in_dir} is not a folder")
+        if not args.in_dir.is_dir() and not clips.is_clip(args.in_dir):
+            usage.error(f"{args.in_dir} is neither a folder nor a clip")
+        if args.refine_steps < 0:
+            usage.error("--refine-steps must not be negative")
         optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
         try:   # before the networks load, so a typo costs no load
             margins = check_run_settings(args.margin, optim, args.fake_k)
@@ -100,8 +106,13 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
         from falco.pipeline import FalcoPipeline  # imports torch, open_clip, dlib: after the usage checks
         pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
         check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
-        summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,
-                                       shard, args.retry_failed, progress=not args.no_progress)
+        summary = batch.Summary()
+        if args.in_dir.is_dir():
+            summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,
+                                           shard, args.retry_failed, progress=not args.no_progress)
+        summary = clips.combined(summary, clips.anonymize_clips(   # a clip, or the tree's clips
+            pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
+            not args.no_progress, args.refine_steps))
         finished = True
         print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
         return EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0

@@ -169,3 +169,42 @@ class EvaluationConfig:
     fid_features: int = 2048
     examples: int = 6                  # originals shown, with each m, in report.html's grid
     example_side: int = 160            # their side in pixels
+
+
+# --- Video (falco/video/) ----------------------------------------------------------------
+@dataclass(frozen=True)
+class VideoConfig:
+    # Files the command line treats as clips (in a folder tree too); the output keeps the input's container.
+    extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+    max_seconds: float | None = None          # the library and the command line take any length
+    app_max_seconds: float = 20.0             # a shared Space: longer clips are refused, as the page says
+    app_cpu_max_seconds: float = 3.0          # on a CPU a frame takes seconds
+    max_frame_pixels: int = 3840 * 2160       # 4K: larger frames are refused
+    # Tracking: detect on every k-th frame; between detections dlib's correlation tracker follows each face.
+    detect_every: int = 1
+    link_iou: float = 0.3                     # a detection continues the track whose last box it overlaps this much
+    track_gap: int = 15                       # frames a track may miss before a detection can no longer continue it
+    # A person who left and returns rejoins their track when dlib's recogniser finds them nearer than this.
+    rejoin_distance: float = 0.5
+    min_track_frames: int = 1                 # shorter tracks are left as they are
+    # One-Euro filter on the landmarks (Casiez et al. 2012): jitter at rest is cut by min_cutoff (Hz),
+    # fast motion lowers the lag through beta.
+    smooth_min_cutoff: float = 1.0
+    smooth_beta: float = 0.05
+    smooth_d_cutoff: float = 1.0
+    # Faces per e4e + generator pass when rendering; None: 2 on the CPU (4 full-size faces at once peaked at
+    # 12.5 GB with the identity run before them), 8 elsewhere.
+    batch_frames: int | None = None
+    # Side of each frame's aligned crop; None: e4e's input (256), aligned straight to it (antialiased) instead of
+    # to 1024 and resized, which cost more than e4e itself per frame on a CPU.
+    align_size: int | None = None
+    queue_frames: int = 16                    # frames decoded ahead of the networks and waiting to be encoded
+    refine_steps: int = 0                     # >0: per-frame optimisation steps warm-started from the offset
+    # Encoding: None keeps the input's codec where this build of PyAV can write it, else the container's default.
+    video_codec: str | None = None
+    app_video_codec: str = "libx264"          # what browsers play, in .mp4
+    crf: int = 18                             # x264/x265 quality (visually lossless)
+    container_formats: tuple[tuple[str, str], ...] = (
+        (".mp4", "mp4"), (".m4v", "mp4"), (".mov", "mov"), (".mkv", "matroska"), (".webm", "webm"), (".avi", "avi"))
+    live_build_seconds: float = 1.0           # webcam: frames gathered before each person's identity is built
+    live_steps: int = 10                      # webcam: optimisation steps per person

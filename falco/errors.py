@@ -30,3 +30,7 @@ def first_line(err: BaseException) -> str:
     """The first line of an error's message (or its type's name), for one-line messages that quote a cause."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+class InputVideoError(FalcoError):
+    """The clip cannot be used: not a video this app can read, damaged, empty, or over a length limit."""

@@ -109,12 +109,14 @@ def items_per_pass(config: OptimConfig, device: torch.device, batch: int) -> int
 
 
 def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, wplus_real: torch.Tensor,
-                     w_fake: torch.Tensor, margins: torch.Tensor, config: OptimConfig) -> Iterator[OptimStep]:
+                     w_fake: torch.Tensor, margins: torch.Tensor, config: OptimConfig,
+                     trained_start: torch.Tensor | None = None) -> Iterator[OptimStep]:
     """Yield one OptimStep per Adam step.  Closing the iterator stops the work.
 
     wplus_real [B, num_ws, D]: inversions (latent_avg included); w_fake [B, D]: each item's
     fake; margins [B]: each item's m.  Network weights must be frozen: only the latents
-    get gradients.
+    get gradients.  ``trained_start`` [B, rows, D]: where the trained rows start instead of
+    the fake's w (a video frame's refinement starts from its inversion plus its track's offset).
     """
     start, stop = config.trained_rows
     if not 0 <= start < stop <= wplus_real.shape[1]:
@@ -124,7 +126,9 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     forward = compiled_step_losses(config.compile) if config.compile else step_losses
     wplus_real = wplus_real.detach()
     margins = margins.to(wplus_real)
-    trained = w_fake.detach()[:, None].expand(-1, stop - start, -1).clone().requires_grad_(True)
+    if trained_start is None:
+        trained_start = w_fake.detach()[:, None].expand(-1, stop - start, -1)
+    trained = trained_start.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([trained], lr=config.lr)
     milestones = sorted({int(f * config.steps) for f in config.lr_milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_decay)

@@ -22,7 +22,7 @@ from PIL import Image
 import falco
 from falco.bank import FakeBank
 from falco.checks import check_face_picks, check_run_settings
-from falco.config import BankConfig, FaceConfig, OptimConfig
+from falco.config import BankConfig, FaceConfig, OptimConfig, VideoConfig
 from falco.device import resolve_device
 from falco.errors import WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
@@ -34,6 +34,7 @@ from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
 from falco.results import AnonymizationResult, FaceResult, StepEvent
 from falco.speed import reuse_freed_memory
+from falco.video.anonymize import VideoProgress, VideoResult, anonymize_video
 from falco.weights import WeightPaths, fetch_weights
 
 
@@ -138,6 +139,17 @@ class FalcoPipeline:
                 yield StepEvent(step.step, step.total_steps, labels, previews, step.terms.as_lists(),
                                 step.terms.identity_cosine.tolist())
         yield self._result(photo, prepared, margins, face_of, wplus, loss, optim)
+
+    def anonymize_video(self, source: str | Path, out_path: str | Path, margin: float | None = None,
+                        optim: OptimConfig | None = None, fake_k: int | None = None,
+                        refine_steps: int | None = None, codec: str | None = None,
+                        config: VideoConfig = VideoConfig(), max_seconds: float | None = None,
+                        ) -> Iterator[VideoProgress | VideoResult]:
+        """VideoProgress events (tracking, each person's identity with its optimisation steps, rendering),
+        then one VideoResult; the anonymized clip, with the source's frame rate, frames and audio, is at
+        ``out_path`` once the result is yielded.  See falco.video.anonymize."""
+        yield from anonymize_video(self, source, out_path, margin, optim, fake_k, refine_steps, codec, config,
+                                   max_seconds)
 
     @torch.no_grad()
     def _prepare(self, photo: Image.Image, detections: list[DetectedFace], chosen: list[int], loss: FalcoLoss,

@@ -68,6 +68,12 @@ class FaceAnalyzer:
             faces = [self._describe(pixels, _scale_rect(rect, sx, sy), score) for rect, score in found]
         return sorted(faces, key=lambda f: (not f.usable, -f.area, -f.score))
 
+    def describe(self, photo: Image.Image, rect: tuple[int, int, int, int], score: float) -> DetectedFace:
+        """The face in ``rect`` (left, top, right, bottom) of an RGB photo, without detecting: landmarks and
+        quad, as ``detect`` reports them.  A video tracker's box between two detections comes in here."""
+        with _DLIB_LOCK:
+            return self._describe(np.asarray(photo), rect, score)
+
     def _scan_plan(self, size: tuple[int, int]) -> tuple[tuple[int, int], int]:
         """Resolution to scan at and dlib upsampling steps, bounded by detect_max_side (the CNN's:
         cnn_detect_max_side).  Within the bound this is the reference scan: full resolution, upsample."""

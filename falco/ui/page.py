@@ -55,6 +55,7 @@ from falco.ui.render import (
     warning,
 )
 from falco.ui.sessions import UPLOADS, Session, end_session, read_photo
+from falco.ui.video_tab import add_video_tab
 from falco.weights import fetch_weights
 from falco.weights.licences import licence_footer
 
@@ -525,6 +526,7 @@ class FalcoApp:
                                                   elem_id="falco-before-after")
                     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                         elem_id="falco-downloads")
+            self.video_tab = add_video_tab(self)
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
                 api_inputs = [api_photo_input(), gr.Textbox("all", label="faces"),
                               gr.Textbox("0", label="margins"), gr.Number(0, label="steps", precision=0),

@@ -1,0 +1,161 @@
+"""The page's Video tab: a clip in, the anonymized clip out beside it; a live webcam on a GPU.
+
+``add_video_tab(app)`` builds the tab inside the page's Blocks (falco.ui.page calls it) over the
+page's FalcoApp: its engine, limits, Gradio cache and upload rules.  A clip's files (previews, the
+result, its record) live in the visitor's session folder and go when the session ends, as the
+upload does (falco.ui.sessions).  Clips are written as H.264 MP4, which browsers play.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from falco.config import VideoConfig
+from falco.files import write_atomic
+from falco.ui.messages import describe_error
+from falco.ui.render import preview_grid, warning
+from falco.ui.sessions import Session, end_session
+from falco.video.anonymize import VideoProgress, VideoResult
+from falco.video.live import LiveAnonymizer
+
+if TYPE_CHECKING:
+    from falco.ui.page import FalcoApp
+
+STAGE_LABELS = {"tracking": "Finding and tracking the faces", "identity": "New identity",
+                "rendering": "Rendering the frames"}
+
+
+def clip_limit(app: FalcoApp, config: VideoConfig = VideoConfig()) -> float:
+    return config.app_max_seconds if app.on_gpu else config.app_cpu_max_seconds
+
+
+def stage_bars(stages: dict[str, tuple[int, int, str]]) -> str:
+    """One labelled progress bar per stage reached: {stage key: (done, total, label)}."""
+    rows = [f'<div class="falco-video-stage" data-stage="{key}">{html.escape(label)}: '
+            f'<progress value="{done}" max="{max(total, 1)}"></progress> {done}/{total}</div>'
+            for key, (done, total, label) in stages.items()]
+    return video_box("".join(rows))
+
+
+def video_box(text: str) -> str:
+    # Not the photo's progress box: an element id names one element of the page.
+    return f'<div id="falco-video-stages">{text}</div>'
+
+
+class VideoTab:
+    def __init__(self, app: FalcoApp, config: VideoConfig = VideoConfig()):
+        self.app, self.config = app, config
+
+    def run(self, clip: str | None, margin: float, session: Session):
+        """Streams the stages' progress and previews, then the clip and its downloads."""
+        app = self.app
+        stages: dict[str, tuple[int, int, str]] = {}
+        try:
+            if not clip:
+                raise gr.Error("Upload a clip first.", print_exception=False)
+            if app._deletable(clip):   # an upload of this session: deleted with it
+                session.hold(clip)
+            folder = session.new_folder(app.cache, "video")
+            out = folder / "anonymized.mp4"
+            optim = replace(app.default_optim, margin=float(margin))
+            started = time.monotonic()
+            engine = app.loader.get()
+            result = None
+            for event in engine.anonymize_video(clip, out, margin=float(margin), optim=optim,
+                                                codec=self.config.app_video_codec, config=self.config,
+                                                max_seconds=clip_limit(app, self.config)):
+                if isinstance(event, VideoResult):
+                    result = event
+                    break
+                update = self._progress(event, stages, folder)
+                yield update
+            record = folder / "anonymized.json"
+            write_atomic(record, lambda tmp: tmp.write_text(json.dumps(
+                {"video": result.video_record(), "tracks": result.track_records(), "params": result.params},
+                indent=2)))
+            session.drop_others(folder)
+            stages["done"] = (1, 1, f"Done in {time.monotonic() - started:.1f} s: {len(result.tracks)} person(s), "
+                                    f"{result.info.frames} frames")
+            yield {self.progress: stage_bars(stages), self.result: str(out), self.downloads: [str(out), str(record)],
+                   self.session: session}
+        except Exception as err:
+            message = err.message if isinstance(err, gr.Error) else describe_error(err)
+            yield {self.progress: video_box(warning(html.escape(message))), self.result: None,
+                   self.downloads: None, self.session: session}
+            raise (err if isinstance(err, gr.Error) else gr.Error(message, print_exception=False)) from err
+
+    def _progress(self, event: VideoProgress, stages: dict, folder) -> dict:
+        label = STAGE_LABELS[event.stage]
+        key = event.stage
+        if event.stage == "identity":
+            key, label = f"identity-{event.track}", f"{label}, person {event.track} of {event.tracks} (steps)"
+        stages[key] = (event.done, event.total, label)
+        update = {self.progress: stage_bars(stages)}
+        if event.step is not None and event.step.previews:
+            path = folder / f"preview-{event.track}-{event.done}.webp"
+            preview_grid(event.step.previews, self.app.default_optim.preview_size, 1,
+                         [f"person {event.track}"]).save(path)
+            update[self.live] = str(path)
+        return update
+
+    # -- the webcam --
+    def stream(self, frame, margin: float, live):
+        """One webcam frame anonymized, and the frame rate."""
+        if frame is None:
+            return None, "", live
+        if live is None or live.margin != float(margin):
+            live = LiveAnonymizer(self.app.loader.get(), float(margin), self.app.default_optim, self.config)
+        out = live.feed(frame)
+        state = "building each person's new identity" if live.building else f"{live.fps:.1f} frames per second"
+        return out, state, live
+
+    def build(self) -> None:
+        cfg, app = self.config, self.app
+        limit = clip_limit(app, cfg)
+        with gr.Tab("Video", elem_id="falco-video-tab"):
+            gr.Markdown(f"Upload a clip of at most **{limit:g} s** (the limit of this server"
+                        f"{'' if app.on_gpu else ', which runs on a CPU: each frame takes seconds'}). Each person is "
+                        "tracked through the clip and gets one new identity, kept in every frame; frame rate, "
+                        "frames and sound are kept.", elem_id="falco-video-limit")
+            self.session = gr.State(Session(), delete_callback=end_session)
+            with gr.Row():
+                with gr.Column():
+                    clip = gr.Video(label="Clip", sources=["upload"], elem_id="falco-video-in")
+                    margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
+                                       elem_id="falco-video-margin")
+                    run = gr.Button("Anonymize the clip", variant="primary", elem_id="falco-video-run")
+                with gr.Column():
+                    self.progress = gr.HTML(elem_id="falco-video-progress")
+                    self.live = gr.Image(label="New identity (live)", interactive=False, elem_id="falco-video-live")
+                    self.result = gr.Video(label="Anonymized clip", interactive=False, elem_id="falco-video-out")
+                    self.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
+                                             elem_id="falco-video-downloads")
+            run.click(self.run, inputs=[clip, margin, self.session],
+                      outputs=[self.progress, self.live, self.result, self.downloads, self.session],
+                      concurrency_id="gpu", api_visibility="private")
+            with gr.Accordion("Live webcam", open=False):
+                if app.on_gpu:
+                    with gr.Row():
+                        camera = gr.Image(sources=["webcam"], streaming=True, label="Webcam",
+                                          elem_id="falco-webcam")
+                        shown = gr.Image(label="Anonymized", elem_id="falco-webcam-out")
+                    rate = gr.Markdown(elem_id="falco-webcam-fps")
+                    live = gr.State(None)
+                    camera.stream(self.stream, inputs=[camera, margin, live], outputs=[shown, rate, live],
+                                  stream_every=0.05, concurrency_id="webcam", api_visibility="private")
+                else:
+                    gr.Markdown("The live webcam mode needs a GPU; this server has none.",
+                                elem_id="falco-webcam-none")
+
+
+def add_video_tab(app: FalcoApp, config: VideoConfig = VideoConfig()) -> VideoTab:
+    """Builds the Video tab where it is called, inside the page's Blocks."""
+    tab = VideoTab(app, config)
+    tab.build()
+    return tab

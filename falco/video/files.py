@@ -1,0 +1,105 @@
+"""Clips on the command line: one clip, or every clip of a folder tree, beside falco.batch's photos.
+
+For IN/a/x.mp4 it writes OUT/a/x.mp4 (with several m, x.m0.5.mp4, one per m), x.mp4.latents.safetensors
+(each person track's offset and key-frame codes, for the first m) and, last, x.mp4.json: the record
+(``source``, ``status``, ``outputs``, ``video``, ``tracks``: one entry per person track, ``settings``,
+``params``, ``seconds``; or the ``error``).  Records, resuming, ``--retry-failed`` and ``--shard``
+follow falco.batch's rules.  This module loads no network or codec until a clip is done: the command
+line imports it before it parses its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from falco import batch
+from falco.config import OptimConfig, VideoConfig
+from falco.errors import WeightsError
+from falco.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def is_clip(path: Path, config: VideoConfig = VideoConfig()) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() in config.extensions
+
+
+def combined(first: batch.Summary, second: batch.Summary) -> batch.Summary:
+    """Two runs' counts as one summary (a tree's photos and its clips)."""
+    return batch.Summary(**{f.name: getattr(first, f.name) + getattr(second, f.name) for f in fields(batch.Summary)})
+
+
+def anonymize_clip(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
+                   fake_k: int, refine_steps: int, settings: dict | None = None, progress: bool = True,
+                   config: VideoConfig = VideoConfig()) -> dict:
+    """One clip, once per m, then its latents and (last) its record; returns the record."""
+    started = time.monotonic()
+    clips, latents, record = batch.output_paths(out_dir, relative, margins)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for margin, clip in zip(margins, clips):
+        with tqdm(total=None, unit="frame", desc=f"{relative} m={margin:g}", disable=not progress) as bar:
+            for event in pipeline.anonymize_video(source, clip, margin=margin, optim=optim, fake_k=fake_k,
+                                                  refine_steps=refine_steps, config=config):
+                if hasattr(event, "stage"):
+                    bar.set_description(f"{relative} m={margin:g}: {event.stage}"
+                                        + (f" person {event.track}/{event.tracks}" if event.track else ""))
+                    bar.total, bar.n = event.total, event.done
+                    bar.refresh()
+                else:
+                    results.append(event)
+    results[0].save_latents(latents)
+    entry = {"source": relative, "status": "ok",
+             "outputs": [p.relative_to(out_dir).as_posix() for p in (*clips, latents)],
+             "video": results[0].video_record(),
+             "tracks": [t for r in results for t in r.track_records()], "settings": settings,
+             "params": results[0].params, "seconds": round(time.monotonic() - started, 3)}
+    write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+    return entry
+
+
+def video_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str, refine_steps: int) -> dict:
+    return {**batch.run_settings(margins, optim, fake_k, weights), "refine_steps": refine_steps}
+
+
+def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
+                    fake_k: int, shard: batch.Shard = batch.Shard(0, 1), retry_failed: bool = False,
+                    progress: bool = True, refine_steps: int = 0, config: VideoConfig = VideoConfig()) -> batch.Summary:
+    """``in_path``: one clip (always done, whatever the shard), or a folder whose clips are done by the shard."""
+    in_path, out_dir = Path(in_path), Path(out_dir)
+    settings = video_settings(margins, optim, fake_k, pipeline.source, refine_steps)
+    if in_path.is_file():
+        root, files = in_path.parent, [in_path.name]
+    else:
+        root = in_path
+        files = [f for f in batch.list_images(in_path, config.extensions, exclude=out_dir.resolve()) if shard.holds(f)]
+    summary = batch.Summary(total=len(files))
+    try:
+        for relative in files:
+            earlier = batch.read_record(batch.output_paths(out_dir, relative, margins)[2])
+            if earlier is not None and earlier.get("settings") == settings and (
+                    earlier.get("status") == "ok" or not retry_failed):
+                summary.skipped += 1
+                summary.failed_before += earlier.get("status") == "failed"
+                continue
+            summary.redone += earlier is not None and earlier.get("settings") != settings
+            try:
+                anonymize_clip(pipeline, root / relative, relative, out_dir, margins, optim, fake_k, refine_steps,
+                               settings, progress, config)
+                summary.done += 1
+            except WeightsError:
+                raise
+            except Exception as err:   # one bad clip must not stop the run
+                log.warning("%s: %s", relative, err)
+                summary.failed += 1
+                batch.record_failure(out_dir, relative, settings, err)
+    except KeyboardInterrupt as stop:
+        raise batch.Interrupted(summary) from stop
+    return summary

@@ -1,0 +1,91 @@
+"""A webcam anonymized live: frames in, frames out, one at a time (the page's Video tab, on a GPU).
+
+The first ``live_build_seconds`` of frames find the persons and each one's key frame, and are shown
+blurred (no face leaves unanonymized); then each person's identity is optimised once
+(``live_steps`` steps) and every later frame is rendered as a clip's frames are (falco.video.anonymize):
+align, e4e, + the person's offset, generator, paste.  A person who first appears later gets their
+identity at once (that frame waits for it).  Landmarks are smoothed online with the One-Euro filter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from falco.config import OptimConfig, VideoConfig
+from falco.results import AnonymizationResult
+from falco.video.anonymize import FrameRenderer, TrackResult, build_identity, track_offset
+from falco.video.io import Frame
+from falco.video.smoothing import OneEuroFilter
+from falco.video.tracks import FaceTracker, Track
+
+
+class LiveAnonymizer:
+    def __init__(self, pipeline, margin: float, optim: OptimConfig | None = None,
+                 config: VideoConfig = VideoConfig()):
+        self.pipeline, self.margin, self.config = pipeline, margin, config
+        self.optim = replace(optim or OptimConfig(), steps=config.live_steps, margin=margin)
+        self.tracker = FaceTracker(pipeline.analyzer, pipeline.recognizer, config)
+        self.index = 0
+        self.started: float | None = None
+        self.results: dict[int, TrackResult] = {}      # track number -> its identity
+        self.filters: dict[int, OneEuroFilter] = {}
+        self.renderer: FrameRenderer | None = None
+        self.times: deque[float] = deque(maxlen=30)
+
+    @property
+    def building(self) -> bool:
+        return self.started is None or time.monotonic() - self.started < self.config.live_build_seconds
+
+    @property
+    def fps(self) -> float:
+        if len(self.times) < 2:
+            return 0.0
+        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+
+    def feed(self, pixels: np.ndarray, now: float | None = None) -> np.ndarray:
+        """The frame [H, W, 3] uint8 RGB anonymized (blurred while the identities are being built)."""
+        now = time.monotonic() if now is None else now
+        self.started = now if self.started is None else self.started
+        photo = Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB")
+        placed = self.tracker.update(self.index, photo)
+        index, self.index = self.index, self.index + 1
+        out = self._frame(index, photo, placed, now)
+        self.times.append(time.monotonic())
+        return out
+
+    def _frame(self, index: int, photo: Image.Image, placed: list, now: float) -> np.ndarray:
+        if now - self.started < self.config.live_build_seconds:
+            return np.asarray(photo.filter(ImageFilter.GaussianBlur(max(photo.size) / 40)))
+        for track, _ in placed:
+            if track.number not in self.results:
+                self._build(track)
+        numbers = sorted(self.results)
+        for number, result in self.results.items():
+            result.landmarks.clear()
+        for track, face in placed:
+            smoother = self.filters.setdefault(track.number, OneEuroFilter(
+                self.config.smooth_min_cutoff, self.config.smooth_beta, self.config.smooth_d_cutoff))
+            self.results[track.number].landmarks[index] = smoother(face.landmarks, now)
+        renderer = self._renderer(numbers)
+        frame, photo, items = renderer.align(Frame(index, None, np.asarray(photo)))
+        renderer.render(items)
+        return renderer.paste(photo, items)
+
+    def _build(self, track: Track) -> None:
+        for event in build_identity(self.pipeline, track, len(self.tracker.tracks), self.margin, self.optim, 1):
+            if isinstance(event, AnonymizationResult):
+                face = event.faces[0]
+                self.results[track.number] = TrackResult(track.number, [], track.key_frame,
+                                                         track_offset(face, self.optim.trained_rows), face, {})
+        track.key_photo = None
+        self.renderer = None
+
+    def _renderer(self, numbers: list[int]) -> FrameRenderer:
+        if self.renderer is None:
+            self.renderer = FrameRenderer(self.pipeline, [self.results[n] for n in numbers], self.optim, self.config)
+        return self.renderer

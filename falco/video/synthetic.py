@@ -1,0 +1,56 @@
+"""A clip made from a photo, for tests and benchmarks: a slow pan and zoom over it, with a sine tone."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+
+def pan_zoom_frames(photo: Image.Image, frames: int, size: tuple[int, int], zoom: float = 0.15,
+                    pan: float = 0.08) -> list[np.ndarray]:
+    """``frames`` RGB frames of ``size``: a window over the photo that shrinks by ``zoom`` and moves by ``pan``
+    (fractions of the photo) from the first frame to the last."""
+    width, height = photo.size
+    out = []
+    for i in range(frames):
+        t = i / max(frames - 1, 1)
+        scale = 1.0 - zoom * t
+        w, h = width * scale, height * scale
+        left = min(max((width - w) / 2 + pan * width * (t - 0.5), 0.0), width - w)
+        top = (height - h) / 2
+        box = (left, top, left + w, top + h)
+        out.append(np.asarray(photo.convert("RGB").resize(size, Image.Resampling.BILINEAR, box=box)))
+    return out
+
+
+def write_clip(path: Path, frames: list[np.ndarray], fps: int = 12, codec: str = "ffv1", pix_fmt: str = "bgr0",
+               audio_hz: float | None = 440.0, sample_rate: int = 16000, audio_codec: str = "flac") -> Path:
+    """Frames (and a sine tone as long as them) as a clip; the defaults are lossless (FFV1 RGB, FLAC) in .mkv."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        audio = None
+        if audio_hz is not None:
+            audio = out.add_stream(audio_codec, rate=sample_rate)
+            audio.layout = "mono"
+        for i, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            samples = int(round(len(frames) / fps * sample_rate))
+            tone = (np.sin(2 * np.pi * audio_hz * np.arange(samples) / sample_rate) * 0.3 * 32767).astype(np.int16)
+            chunk = 1024
+            for start in range(0, samples, chunk):
+                part = tone[None, start:start + chunk]
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format="s16", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+                out.mux(audio.encode(frame))
+            out.mux(audio.encode(None))
+    return path

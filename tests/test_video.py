@@ -1,0 +1,265 @@
+"""Clips: tracks, one identity per person, every frame rendered, timing and audio kept (falco.video)."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from falco import cli
+from falco.config import OptimConfig, VideoConfig
+from falco.errors import InputVideoError, NoFaceError
+from falco.faces import ffhq_quad
+from falco.video.anonymize import FrameRenderer, VideoProgress, VideoResult
+from falco.video.io import probe_video, read_frames
+from falco.video.smoothing import OneEuroFilter, smooth_track
+from falco.video.synthetic import pan_zoom_frames, write_clip
+from falco.video.tracks import FaceTracker, iou
+
+FRAMES, FPS, SIZE = 12, 12, (256, 256)
+OPTIM = OptimConfig(steps=2, preview_every=1)
+
+
+@pytest.fixture(scope="module")
+def frames(astronaut):
+    return pan_zoom_frames(Image.open(astronaut), FRAMES, SIZE)
+
+
+@pytest.fixture(scope="module")
+def clip(frames, tmp_path_factory) -> Path:
+    """Lossless (FFV1 RGB, FLAC) so that pixels compare exactly."""
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mkv", frames, fps=FPS)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_pipeline, clip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "anonymized.mkv"
+    events = list(tiny_pipeline.anonymize_video(clip, out, margin=0.0, optim=OPTIM))
+    return events, out
+
+
+def audio_samples(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(frame.samples for frame in container.decode(audio=0))
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(audio=0) if p.size]
+
+
+def test_events_then_the_result(run):
+    events, out = run
+    *progress, result = events
+    assert isinstance(result, VideoResult) and all(isinstance(e, VideoProgress) for e in progress)
+    stages = [e.stage for e in progress]
+    assert stages == sorted(stages, key=["tracking", "identity", "rendering"].index)   # in stage order
+    assert [e.done for e in progress if e.stage == "tracking"] == list(range(1, FRAMES + 1))
+    identity = [e for e in progress if e.stage == "identity"]
+    assert [e.done for e in identity] == [1, 2] and all(e.track == 1 and e.step.previews for e in identity)
+    assert progress[-1].stage == "rendering" and progress[-1].done == progress[-1].total == FRAMES
+    assert result.path == out and out.is_file()
+
+
+def test_frame_count_rate_size_and_audio_are_kept(run, clip):
+    _, out = run
+    source, written = probe_video(clip), probe_video(out)
+    assert (written.frames, written.fps, written.width, written.height) == (FRAMES, FPS, *SIZE)
+    assert written.codec == source.codec == "ffv1" and written.audio_codec == "flac"
+    assert audio_samples(out) == audio_samples(clip) == 16000 * FRAMES // FPS
+    assert audio_packets(out) == audio_packets(clip)   # copied, not re-encoded
+    assert [f.pts for f in read_frames(out)] == [f.pts for f in read_frames(clip)]
+
+
+def test_one_track_for_the_one_face(run):
+    result = run[0][-1]
+    assert len(result.tracks) == 1
+    track = result.tracks[0]
+    assert track.frames == list(range(FRAMES)) and sorted(track.landmarks) == track.frames
+    assert track.record()["frames"] == FRAMES and 0 <= track.key_frame < FRAMES
+
+
+def test_pixels_away_from_the_face_are_unchanged(run, frames):
+    result, out = run[0][-1], run[1]
+    changed_frames = 0
+    for frame, original in zip(read_frames(out), frames):
+        quad = ffhq_quad(result.tracks[0].landmarks[frame.index])
+        x0, y0 = np.floor(quad.min(0)).astype(int) - 1
+        x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
+        outside = np.ones(original.shape[:2], bool)
+        outside[max(y0, 0):y1, max(x0, 0):x1] = False
+        assert outside.any()
+        assert np.array_equal(frame.pixels[outside], original[outside])
+        changed_frames += not np.array_equal(frame.pixels, original)
+    assert changed_frames == FRAMES
+
+
+def test_the_offset_lives_in_rows_3_to_7_only(run, tiny_pipeline, frames):
+    result = run[0][-1]
+    track = result.tracks[0]
+    start, stop = OPTIM.trained_rows
+    assert not track.offset[:start].any() and not track.offset[stop:].any() and track.offset[start:stop].any()
+    torch.testing.assert_close(track.offset[start:stop], track.face.wplus[start:stop]
+                               - track.face.wplus_inversion[start:stop])
+    renderer = FrameRenderer(tiny_pipeline, result.tracks, OPTIM, VideoConfig())
+    _, _, items = renderer.align(next(iter(read_frames(run[1]))))
+    crops = [item.aligned.image for item in items]
+    codes, inversion = renderer.codes(crops, [0]), tiny_pipeline.invert(crops)
+    assert torch.equal(codes[:, :start], inversion[:, :start]) and torch.equal(codes[:, stop:], inversion[:, stop:])
+    torch.testing.assert_close(codes[:, start:stop] - inversion[:, start:stop],
+                               track.offset[None, start:stop].to(codes))
+
+
+def test_refinement_moves_rows_3_to_7_only(run, tiny_pipeline):
+    result = run[0][-1]
+    renderer = FrameRenderer(tiny_pipeline, result.tracks, OPTIM, VideoConfig(), refine_steps=1)
+    _, _, items = renderer.align(next(iter(read_frames(run[1]))))
+    crops = [item.aligned.image for item in items]
+    start, stop = OPTIM.trained_rows
+    codes = renderer.codes(crops, [0])
+    refined = renderer._refine(crops, [0], codes)
+    assert torch.equal(refined[:, :start], codes[:, :start]) and torch.equal(refined[:, stop:], codes[:, stop:])
+    assert not torch.equal(refined[:, start:stop], codes[:, start:stop])
+
+
+def test_a_clip_without_a_face(tiny_pipeline, tmp_path):
+    clip = write_clip(tmp_path / "grey.mkv", [np.full((64, 64, 3), 128, np.uint8)] * 3)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(NoFaceError, match="any frame of the clip"):
+        list(tiny_pipeline.anonymize_video(clip, out, optim=OPTIM))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grey.mkv"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated"])
+def test_a_damaged_file(tiny_pipeline, frames, tmp_path, damage):
+    # An MP4 keeps its index at the end: cut short, it cannot be read (a cut Matroska file is a shorter clip).
+    whole = write_clip(tmp_path / "whole.mp4", frames[:4], codec="libx264", pix_fmt="yuv420p", audio_codec="aac")
+    data = whole.read_bytes()
+    whole.unlink()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes({"garbage": b"not a clip at all" * 100, "empty": b"", "truncated": data[:len(data) // 2]}[damage])
+    with pytest.raises(InputVideoError) as err:
+        list(tiny_pipeline.anonymize_video(bad, tmp_path / "out.mp4", optim=OPTIM))
+    assert str(tmp_path) not in str(err.value)   # no server path in the message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
+
+
+def test_a_clip_over_the_limit(tiny_pipeline, clip, tmp_path):
+    with pytest.raises(InputVideoError, match=r"lasts 1\.0 s; at most 0\.5 s"):
+        list(tiny_pipeline.anonymize_video(clip, tmp_path / "out.mkv", optim=OPTIM, max_seconds=0.5))
+    with pytest.raises(InputVideoError, match="at most 0.5 s"):
+        list(tiny_pipeline.anonymize_video(clip, tmp_path / "out.mkv", optim=OPTIM,
+                                           config=replace(VideoConfig(), max_seconds=0.5)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stopping_midway_leaves_nothing(tiny_pipeline, clip, tmp_path):
+    events = tiny_pipeline.anonymize_video(clip, tmp_path / "out.mkv", optim=OPTIM)
+    for event in events:
+        if event.stage == "rendering":
+            break
+    events.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_person_who_returns_rejoins_their_track(tiny_pipeline, frames):
+    blank = np.full_like(frames[0], 90)
+    clip_frames = [frames[0], frames[1], blank, blank, frames[4], frames[5]]
+    tracker = FaceTracker(tiny_pipeline.analyzer, tiny_pipeline.recognizer, replace(VideoConfig(), track_gap=1))
+    for i, pixels in enumerate(clip_frames):
+        tracker.update(i, Image.fromarray(pixels))
+    assert len(tracker.tracks) == 1 and sorted(tracker.tracks[0].faces) == [0, 1, 4, 5]
+    strict = FaceTracker(tiny_pipeline.analyzer, tiny_pipeline.recognizer,
+                         replace(VideoConfig(), track_gap=1, rejoin_distance=0.0))
+    for i, pixels in enumerate(clip_frames):
+        strict.update(i, Image.fromarray(pixels))
+    assert [sorted(t.faces) for t in strict.tracks] == [[0, 1], [4, 5]]
+
+
+def test_followed_between_detections(tiny_pipeline, frames):
+    tracker = FaceTracker(tiny_pipeline.analyzer, tiny_pipeline.recognizer, replace(VideoConfig(), detect_every=3))
+    for i, pixels in enumerate(frames[:6]):
+        tracker.update(i, Image.fromarray(pixels))
+    assert len(tracker.tracks) == 1 and sorted(tracker.tracks[0].faces) == list(range(6))
+
+
+def test_iou():
+    assert iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert iou((0, 0, 9, 9), (10, 0, 19, 9)) == 0.0
+    assert iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)
+
+
+def test_one_euro_filter():
+    still = np.array([[3.0, 4.0], [5.0, 6.0]])
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.0)
+    assert all(np.allclose(f(still, t / 30), still, rtol=1e-12, atol=0) for t in range(5))   # at rest, no move
+    f.reset()
+    f(np.zeros(2), 0.0)
+    moved = f(np.ones(2), 1 / 30)
+    assert (0 < moved).all() and (moved < 1).all()   # between the last output and the new sample
+    # A missing frame restarts the filter: the first sample after it comes out as it went in.
+    smoothed = smooth_track({0: np.zeros(2), 1: np.ones(2), 3: np.full(2, 5.0)}, 30.0, 1.0, 0.0, 1.0)
+    assert np.array_equal(smoothed[3], np.full(2, 5.0)) and np.array_equal(smoothed[0], np.zeros(2))
+
+
+def test_cli_one_clip_and_clips_in_a_tree(tiny_weights, clip, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["--weights", str(tiny_weights), "--device", "cpu", "--steps", "1", "--no-progress"]
+    assert cli.main(["anonymize", str(clip), str(out), *common]) == 0
+    record = json.loads((out / "clip.mkv.json").read_text())
+    assert record["status"] == "ok" and record["outputs"] == ["clip.mkv", "clip.mkv.latents.safetensors"]
+    assert len(record["tracks"]) == 1 and record["tracks"][0]["track"] == 1
+    assert record["video"]["frames"] == FRAMES and probe_video(out / "clip.mkv").frames == FRAMES
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["total"], summary["done"]) == (1, 1)
+
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "clip.mkv").write_bytes(clip.read_bytes())
+    assert cli.main(["anonymize", str(tree), str(tmp_path / "tree-out"), *common]) == 0
+    assert probe_video(tmp_path / "tree-out" / "a" / "clip.mkv").frames == FRAMES
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["total"], summary["done"]) == (1, 1)
+    # Again: recorded with the same settings, so skipped.
+    assert cli.main(["anonymize", str(tree), str(tmp_path / "tree-out"), *common]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 1
+
+
+def test_cli_refuses_a_file_that_is_no_clip(tmp_path, capsys):
+    photo = tmp_path / "notes.txt"
+    photo.write_text("hello")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["anonymize", str(photo), str(tmp_path / "out")])
+    assert stop.value.code == 2 and "neither a folder nor a clip" in capsys.readouterr().err
+
+
+def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
+    from falco.video.live import LiveAnonymizer
+    live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))
+    first = live.feed(frames[0], now=0.0)
+    assert first.shape == frames[0].shape and not np.array_equal(first, frames[0])   # blurred: no face shown
+    assert not live.results
+    out = live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
+    assert list(live.results) == [1] and live.fps > 0
+    quad = ffhq_quad(live.results[1].landmarks[1])
+    x0, y0 = np.floor(quad.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
+    outside = np.ones(out.shape[:2], bool)
+    outside[max(y0, 0):y1, max(x0, 0):x1] = False
+    assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])
+
+
+def test_the_webcam_handler_keeps_one_live_session(tiny_pipeline, frames):
+    from falco.ui.engine import EngineLoader
+    from falco.ui.page import FalcoApp
+    from falco.ui.video_tab import VideoTab
+    tab = VideoTab(FalcoApp(EngineLoader(lambda: tiny_pipeline), on_gpu=False))
+    out, state, live = tab.stream(frames[0], 0.0, None)
+    assert out.shape == frames[0].shape and "building" in state
+    assert tab.stream(frames[1], 0.0, live)[2] is live              # the same m: the same session
+    assert tab.stream(frames[2], 0.5, live)[2] is not live          # another m: identities built again
+    assert tab.stream(None, 0.0, live) == (None, "", live)
