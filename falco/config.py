@@ -179,6 +179,7 @@ class VideoConfig:
     max_seconds: float | None = None          # the library and the command line take any length
     app_max_seconds: float = 20.0             # a shared Space: longer clips are refused, as the page says
     app_cpu_max_seconds: float = 3.0          # on a CPU a frame takes seconds
+    zerogpu_duration_s: int = 300             # ZeroGPU time slot asked for per clip (tracking, identities, frames)
     max_frame_pixels: int = 3840 * 2160       # 4K: larger frames are refused
     # Tracking: detect on every k-th frame; between detections dlib's correlation tracker follows each face.
     detect_every: int = 1

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_app_browser import ARTIFACTS, CHROMIUM, app_url, browser, gradio_cache, open_page  # noqa: F401
 
 from falco.video.io import probe_video
 from falco.video.synthetic import pan_zoom_frames, write_clip
+from tests.test_app_browser import ARTIFACTS, CHROMIUM, app_url, browser, gradio_cache, open_page  # noqa: F401
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian chromium not installed at {CHROMIUM}")]

@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import ValidationError, model_validator
 
 from falco.checks import check_face_picks
-from falco.config import AppConfig, OptimConfig
+from falco.config import AppConfig, OptimConfig, VideoConfig
 from falco.device import app_device, zerogpu_available
 from falco.errors import FalcoError
 from falco.faces.detect import NO_FACE_MESSAGE
@@ -70,7 +70,7 @@ lighting and age (Barattin et al., CVPR 2023).
 3. **Run** streams the optimisation as it goes; **Compare m** runs several values of m at once.
 """
 # Gradio's file list offers to remove each file of a list, downloads included.
-PAGE_CSS = """#falco-downloads .label-clear-button { display: none; }
+PAGE_CSS = """#falco-downloads .label-clear-button, #falco-video-downloads .label-clear-button { display: none; }
 .falco-dot { display: inline-block; width: 0.75em; height: 0.75em; border-radius: 50%; vertical-align: -0.05em; }
 .falco-ready { background: #2ecc40; } .falco-loading { background: #f0ad4e; } .falco-failed { background: #e74c3c; }"""
 
@@ -195,8 +195,8 @@ class FalcoApp:
     """Handlers of the page and the API.  One instance per process."""
 
     def __init__(self, loader: EngineLoader, config: AppConfig = AppConfig(), on_gpu: bool = True,
-                 gpu: Callable | None = None):
-        self.loader, self.config, self.on_gpu = loader, config, on_gpu
+                 gpu: Callable | None = None, video_gpu: Callable | None = None):
+        self.loader, self.config, self.on_gpu, self.video_gpu = loader, config, on_gpu, video_gpu
         self.default_optim = OptimConfig() if on_gpu else config.cpu_optim
         self.cache = Path(gr.utils.get_upload_folder())   # Gradio's cache: files there are served as they are
         # On ZeroGPU only this part holds a GPU; loading, detection and files stay outside.
@@ -483,50 +483,53 @@ class FalcoApp:
             gr.Markdown(INTRO)
             banner = gr.Markdown(self.status_text(), elem_id="falco-status")
             session = gr.State(Session(), delete_callback=end_session)
-            with gr.Row():
-                with gr.Column(scale=2):
-                    photo = photo_input(label="Photo", sources=["upload", "webcam", "clipboard"],
-                                        elem_id="falco-photo")
-                    gr.Examples([[str(p)] for p in EXAMPLES if p.exists()], inputs=[photo], label="Example")
-                    faces_view = gr.Image(label="Faces found", interactive=False, elem_id="falco-faces")
-                    faces_text = gr.Markdown(elem_id="falco-faces-text")
-                    picked = gr.CheckboxGroup(label="Faces to anonymize", choices=[], value=[], type="value",
-                                              elem_id="falco-picked")
-                    picked_for = gr.Textbox(visible=False)
-                    margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
-                                       info="0: as unlike the original as possible; 1: keeps the identity",
-                                       elem_id="falco-margin")
+            with gr.Tabs():
+                with gr.Tab("Photo", elem_id="falco-photo-tab"):
                     with gr.Row():
-                        run_btn = gr.Button("Run", variant="primary", elem_id="falco-run")
-                        compare_btn = gr.Button("Compare m", elem_id="falco-compare")
-                        stop_btn = gr.Button("Stop", variant="stop", elem_id="falco-stop")
-                    with gr.Accordion("Advanced", open=False):
-                        margins_text = gr.Textbox(", ".join(f"{m:g}" for m in cfg.compare_margins),
-                                                  label="m values for Compare m")
-                        steps = gr.Slider(1, cfg.max_steps, value=optim.steps, step=1, label="Steps",
-                                          elem_id="falco-steps")
-                        lr = gr.Number(optim.lr, label="Learning rate", minimum=0)
-                        lambda_id = gr.Number(optim.lambda_id, label="lambda_id (identity)", minimum=0)
-                        lambda_attr = gr.Number(optim.lambda_attr, label="lambda_attr (attributes)", minimum=0)
-                        seed = gr.Number(optim.seed, label="Seed", precision=0)
-                        another_fake = gr.Checkbox(False, label="Another fake",
-                                                   info=f"draw the fake among the {cfg.another_fake_k} nearest "
-                                                        "(change the seed for yet another)")
-                with gr.Column(scale=3):
-                    progress = gr.HTML(elem_id="falco-progress-box")
-                    live = gr.Image(label="Optimisation (live)", interactive=False, elem_id="falco-live")
-                    result_photo = gr.Image(label="Anonymized photo", interactive=False, format="png",
-                                            elem_id="falco-result")
-                    gallery = gr.Gallery(label="Results", columns=4, format="png", elem_id="falco-gallery")
-                    metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Identity", interactive=False,
-                                           elem_id="falco-metrics")
-                    plot = gr.Plot(label="Identity against m", visible=False, elem_id="falco-plot")
-                    shown_view = gr.Radio(label="Before | after", choices=[], visible=False, elem_id="falco-shown")
-                    before_after = gr.ImageSlider(label="Original | anonymized", type="filepath", interactive=False,
-                                                  elem_id="falco-before-after")
-                    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
-                                        elem_id="falco-downloads")
-            self.video_tab = add_video_tab(self)
+                        with gr.Column(scale=2):
+                            photo = photo_input(label="Photo", sources=["upload", "webcam", "clipboard"],
+                                                elem_id="falco-photo")
+                            gr.Examples([[str(p)] for p in EXAMPLES if p.exists()], inputs=[photo], label="Example")
+                            faces_view = gr.Image(label="Faces found", interactive=False, elem_id="falco-faces")
+                            faces_text = gr.Markdown(elem_id="falco-faces-text")
+                            picked = gr.CheckboxGroup(label="Faces to anonymize", choices=[], value=[], type="value",
+                                                      elem_id="falco-picked")
+                            picked_for = gr.Textbox(visible=False)
+                            margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
+                                               info="0: as unlike the original as possible; 1: keeps the identity",
+                                               elem_id="falco-margin")
+                            with gr.Row():
+                                run_btn = gr.Button("Run", variant="primary", elem_id="falco-run")
+                                compare_btn = gr.Button("Compare m", elem_id="falco-compare")
+                                stop_btn = gr.Button("Stop", variant="stop", elem_id="falco-stop")
+                            with gr.Accordion("Advanced", open=False):
+                                margins_text = gr.Textbox(", ".join(f"{m:g}" for m in cfg.compare_margins),
+                                                          label="m values for Compare m")
+                                steps = gr.Slider(1, cfg.max_steps, value=optim.steps, step=1, label="Steps",
+                                                  elem_id="falco-steps")
+                                lr = gr.Number(optim.lr, label="Learning rate", minimum=0)
+                                lambda_id = gr.Number(optim.lambda_id, label="lambda_id (identity)", minimum=0)
+                                lambda_attr = gr.Number(optim.lambda_attr, label="lambda_attr (attributes)", minimum=0)
+                                seed = gr.Number(optim.seed, label="Seed", precision=0)
+                                another_fake = gr.Checkbox(False, label="Another fake",
+                                                           info=f"draw the fake among the {cfg.another_fake_k} nearest "
+                                                                "(change the seed for yet another)")
+                        with gr.Column(scale=3):
+                            progress = gr.HTML(elem_id="falco-progress-box")
+                            live = gr.Image(label="Optimisation (live)", interactive=False, elem_id="falco-live")
+                            result_photo = gr.Image(label="Anonymized photo", interactive=False, format="png",
+                                                    elem_id="falco-result")
+                            gallery = gr.Gallery(label="Results", columns=4, format="png", elem_id="falco-gallery")
+                            metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Identity", interactive=False,
+                                                   elem_id="falco-metrics")
+                            plot = gr.Plot(label="Identity against m", visible=False, elem_id="falco-plot")
+                            shown_view = gr.Radio(label="Before | after", choices=[], visible=False,
+                                                  elem_id="falco-shown")
+                            before_after = gr.ImageSlider(label="Original | anonymized", type="filepath",
+                                                          interactive=False, elem_id="falco-before-after")
+                            downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
+                                                elem_id="falco-downloads")
+                self.video_tab = add_video_tab(self)
             with gr.Column(visible=False):   # the named API endpoint's own inputs and outputs
                 api_inputs = [api_photo_input(), gr.Textbox("all", label="faces"),
                               gr.Textbox("0", label="margins"), gr.Number(0, label="steps", precision=0),
@@ -588,10 +591,11 @@ def build_app(weights: str | None = None, device: str | torch.device | None = No
     there is one, or on ZeroGPU).
     """
     gpu = zerogpu_decorator(config.zerogpu_duration_s)
+    video_gpu = zerogpu_decorator(VideoConfig().zerogpu_duration_s)
     if not isinstance(device, torch.device):   # not decided yet (start_app decides it before the fetch)
         device = app_device(device, zerogpu=gpu is not None)   # ZeroGPU: each decorated call gets a GPU
     loader = loader or EngineLoader(pipeline_factory(lambda: fetch_weights(weights), device))
-    app = FalcoApp(loader, config, on_gpu=device.type == "cuda", gpu=gpu)
+    app = FalcoApp(loader, config, on_gpu=device.type == "cuda", gpu=gpu, video_gpu=video_gpu)
     demo = app.build()
     if load_now:
         loader.start()

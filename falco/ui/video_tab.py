@@ -51,6 +51,13 @@ def video_box(text: str) -> str:
 class VideoTab:
     def __init__(self, app: FalcoApp, config: VideoConfig = VideoConfig()):
         self.app, self.config = app, config
+        # On ZeroGPU only the clip's GPU work holds a GPU (its own, longer slot); loading stays outside.
+        self._device_run = app.video_gpu(self._anonymize) if app.video_gpu is not None else self._anonymize
+
+    def _anonymize(self, clip: str, out, margin: float, optim, max_seconds: float):
+        yield from self.app.loader.get().anonymize_video(clip, out, margin=margin, optim=optim,
+                                                         codec=self.config.app_video_codec, config=self.config,
+                                                         max_seconds=max_seconds)
 
     def run(self, clip: str | None, margin: float, session: Session):
         """Streams the stages' progress and previews, then the clip and its downloads."""
@@ -65,11 +72,9 @@ class VideoTab:
             out = folder / "anonymized.mp4"
             optim = replace(app.default_optim, margin=float(margin))
             started = time.monotonic()
-            engine = app.loader.get()
+            app.loader.get()   # wait for the networks here, not inside the GPU slot
             result = None
-            for event in engine.anonymize_video(clip, out, margin=float(margin), optim=optim,
-                                                codec=self.config.app_video_codec, config=self.config,
-                                                max_seconds=clip_limit(app, self.config)):
+            for event in self._device_run(clip, out, float(margin), optim, clip_limit(app, self.config)):
                 if isinstance(event, VideoResult):
                     result = event
                     break
