@@ -68,6 +68,8 @@ lighting and age (Barattin et al., CVPR 2023).
 2. Tick the faces to anonymize (all by default) and set **m**: at 0 the new face is as unlike the
    original as the face recogniser can tell; higher values keep more of the identity.
 3. **Run** streams the optimisation as it goes; **Compare m** runs several values of m at once.
+
+The **Video** tab does the same for a clip: each person gets one new identity, kept in every frame.
 """
 # Gradio's file list offers to remove each file of a list, downloads included.
 PAGE_CSS = """#falco-downloads .label-clear-button, #falco-video-downloads .label-clear-button { display: none; }
