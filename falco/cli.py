@@ -137,7 +137,7 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
         line = {"out_dir": str(args.out_dir), **asdict(summary)}
         if args.dataset is not None:
             line.update(datasets_io.write_dataset(pipeline, dataset, args.out_dir, margins, optim, args.fake_k,
-                                                  args.aligned, args.push_to_hub))
+                                                  args.aligned, args.push_to_hub, not args.no_progress))
         print(json.dumps(line))
         return code
     except FalcoError as err:

@@ -83,9 +83,12 @@ def anonymize_dataset(pipeline, source: SourceDataset, out_dir: Path, margins: S
 
 
 def write_dataset(pipeline, source: SourceDataset, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
-                  fake_k: int, aligned: bool = False, push_to: str | None = None,
+                  fake_k: int, aligned: bool = False, push_to: str | None = None, progress: bool = True,
                   config: CliConfig = CliConfig()) -> dict:
     """Once every row is done: OUT_DIR/dataset, pushed to ``push_to`` when given; what the summary line adds."""
+    if not progress:
+        from datasets import disable_progress_bars   # process-wide: the command line asked for none
+        disable_progress_bars()
     settings = run_settings(margins, optim, fake_k, pipeline.source, aligned)
     path = assemble(source.rows, Path(out_dir), margins, settings, config.dataset_image_suffix)
     if push_to is not None:
@@ -152,8 +155,9 @@ def assemble(dataset, out_dir: Path, margins: Sequence[float], settings: dict, s
     scratch = Path(tempfile.mkdtemp(prefix="assemble-", dir=work))
     try:
         # A fresh cache folder: datasets caches a generator's output by the generator's code, not by the records.
+        # No list among gen_kwargs: datasets would split the generator's work along it.
         added = Dataset.from_generator(added_rows, features=added_features(), cache_dir=str(scratch),
-                                       gen_kwargs={"dataset": dataset, "out_dir": out_dir, "margins": list(margins),
+                                       gen_kwargs={"dataset": dataset, "out_dir": out_dir, "margins": tuple(margins),
                                                    "settings": settings, "suffix": suffix})
         originals = dataset.select([index for index in range(len(dataset)) for _ in margins])
         concatenate_datasets([originals, added], axis=1).save_to_disk(str(partial))
