@@ -86,8 +86,8 @@ def write_dataset(pipeline, source: SourceDataset, out_dir: Path, margins: Seque
                   fake_k: int, aligned: bool = False, push_to: str | None = None, progress: bool = True,
                   config: CliConfig = CliConfig()) -> dict:
     """Once every row is done: OUT_DIR/dataset, pushed to ``push_to`` when given; what the summary line adds."""
-    if not progress:
-        from datasets import disable_progress_bars   # process-wide: the command line asked for none
+    if not progress:   # process-wide: the command line asked for no bars
+        from datasets import disable_progress_bars
         disable_progress_bars()
     settings = run_settings(margins, optim, fake_k, pipeline.source, aligned)
     path = assemble(source.rows, Path(out_dir), margins, settings, config.dataset_image_suffix)

@@ -6,7 +6,9 @@
         else: result = event                          # AnonymizationResult, always last
 
 Faces x margins run as one batch.  ``anonymize`` is a generator: a consumer that stops
-iterating (or closes it) stops the work at the next step.
+iterating (or closes it) stops the work at the next step.  ``anonymize(..., aligned=True)``
+takes an FFHQ-aligned crop as the face itself; ``anonymize_batch`` optimises the faces of
+several photos together (each gets the result a run of its own gives).
 """
 
 from __future__ import annotations
