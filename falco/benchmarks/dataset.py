@@ -13,7 +13,7 @@ dataset).  The networks load before the clock starts; the time per image include
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from falco.benchmarks.optim import load_average
 from falco.config import AppConfig, OptimConfig
 from falco.datasets_io import SourceDataset, anonymize_dataset, write_dataset
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         source = SourceDataset(datasets.Dataset.from_dict({"image": rows, "label": list(range(len(rows)))},
                                                           features=features), "image")
         out = Path(scratch) / "out"
+        before = load_average()
         started = time.perf_counter()
         summary = anonymize_dataset(pipeline, source, out, args.margin, optim, 1, aligned=True,
                                     batch_size=args.batch, progress=False)
@@ -72,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - started
     if summary.done != args.images:
         raise SystemExit(f"only {summary.done} of {args.images} images were anonymized: {summary}")
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+             else f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
     print(f"{where}, torch {torch.__version__}: {args.images} images x {len(args.margin)} m, batch {args.batch}, "
           f"{optim.steps} steps{', losses on the 256 output' if optim.loss_on_skip256 else ''}")
+    print(f"load average before: {before}, after: {load_average()} (other jobs slow a shared machine down)")
     print(f"{seconds / args.images:.1f} s per image, {3600 * args.images / seconds:.0f} images/hour")
 
 
