@@ -159,7 +159,10 @@ def assemble(dataset, out_dir: Path, margins: Sequence[float], settings: dict, s
         added = Dataset.from_generator(added_rows, features=added_features(), cache_dir=str(scratch),
                                        gen_kwargs={"dataset": dataset, "out_dir": out_dir, "margins": tuple(margins),
                                                    "settings": settings, "suffix": suffix})
-        originals = dataset.select([index for index in range(len(dataset)) for _ in margins])
+        # Flattened here, in the scratch folder: datasets would write it beside the source's own files otherwise
+        # (into the input dataset's folder, for one read from disk).
+        originals = dataset.select([index for index in range(len(dataset)) for _ in margins], keep_in_memory=True)
+        originals = originals.flatten_indices(cache_file_name=str(scratch / "originals.arrow"))
         concatenate_datasets([originals, added], axis=1).save_to_disk(str(partial))
         if final.exists():
             final.rename(old)

@@ -177,6 +177,8 @@ def test_a_dataset_becomes_a_dataset_with_every_column_kept(tmp_path, tiny_weigh
     rewritten = datasets.load_from_disk(str(out / "dataset"))
     assert rewritten.to_dict() == written.to_dict()
     assert sorted(p.name for p in out.iterdir()) == ["dataset", "items"]   # no scratch left
+    assert sorted(p.name for p in source.iterdir()) == ["data-00000-of-00001.arrow", "dataset_info.json",
+                                                        "state.json"]   # nothing written beside the input
 
 
 def test_a_failed_row_keeps_its_columns_and_says_why(tmp_path, tiny_weights, crops, capsys):
