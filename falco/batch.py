@@ -6,9 +6,13 @@ last, x.jpg.json, the record of the run with its settings.  An image recorded wi
 same settings is done and skipped, so a run that was interrupted picks up where it
 stopped; one recorded with other settings (m, steps, seed, fake k, weights, ...) is done
 again and its earlier outputs replaced.  A failed image gets a record with the error
-(retried with --retry-failed) and the run goes on.  ``--shard i/n`` takes
-the files whose path hashes to i modulo n, so n machines given 0/n .. n-1/n split a
-dataset without talking to each other and every file lands in exactly one shard.
+(retried with --retry-failed) and the run goes on.  With --aligned the photos are
+FFHQ-aligned crops (FFHQ, CelebA-HQ): x.jpg is the anonymized crop at the photo's size.
+--batch N optimises the faces of N photos together (a GPU's gain; the results are those
+of one photo at a time).  Under ``accelerate launch`` (one process per GPU, on one machine
+or several sharing the output folder) each process takes the files whose path hashes to
+its rank modulo the process count, and the main process prints the merged summary.
+A Hugging Face dataset (--dataset) runs the same way, row by row (falco.datasets_io).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import logging
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,18 +38,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Shard:
+    """One process's share of the inputs: the process's rank (``index``) among ``count`` (accelerate's)."""
     index: int
     count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        try:
-            index, count = (int(part) for part in text.split("/"))
-        except ValueError:
-            raise ValueError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
-        if not 0 <= index < count:
-            raise ValueError(f"--shard {text}: i must be in 0..n-1")
-        return cls(index, count)
 
     def holds(self, relative: str) -> bool:
         # A hash of the path, not a position in a listing: machines that list the tree at
@@ -60,10 +56,18 @@ class Summary:
     failed: int = 0
     redone: int = 0    # of done and failed: images recorded before with other settings
     failed_before: int = 0   # of skipped: images whose failure record (same settings) stands, not retried
+    not_aligned: int = 0     # --aligned: images done (now or before) that do not look FFHQ-aligned
 
     @property
     def handled(self) -> int:
         return self.done + self.skipped + self.failed
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input: where its outputs go (relative to the output folder; its name in messages) and how to read it."""
+    relative: str
+    load: Callable[[], object]   # -> a PhotoSource (a path, bytes, an image)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -96,10 +100,12 @@ def output_paths(out_dir: Path, relative: str, margins: Sequence[float]) -> tupl
     return images, target.with_name(target.name + ".latents.safetensors"), target.with_name(target.name + ".json")
 
 
-def run_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str) -> dict:
-    """What decides an image's outputs, as its record keeps it (JSON types): the device does not."""
-    return json.loads(json.dumps({"margins": list(margins), "optim": asdict(optim), "fake_k": fake_k,
-                                  "weights": weights}))
+def run_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str,
+                 aligned: bool = False) -> dict:
+    """What decides an image's outputs, as its record keeps it (JSON types): the device and --batch do not.
+    ``aligned`` only when set, so that the records of earlier runs keep matching."""
+    settings = {"margins": list(margins), "optim": asdict(optim), "fake_k": fake_k, "weights": weights}
+    return json.loads(json.dumps({**settings, "aligned": True} if aligned else settings))
 
 
 def read_record(record: Path) -> dict | None:
@@ -111,15 +117,16 @@ def read_record(record: Path) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
-def prepare_out_dir(in_dir: Path, out_dir: Path) -> list[Path]:
+def prepare_out_dir(in_dir: Path | None, out_dir: Path) -> list[Path]:
     """Creates ``out_dir`` and proves it writable; a FalcoError saying why it cannot hold the outputs.
+    ``in_dir``: the input folder, if any, which the outputs must not touch.
 
     Returns the folders it created, deepest first, for ``remove_empty`` should the run write nothing."""
-    source, target = Path(in_dir).resolve(), Path(out_dir).resolve()
-    if target == source:
+    source, target = Path(in_dir or "/nonexistent/input").resolve(), Path(out_dir).resolve()
+    if in_dir is not None and target == source:
         raise FalcoError(f"{out_dir} is the input folder: the outputs would sit beside the photos. "
                          "Give another output folder.")
-    if source.is_relative_to(target):
+    if in_dir is not None and source.is_relative_to(target):
         raise FalcoError(f"{in_dir} lies inside {out_dir}: outputs could overwrite photos. "
                          "Give an output folder outside the input folder.")
     if out_dir.exists() and not out_dir.is_dir():
@@ -156,16 +163,24 @@ def _unwritable(folder: Path) -> str | None:
         return err.strerror or str(err)
 
 
-def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float],
-                  optim: OptimConfig, fake_k: int, config: CliConfig, settings: dict | None = None) -> dict:
+def anonymize_one(pipeline, source, relative: str, out_dir: Path, margins: Sequence[float],
+                  optim: OptimConfig, fake_k: int, config: CliConfig, settings: dict | None = None,
+                  aligned: bool = False) -> dict:
     """Anonymize one photo and write its images, latents and (last) record; returns the record.
 
     ``settings``: ``run_settings`` of this run, kept in the record; without them a tree run does the photo again."""
     started = time.monotonic()
-    images, latents, record = output_paths(out_dir, relative, margins)
     result = None
-    for event in pipeline.anonymize(source, margins=margins, optim=optim, fake_k=fake_k):
+    for event in pipeline.anonymize(source, margins=margins, optim=optim, fake_k=fake_k,
+                                    **({"aligned": True} if aligned else {})):
         result = event
+    return write_result(result, relative, out_dir, margins, config, settings, time.monotonic() - started)
+
+
+def write_result(result, relative: str, out_dir: Path, margins: Sequence[float], config: CliConfig,
+                 settings: dict | None, seconds: float) -> dict:
+    """A photo's images, latents and (last) record, from its AnonymizationResult; returns the record."""
+    images, latents, record = output_paths(out_dir, relative, margins)
     record.parent.mkdir(parents=True, exist_ok=True)
     for photo, path in zip(result.photos, images):
         save_image(photo, path, config.jpeg_quality)
@@ -173,7 +188,9 @@ def anonymize_one(pipeline, source: Path, relative: str, out_dir: Path, margins:
     entry = {"source": relative, "status": "ok",
              "outputs": [p.relative_to(out_dir).as_posix() for p in (*images, latents)],
              "faces": result.face_records(), "settings": settings,
-             "params": result.params, "seconds": round(time.monotonic() - started, 3)}
+             "params": result.params, "seconds": round(seconds, 3)}
+    if result.alignment is not None:
+        entry["alignment"] = asdict(result.alignment)
     write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
     return entry
 
@@ -201,42 +218,119 @@ def _remove_superseded(out_dir: Path, relative: str, earlier: dict, now: dict) -
 def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[float] = (0.0,),
                    optim: OptimConfig = OptimConfig(), fake_k: int = BankConfig().k_nearest,
                    shard: Shard = Shard(0, 1), retry_failed: bool = False, progress: bool = True,
-                   config: CliConfig = CliConfig()) -> Summary:
+                   config: CliConfig = CliConfig(), aligned: bool = False, batch_size: int = 1) -> Summary:
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     prepare_out_dir(in_dir, out_dir)
-    settings = run_settings(margins, optim, fake_k, pipeline.source)
     files = [f for f in list_images(in_dir, config.image_extensions, exclude=out_dir.resolve()) if shard.holds(f)]
-    summary = Summary(total=len(files))
-    with tqdm(total=len(files), unit="photo", desc=f"shard {shard.index}/{shard.count}", disable=not progress) as bar:
+    items = [Item(relative, lambda relative=relative: in_dir / relative) for relative in files]
+    return anonymize_items(pipeline, items, out_dir, margins, optim, fake_k, shard, retry_failed, progress, config,
+                           aligned, batch_size)
+
+
+def anonymize_items(pipeline, items: Sequence[Item], out_dir: Path, margins: Sequence[float], optim: OptimConfig,
+                    fake_k: int, shard: Shard = Shard(0, 1), retry_failed: bool = False, progress: bool = True,
+                    config: CliConfig = CliConfig(), aligned: bool = False, batch_size: int = 1) -> Summary:
+    """Every item not done yet with these settings, ``batch_size`` photos per optimisation; counts in the Summary."""
+    settings = run_settings(margins, optim, fake_k, pipeline.source, aligned)
+    summary = Summary(total=len(items))
+    if shard.count > 1:
+        log.info("process %d of %d takes %d of the inputs", shard.index + 1, shard.count, len(items))
+    group: list[tuple[Item, dict | None]] = []
+    with tqdm(total=len(items), unit="photo", desc=f"process {shard.index + 1} of {shard.count}",
+              disable=not progress) as bar:
+        def counted(handled: int) -> None:
+            # Counted by hand, after the images: iterating the bar would count an image only at the next one,
+            # one behind the postfix.  set_postfix redraws both.
+            bar.update(handled)
+            bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
+
         try:
-            for relative in files:
-                _anonymize_file(pipeline, in_dir, out_dir, relative, settings, optim, retry_failed, config, summary)
-                # Counted by hand, after the image: iterating the bar would count it only at the next image,
-                # one behind the postfix.  set_postfix redraws both.
-                bar.update(1)
-                bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed)
+            for item in items:
+                earlier = read_record(output_paths(out_dir, item.relative, settings["margins"])[2])
+                if _still_good(earlier, settings, retry_failed, summary):
+                    counted(1)
+                    continue
+                if earlier is not None:
+                    if not summary.redone:
+                        log.warning("%s was done with other settings: it is done again, and so is every such image",
+                                    item.relative)
+                    summary.redone += 1
+                group.append((item, earlier))
+                if len(group) == batch_size:
+                    _anonymize_group(pipeline, group, out_dir, settings, optim, config, summary)
+                    counted(len(group))
+                    group = []
+            if group:
+                _anonymize_group(pipeline, group, out_dir, settings, optim, config, summary)
+                counted(len(group))
         except KeyboardInterrupt as stop:
             raise Interrupted(summary) from stop
     return summary
 
 
-def _anonymize_file(pipeline, in_dir: Path, out_dir: Path, relative: str, settings: dict, optim: OptimConfig,
-                    retry_failed: bool, config: CliConfig, summary: Summary) -> None:
-    """Does one image of the tree, or skips it; counts it in ``summary``."""
-    earlier = read_record(output_paths(out_dir, relative, settings["margins"])[2])
-    if earlier is not None and earlier.get("settings") == settings:
-        if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
-            summary.skipped += 1
-            summary.failed_before += earlier.get("status") == "failed"
-            return
-    elif earlier is not None:
-        if not summary.redone:
-            log.warning("%s was done with other settings: it is done again, and so is every such image", relative)
-        summary.redone += 1
+def _still_good(earlier: dict | None, settings: dict, retry_failed: bool, summary: Summary) -> bool:
+    """Whether an image's record (with this run's settings) stands; counts it as skipped if so."""
+    if earlier is None or earlier.get("settings") != settings:
+        return False
+    if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
+        summary.skipped += 1
+        summary.failed_before += earlier.get("status") == "failed"
+        summary.not_aligned += _not_aligned(earlier)
+        return True
+    return False
+
+
+def _not_aligned(entry: dict) -> bool:
+    return entry.get("alignment", {}).get("looks_aligned") is False
+
+
+def _anonymize_group(pipeline, group: list[tuple[Item, dict | None]], out_dir: Path, settings: dict,
+                     optim: OptimConfig, config: CliConfig, summary: Summary) -> None:
+    """Does the images of a group (one optimisation for several, or one at a time); counts them in ``summary``."""
+    margins, fake_k, aligned = settings["margins"], settings["fake_k"], settings.get("aligned", False)
+    if len(group) == 1:
+        item, earlier = group[0]
+        _finish(out_dir, item.relative, settings, earlier, summary, lambda: anonymize_one(
+            pipeline, item.load(), item.relative, out_dir, margins, optim, fake_k, config, settings, aligned))
+        return
+    started = time.monotonic()
+    loaded = []
+    for item, _ in group:
+        try:
+            loaded.append(item.load())
+        except Exception as err:   # recorded as that image's failure
+            loaded.append(err)
+    photos = [photo for photo in loaded if not isinstance(photo, Exception)]
     try:
-        entry = anonymize_one(pipeline, in_dir / relative, relative, out_dir, settings["margins"], optim,
-                              settings["fake_k"], config, settings)
+        results = []
+        for event in pipeline.anonymize_batch(photos, margins=margins, optim=optim, fake_k=fake_k, aligned=aligned):
+            results = event
+    except WeightsError:
+        raise
+    except Exception as err:   # the batch as a whole failed (e.g. out of memory): each image is recorded as such
+        results = [err] * len(photos)
+    results = iter(results)
+    outcomes = [photo if isinstance(photo, Exception) else next(results) for photo in loaded]
+    seconds = (time.monotonic() - started) / len(group)
+    for (item, earlier), outcome in zip(group, outcomes):
+        _finish(out_dir, item.relative, settings, earlier, summary, partial(
+            _write_outcome, outcome, item.relative, out_dir, margins, config, settings, seconds))
+
+
+def _write_outcome(outcome, relative: str, out_dir: Path, margins: Sequence[float], config: CliConfig,
+                   settings: dict, seconds: float) -> dict:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return write_result(outcome, relative, out_dir, margins, config, settings, seconds)
+
+
+def _finish(out_dir: Path, relative: str, settings: dict, earlier: dict | None, summary: Summary,
+            run: Callable[[], dict]) -> None:
+    """Runs (or writes) one image and counts it; a failure is recorded and the run goes on."""
+    try:
+        entry = run()
         summary.done += 1
+        summary.not_aligned += _not_aligned(entry)
     except WeightsError:
         raise   # every other image would fail the same way
     except Exception as err:   # one bad photo must not stop a dataset run
@@ -253,3 +347,27 @@ def _anonymize_file(pipeline, in_dir: Path, out_dir: Path, relative: str, settin
             return   # the earlier record stands, and its files with it
     if earlier is not None:
         _remove_superseded(out_dir, relative, earlier, entry)
+
+
+# --- Several processes (accelerate launch) ----------------------------------------------------------------------
+def process_state(device: str | None):
+    """accelerate's view of this process: its rank and the process count (1 and 1 without ``accelerate launch``),
+    its device.  The CPU is named for accelerate to join the processes over gloo when there is no GPU."""
+    import torch
+    from accelerate import PartialState
+    on_cpu = torch.device(device).type == "cpu" if device else not torch.cuda.is_available()
+    return PartialState(cpu=on_cpu)
+
+
+def merge_summaries(state, summary: Summary) -> Summary:
+    """Every process's Summary added up, in every process (after all of them finished theirs)."""
+    from accelerate.utils import gather_object
+    parts = gather_object([summary]) if state.num_processes > 1 else [summary]
+    return Summary(**{f.name: sum(getattr(part, f.name) for part in parts) for f in fields(Summary)})
+
+
+def warn_not_aligned(summary: Summary) -> None:
+    if summary.not_aligned:
+        log.warning("%d of %d images do not look FFHQ-aligned (their landmarks lie far from where FFHQ alignment puts "
+                    "them): they were anonymized as given, and their records say so (\"alignment\"). Leave out "
+                    "--aligned to detect and align their faces.", summary.not_aligned, summary.total)

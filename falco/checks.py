@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from falco.config import OptimConfig
@@ -97,3 +97,34 @@ def check_video_length(seconds: float, limit: float | None) -> float:
         raise InputVideoError(f"The clip lasts {seconds:.1f} s; at most {limit:g} s are accepted here. "
                               "Trim it and try again.")
     return seconds
+
+
+def check_batch_size(batch: int) -> int:
+    """Photos per optimisation (the command line's --batch)."""
+    if batch < 1:
+        raise FalcoError(f"--batch (photos optimised together) must be at least 1, not {batch}.")
+    return batch
+
+
+def check_dataset_columns(features: Mapping[str, object], wanted: str | None, default: str,
+                          added: Sequence[str]) -> str:
+    """The image column of a dataset with these ``features`` (datasets' Features): ``wanted``, else ``default``,
+    else the only column of images.  The columns a run adds (``added``) must not be there already."""
+    images = [name for name, feature in features.items() if getattr(feature, "_type", None) == "Image"]
+    clash = [name for name in added if name in features]
+    if clash:
+        raise FalcoError(f"The dataset already has the column(s) {', '.join(clash)}, which the anonymized dataset "
+                         "adds: rename or remove them first (datasets' rename_column).")
+    if wanted is not None:
+        if wanted not in features:
+            raise FalcoError(f"The dataset has no column {wanted!r}; its columns: {', '.join(features)}.")
+        if wanted not in images:
+            raise FalcoError(f"The column {wanted!r} does not hold images; "
+                             f"the image columns: {', '.join(images) or 'none'}.")
+        return wanted
+    if default in images:
+        return default
+    if len(images) == 1:
+        return images[0]
+    raise FalcoError(f"Name the column of faces with --image-column: the dataset has no image column {default!r} "
+                     f"and {len(images)} others ({', '.join(images) or 'none'}).")

@@ -1,10 +1,12 @@
 """The command line: ``falco`` (or ``python -m falco.cli``).
 
-    falco anonymize IN_DIR OUT_DIR [--margin 0 0.5] [--shard 0/4] [--weights SRC]
+    falco anonymize IN_DIR OUT_DIR [--margin 0 0.5] [--aligned] [--batch N] [--weights SRC]
     falco anonymize CLIP.mp4 OUT_DIR [--margin 0] [--refine-steps K]   (clips in IN_DIR are done too)
+    falco anonymize --dataset NAME_OR_PATH [--split S] [--image-column C] OUT_DIR [--push-to-hub REPO]
+    accelerate launch -m falco.cli anonymize ...          # one process per GPU, on one or several machines
     falco bank build --out fake_bank.safetensors --n 60000 [--weights SRC] [--device cuda]
 
-Arguments become values here; the work is falco.batch's (folder trees) and falco.bank's.
+Arguments become values here; the work is falco.batch's (folder trees), falco.datasets_io's and falco.bank's.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from falco import batch
-from falco.checks import check_fake_k, check_run_settings
-from falco.config import BankConfig, OptimConfig
+from falco.checks import check_batch_size, check_fake_k, check_run_settings
+from falco.config import BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.video import files as clips
 
@@ -29,8 +31,11 @@ ANONYMIZE_HELP = batch.__doc__.split("\n\n", 1)[1] + f"""
 Exit status: 0 every image done (in this run or an earlier one); {EXIT_IMAGES_FAILED} the run went through but
 some images failed, in this run or an earlier one (their records say why; --retry-failed runs
 them again); 1 an error stopped the run; 2 a usage error, found before the networks load;
-130 interrupted (Ctrl-C or SIGTERM): run the same command again to resume.
+130 interrupted (Ctrl-C or SIGTERM): run the same command again to resume.  Under accelerate launch
+the launcher reports any process's non-zero status as a failure.
 """
+SHARD_GONE = ("--shard is gone: start the run with `accelerate launch [--num_processes N] -m falco.cli anonymize ...`, "
+              "which gives each process (one per GPU, on one or several machines) its share of the inputs.")
 
 
 def _interrupt(signum, frame):
@@ -38,16 +43,27 @@ def _interrupt(signum, frame):
 
 
 def parser() -> argparse.ArgumentParser:
-    defaults, bank = OptimConfig(), BankConfig()
+    defaults, bank, cli = OptimConfig(), BankConfig(), CliConfig()
     top = argparse.ArgumentParser(prog="falco", description="FALCO face anonymization: the command line.")
     sub = top.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("anonymize", help="anonymize a folder tree into a mirror tree", description=ANONYMIZE_HELP,
+    run = sub.add_parser("anonymize", help="anonymize a folder tree (or a clip, or a dataset) into a mirror tree "
+                                           "(or dataset)", description=ANONYMIZE_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("in_dir", type=Path, help="a folder tree of photos and clips, or one clip")
+    run.add_argument("in_dir", type=Path, nargs="?", help="a folder tree of photos and clips, or one clip "
+                                                          "(or give --dataset)")
     run.add_argument("out_dir", type=Path)
     run.add_argument("--margin", type=float, nargs="+", default=[defaults.margin],
                      help="m values (several run as one batch per photo)")
-    run.add_argument("--shard", type=str, default="0/1", help="i/n: this run's share of the files, 0 <= i < n")
+    run.add_argument("--shard", help=argparse.SUPPRESS)   # gone (SHARD_GONE), refused with a pointer
+    run.add_argument("--aligned", action="store_true",
+                     help="inputs are FFHQ-aligned crops (FFHQ, CelebA-HQ): no detection, alignment or paste-back")
+    run.add_argument("--batch", type=int, default=1, help="photos whose faces are optimised together (a GPU's gain)")
+    data = run.add_argument_group("Hugging Face datasets (falco.datasets_io)")
+    data.add_argument("--dataset", help="Hub dataset id or local dataset folder, instead of IN_DIR")
+    data.add_argument("--split", default=cli.dataset_split)
+    data.add_argument("--image-column", default=None,
+                      help=f"default: {cli.dataset_image_column!r}, else the only image column")
+    data.add_argument("--push-to-hub", metavar="REPO", default=None, help="push the anonymized dataset to this repo")
     run.add_argument("--weights", default=None, help="Hub repo id[@revision] or local weights folder")
     run.add_argument("--device", default=None, help="e.g. cuda:1 (default: CUDA when available)")
     run.add_argument("--steps", type=int, default=defaults.steps)
@@ -88,34 +104,55 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
     created: list[Path] = []
     finished = False
     try:
-        try:
-            shard = batch.Shard.parse(args.shard)
-        except ValueError as err:
-            usage.error(str(err))
-        if not args.in_dir.is_dir() and not clips.is_clip(args.in_dir):
+        if args.shard is not None:
+            usage.error(SHARD_GONE)
+        if (args.in_dir is None) == (args.dataset is None):
+            usage.error("give a folder of photos (IN_DIR) or --dataset, one of them")
+        if args.in_dir is not None and not args.in_dir.is_dir() and not clips.is_clip(args.in_dir):
             usage.error(f"{args.in_dir} is neither a folder nor a clip")
         if args.refine_steps < 0:
             usage.error("--refine-steps must not be negative")
         optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
         try:   # before the networks load, so a typo costs no load
             margins = check_run_settings(args.margin, optim, args.fake_k)
-            created = batch.prepare_out_dir(args.in_dir, args.out_dir)
+            check_batch_size(args.batch)
+            local = args.in_dir or (Path(args.dataset) if Path(args.dataset).is_dir() else None)
+            created = batch.prepare_out_dir(local, args.out_dir)
+            if args.dataset is not None:
+                from falco import datasets_io
+                dataset = datasets_io.open_dataset(args.dataset, args.split, args.image_column)
         except FalcoError as err:
             usage.error(str(err))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         from falco.pipeline import FalcoPipeline  # imports torch, open_clip, dlib: after the usage checks
-        pipeline = FalcoPipeline.from_pretrained(args.weights, device=args.device, progress=not args.no_progress)
+        state = batch.process_state(args.device)   # accelerate's: this process's rank, device and share
+        device = args.device or (state.device if state.device.type == "cuda" else None)
+        pipeline = FalcoPipeline.from_pretrained(args.weights, device=device, progress=not args.no_progress)
         check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
-        summary = batch.Summary()
-        if args.in_dir.is_dir():
-            summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k,
-                                           shard, args.retry_failed, progress=not args.no_progress)
-        summary = clips.combined(summary, clips.anonymize_clips(   # a clip, or the tree's clips
-            pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
-            not args.no_progress, args.refine_steps))
+        shard = batch.Shard(state.process_index, state.num_processes)
+        run = {"margins": margins, "optim": optim, "fake_k": args.fake_k, "retry_failed": args.retry_failed,
+               "progress": not args.no_progress, "aligned": args.aligned, "batch_size": args.batch, "shard": shard}
+        if args.dataset is not None:
+            summary = datasets_io.anonymize_dataset(pipeline, dataset, args.out_dir, **run)
+        else:
+            summary = batch.Summary()
+            if args.in_dir.is_dir():
+                summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, **run)
+            summary = clips.combined(summary, clips.anonymize_clips(   # a clip, or the tree's clips
+                pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
+                not args.no_progress, args.refine_steps))
+        summary = batch.merge_summaries(state, summary)   # waits for every process
         finished = True
-        print(json.dumps({"out_dir": str(args.out_dir), **asdict(summary)}))
-        return EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0
+        code = EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0
+        if not state.is_main_process:
+            return code
+        batch.warn_not_aligned(summary)
+        line = {"out_dir": str(args.out_dir), **asdict(summary)}
+        if args.dataset is not None:
+            line.update(datasets_io.write_dataset(pipeline, dataset, args.out_dir, margins, optim, args.fake_k,
+                                                  args.aligned, args.push_to_hub, not args.no_progress))
+        print(json.dumps(line))
+        return code
     except FalcoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -52,6 +52,17 @@ class FaceConfig:
     paste_forehead: float = 0.5
     paste_dilate: float = 0.04
     paste_feather: float = 0.025
+    # Aligned inputs (FFHQ, CelebA-HQ crops; FalcoPipeline.anonymize(aligned=True)) skip detection, alignment and
+    # paste-back; dlib still finds the crop's landmarks, on a copy of this side, to check that the crop is aligned
+    # (an FFHQ crop's face spans about half of it: ~128 px here, well above dlib's 80 px window).
+    aligned_check_size: int = 256
+    # An input looks aligned when aligning it again would move no corner of the crop by more than this fraction of
+    # its side (falco.faces.alignment_offset).  Measured on the test photo's FFHQ crop (at 256, 512 and 1024 px):
+    # 0.005-0.007, dlib's landmark noise; the crop shifted by 5%, 10%, 20% of its side: 0.05, 0.10, 0.20; framed at
+    # 0.9x / 1.1x the FFHQ scale: 0.08 / 0.07, at 0.8x / 1.25x: 0.17 / 0.14.  CelebA-HQ crops follow another recipe
+    # (Karras et al. 2018) that frames faces a little differently, hence a bound far above the noise: it flags a
+    # face off the FFHQ place by a tenth of the crop, or off its scale by about a fifth.
+    aligned_max_offset: float = 0.1
 
 
 # --- Optimisation (paper defaults) ------------------------------------------------
@@ -107,6 +118,11 @@ class CliConfig:
     # As the app: an animated GIF or multi-page TIFF is read (and written) as its first frame.
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
     jpeg_quality: int = 95
+    # Dataset runs (--dataset) keep each anonymized image in this format (lossless: the dataset is for training and
+    # evaluation, and its original images were compressed once already).
+    dataset_image_suffix: str = ".png"
+    dataset_image_column: str = "image"          # --image-column's default (else the only Image column)
+    dataset_split: str = "train"                 # --split's default
 
 
 # dlib's face-recognition model calls two faces the same person below this distance.

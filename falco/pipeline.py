@@ -6,11 +6,14 @@
         else: result = event                          # AnonymizationResult, always last
 
 Faces x margins run as one batch.  ``anonymize`` is a generator: a consumer that stops
-iterating (or closes it) stops the work at the next step.
+iterating (or closes it) stops the work at the next step.  ``anonymize(..., aligned=True)``
+takes an FFHQ-aligned crop as the face itself; ``anonymize_batch`` optimises the faces of
+several photos together (each gets the result a run of its own gives).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -26,13 +29,14 @@ from falco.config import BankConfig, FaceConfig, OptimConfig, VideoConfig
 from falco.device import resolve_device
 from falco.errors import WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
+from falco.faces.align import alignment_offset, crop_square, photo_to_quad
 from falco.faces.io import PhotoSource
 from falco.faces.recognize import FaceRecognizer
 from falco.loss import FalcoLoss, RealFeatures
 from falco.models.networks import Networks, load_networks
 from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
-from falco.results import AnonymizationResult, FaceResult, StepEvent
+from falco.results import AlignmentCheck, AnonymizationResult, FaceResult, StepEvent
 from falco.speed import reuse_freed_memory
 from falco.video.anonymize import VideoProgress, VideoResult, anonymize_video
 from falco.weights import WeightPaths, fetch_weights
@@ -40,7 +44,8 @@ from falco.weights import WeightPaths, fetch_weights
 
 @dataclass(frozen=True)
 class _Prepared:
-    """The chosen faces before optimisation: crops, real features, inversion, fake pair."""
+    """A photo's chosen faces before optimisation: crops, real features, inversion, fake pair."""
+    photo: Image.Image
     chosen: list[int]
     aligned: list[AlignedFace]
     real: RealFeatures                  # [F] features of the real crops, computed once
@@ -50,6 +55,7 @@ class _Prepared:
     fake_k: int
     inversions: list[Image.Image]
     fakes: list[Image.Image]
+    alignment: AlignmentCheck | None    # aligned inputs: the photo is the one face
 
 
 def weights_label(source: str) -> str:
@@ -104,33 +110,78 @@ class FalcoPipeline:
     def anonymize(self, photo: PhotoSource, faces: Sequence[int] | None = None,
                   margins: Sequence[float] | None = None, optim: OptimConfig | None = None,
                   fake_k: int | None = None, detections: list[DetectedFace] | None = None,
-                  ) -> Iterator[StepEvent | AnonymizationResult]:
+                  aligned: bool = False) -> Iterator[StepEvent | AnonymizationResult]:
         """StepEvent after every optimisation step, then one AnonymizationResult.
 
         faces: indices into ``detections`` (default: every usable face; an unusable one is
         refused); margins: the m values in [0, 1], each face runs once per m (default:
         ``optim.margin``); fake_k: the fake is drawn among this many nearest neighbours with
         ``optim.seed`` (1: the nearest).  ``detections``: those of an earlier ``detect`` on this
-        photo, to skip detecting again.  Bad settings are a FalcoError before any work
-        (falco.checks).
+        photo, to skip detecting again.  ``aligned``: the photo is an FFHQ-aligned crop (FFHQ,
+        CelebA-HQ): no detection, alignment or paste-back, the result's photos are the anonymized
+        crop at the photo's size, and ``result.alignment`` says whether it looks aligned.  Bad
+        settings are a FalcoError before any work (falco.checks).
         """
+        optim, fake_k, margins = self._settings(margins, optim, fake_k)
+        loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
+        prepared = self._prepare(photo, faces, detections, aligned, loss, fake_k, optim.seed)
+        stream = self._optimize([prepared], margins, loss, optim)
+        with closing(stream):
+            for event in stream:
+                yield event if isinstance(event, StepEvent) else event[0]
+
+    def anonymize_batch(self, photos: Sequence[PhotoSource], margins: Sequence[float] | None = None,
+                        optim: OptimConfig | None = None, fake_k: int | None = None, aligned: bool = False,
+                        ) -> Iterator[StepEvent | list[AnonymizationResult | Exception]]:
+        """``anonymize`` of several photos (every usable face of each) in one optimisation: StepEvents for the
+        whole batch, then a list with, per photo, its AnonymizationResult or the error that turned it down
+        (no face, not an image: the other photos go on).
+
+        Adam is elementwise and each item's loss depends on its own latents only, so every photo gets the
+        result a run of its own gives (to float rounding where a pass holds several items: OptimConfig.max_batch).
+        """
+        optim, fake_k, margins = self._settings(margins, optim, fake_k)
+        loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
+        outcomes: list[_Prepared | Exception] = []
+        for photo in photos:
+            try:
+                outcomes.append(self._prepare(photo, None, None, aligned, loss, fake_k, optim.seed))
+            except WeightsError:
+                raise   # every photo would fail the same way
+            except Exception as err:   # one bad photo must not stop the batch
+                outcomes.append(err)
+        prepared = [p for p in outcomes if isinstance(p, _Prepared)]
+        results = iter(())
+        if prepared:
+            stream = self._optimize(prepared, margins, loss, optim)
+            with closing(stream):
+                for event in stream:
+                    if isinstance(event, StepEvent):
+                        yield event
+                    else:
+                        results = iter(event)
+        yield [p if isinstance(p, Exception) else next(results) for p in outcomes]
+
+    def _settings(self, margins: Sequence[float] | None, optim: OptimConfig | None,
+                  fake_k: int | None) -> tuple[OptimConfig, int, tuple[float, ...]]:
         optim = optim or OptimConfig()
         fake_k = BankConfig().k_nearest if fake_k is None else fake_k
         margins = check_run_settings(margins if margins is not None else (optim.margin,), optim, fake_k,
                                      len(self.bank))
-        photo = load_photo(photo, self.face_config)
-        detections = self.analyzer.detect(photo) if detections is None else detections
-        loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
-        prepared = self._prepare(photo, detections, list(check_face_picks(faces, detections)), loss,
-                                 fake_k, optim.seed)
+        return optim, fake_k, margins
 
-        # Batch items: every chosen face at every m, face-major.
-        face_of = torch.arange(len(prepared.chosen), device=self.device).repeat_interleave(len(margins))
-        labels = [(prepared.chosen[f], m) for f in range(len(prepared.chosen)) for m in margins]
-        wplus_real, w_fake = prepared.wplus_inversion[face_of], prepared.w_fake[face_of]
+    def _optimize(self, prepared: list[_Prepared], margins: tuple[float, ...], loss: FalcoLoss,
+                  optim: OptimConfig) -> Iterator[StepEvent | list[AnonymizationResult]]:
+        """Every chosen face of every photo at every m as one batch (photo-major, then face, then m)."""
+        faces = sum(len(p.chosen) for p in prepared)
+        face_of = torch.arange(faces, device=self.device).repeat_interleave(len(margins))
+        labels = [(p.chosen[f], m) for p in prepared for f in range(len(p.chosen)) for m in margins]
+        real = RealFeatures(*(torch.cat([getattr(p.real, name) for p in prepared]) for name in ("identity", "tokens")))
+        wplus_real = torch.cat([p.wplus_inversion for p in prepared])[face_of]
+        w_fake = torch.cat([p.w_fake for p in prepared])[face_of]
         wplus = start_wplus(wplus_real, w_fake, optim.trained_rows)   # the result if steps == 0
-        stream = optimize_latents(self.nets.generator, loss, prepared.real.select(face_of), wplus_real, w_fake,
-                                  torch.tensor(margins, device=self.device).repeat(len(prepared.chosen)), optim)
+        stream = optimize_latents(self.nets.generator, loss, real.select(face_of), wplus_real, w_fake,
+                                  torch.tensor(margins, device=self.device).repeat(faces), optim)
         with closing(stream):
             for step in stream:
                 wplus = step.wplus
@@ -138,7 +189,10 @@ class FalcoPipeline:
                 previews = preview_images(step.image, optim.preview_size) if show else []
                 yield StepEvent(step.step, step.total_steps, labels, previews, step.terms.as_lists(),
                                 step.terms.identity_cosine.tolist())
-        yield self._result(photo, prepared, margins, face_of, wplus, loss, optim)
+        # Each photo's items are rendered and judged as in a run of its own (same shapes, same rounding).
+        ends = torch.tensor([len(p.chosen) * len(margins) for p in prepared]).cumsum(0).tolist()
+        yield [self._result(p, margins, wplus[end - len(p.chosen) * len(margins):end], loss, optim)
+               for p, end in zip(prepared, ends)]
 
     def anonymize_video(self, source: str | Path, out_path: str | Path, margin: float | None = None,
                         optim: OptimConfig | None = None, fake_k: int | None = None,
@@ -152,10 +206,19 @@ class FalcoPipeline:
                                    max_seconds)
 
     @torch.no_grad()
-    def _prepare(self, photo: Image.Image, detections: list[DetectedFace], chosen: list[int], loss: FalcoLoss,
-                 fake_k: int, seed: int) -> _Prepared:
-        aligned = [align_face(photo, detections[i], config=self.face_config) for i in chosen]
-        crops = [a.image for a in aligned]
+    def _prepare(self, photo: PhotoSource, faces: Sequence[int] | None, detections: list[DetectedFace] | None,
+                 aligned: bool, loss: FalcoLoss, fake_k: int, seed: int) -> _Prepared:
+        photo = load_photo(photo, self.face_config)
+        if aligned:
+            if faces is not None or detections is not None:
+                raise ValueError("an aligned input is one face: faces and detections do not apply")
+            face, alignment = self._aligned_input(photo)
+            chosen, crops_of = [0], [face]
+        else:
+            detections = self.analyzer.detect(photo) if detections is None else detections
+            chosen, alignment = list(check_face_picks(faces, detections)), None
+            crops_of = [align_face(photo, detections[i], config=self.face_config) for i in chosen]
+        crops = [a.image for a in crops_of]
         real = loss.real_features(to_tensor(crops, self.device))
         wplus_inversion = self.invert(crops)
         # The pairing embedding comes from the tokens the attribute loss needs anyway.
@@ -164,29 +227,56 @@ class FalcoPipeline:
         g = self.nets.generator
         shown = self.render(torch.cat([wplus_inversion, w_fake[:, None].expand(-1, g.num_ws, -1)]))
         size = self.face_config.aligned_size
-        return _Prepared(chosen, aligned, real, wplus_inversion, fake_rows, w_fake, fake_k,
+        return _Prepared(photo, chosen, crops_of, real, wplus_inversion, fake_rows, w_fake, fake_k,
                          [to_image(x, size) for x in shown[:len(chosen)]],
-                         [to_image(x, size) for x in shown[len(chosen):]])
+                         [to_image(x, size) for x in shown[len(chosen):]], alignment)
+
+    def _aligned_input(self, photo: Image.Image) -> tuple[AlignedFace, AlignmentCheck]:
+        """The photo as its own aligned face, and whether it looks aligned: dlib's landmarks on a small copy
+        against the FFHQ template (falco.faces.alignment_offset)."""
+        config = self.face_config
+        scale = min(config.aligned_check_size / max(photo.size), 1.0)
+        small = photo.resize((max(round(photo.width * scale), 1), max(round(photo.height * scale), 1)),
+                             Image.Resampling.BILINEAR) if scale < 1 else photo
+        found = self.analyzer.detect(small)   # usable faces first, largest first
+        square, size = crop_square(*photo.size), config.aligned_size
+        landmarks, check = None, AlignmentCheck(False, None)
+        if found:
+            in_photo = (found[0].landmarks + 0.5) * [photo.width / small.width, photo.height / small.height] - 0.5
+            offset = alignment_offset(in_photo, photo.size)
+            landmarks, check = photo_to_quad(square, size, in_photo), AlignmentCheck(
+                offset <= config.aligned_max_offset, round(offset, 4))
+        image = photo if photo.size == (size, size) else photo.resize((size, size), Image.Resampling.LANCZOS)
+        return AlignedFace(image, square, landmarks, photo.size, padded=False), check
 
     @torch.no_grad()
-    def _result(self, photo: Image.Image, prepared: _Prepared, margins: tuple[float, ...], face_of: torch.Tensor,
-                wplus: torch.Tensor, loss: FalcoLoss, optim: OptimConfig) -> AnonymizationResult:
+    def _result(self, prepared: _Prepared, margins: tuple[float, ...], wplus: torch.Tensor, loss: FalcoLoss,
+                optim: OptimConfig) -> AnonymizationResult:
+        """The result of one photo from its items' W+ [faces x margins, num_ws, D]."""
+        face_of = torch.arange(len(prepared.chosen), device=self.device).repeat_interleave(len(margins))
         final = self.render(wplus)
         cosine = (loss.identity_embedding(final) * prepared.real.identity[face_of]).sum(-1).tolist()
         results = []
         for i, (f, m) in enumerate(zip(face_of.tolist(), margins * len(prepared.chosen))):
             aligned, row = prepared.aligned[f], int(prepared.fake_rows[f])
             anonymized = to_image(final[i], self.face_config.aligned_size)
+            distance = (math.nan if aligned.landmarks is None
+                        else self.recognizer.distance(aligned.image, anonymized, aligned.landmarks))
             results.append(FaceResult(
                 face_index=prepared.chosen[f], margin=m, aligned=aligned.image, inversion=prepared.inversions[f],
                 fake=prepared.fakes[f], anonymized=anonymized, wplus=wplus[i].cpu(),
                 wplus_inversion=prepared.wplus_inversion[f].cpu(), fake_index=row,
                 fake_seed=int(self.bank.seeds[row]), identity_cosine=float(cosine[i]),
-                recognizer_distance=self.recognizer.distance(aligned.image, anonymized, aligned.landmarks)))
-        n = len(margins)
-        photos = [paste_faces(photo, [(a, results[f * n + j].anonymized) for f, a in enumerate(prepared.aligned)],
-                              self.face_config) for j in range(n)]
-        return AnonymizationResult(results, photos, margins, self._params(prepared, margins, optim))
+                recognizer_distance=distance))
+        n, photo = len(margins), prepared.photo
+        if prepared.alignment is not None:   # the photo is the face: the result at its size
+            photos = [r.anonymized if r.anonymized.size == photo.size
+                      else r.anonymized.resize(photo.size, Image.Resampling.LANCZOS) for r in results]
+        else:
+            photos = [paste_faces(photo, [(a, results[f * n + j].anonymized) for f, a in enumerate(prepared.aligned)],
+                                  self.face_config) for j in range(n)]
+        return AnonymizationResult(results, photos, margins, self._params(prepared, margins, optim),
+                                   prepared.alignment)
 
     def _params(self, prepared: _Prepared, margins: tuple[float, ...], optim: OptimConfig) -> dict:
         return {"faces": prepared.chosen, "margins": list(margins), "optim": asdict(optim), "fake_k": prepared.fake_k,

@@ -6,6 +6,7 @@ The app and the command line record a result the same way: ``face_records`` for 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,15 @@ class FaceResult:
     fake_index: int                    # row of the fake bank
     fake_seed: int
     identity_cosine: float             # ArcFace cosine between original and anonymized
-    recognizer_distance: float         # dlib distance; >= 0.6 means "another person" to dlib
+    recognizer_distance: float         # dlib distance; >= 0.6 means "another person" to dlib; NaN: no landmarks
+                                       # (an aligned input on which dlib found no face)
+
+
+@dataclass(frozen=True)
+class AlignmentCheck:
+    """Whether an input given as an FFHQ-aligned crop looks like one (FaceConfig.aligned_max_offset)."""
+    looks_aligned: bool
+    offset: float | None               # falco.faces.alignment_offset; None: dlib found no face on the crop
 
 
 # The "what" of every W+ file written from an AnonymizationResult (the app's download, the CLI's output).
@@ -53,6 +62,7 @@ class AnonymizationResult:
     photos: list[Image.Image]          # the photo with every face pasted back, one per margin
     margins: tuple[float, ...]
     params: dict
+    alignment: AlignmentCheck | None = None   # aligned inputs only
 
     @property
     def photo(self) -> Image.Image:
@@ -62,8 +72,9 @@ class AnonymizationResult:
         """One JSON-ready dict per face and m, as the app and the CLI record them.  ``face`` counts from 1
         in detection order (the number the app shows), unlike ``FaceResult.face_index``."""
         return [{"face": r.face_index + 1, "margin": r.margin, "identity_cosine": r.identity_cosine,
-                 "recognizer_distance": r.recognizer_distance,
-                 "same_person_for_dlib": r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
+                 "recognizer_distance": None if math.isnan(r.recognizer_distance) else r.recognizer_distance,
+                 "same_person_for_dlib": None if math.isnan(r.recognizer_distance)
+                 else r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
                  "fake_index": r.fake_index, "fake_seed": r.fake_seed} for r in self.faces]
 
     def latent_tensors(self) -> dict[str, torch.Tensor]:

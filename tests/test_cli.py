@@ -59,13 +59,6 @@ def test_every_file_is_in_exactly_one_shard():
         assert all(len(s) > len(files) / n / 2 for s in shards)   # no shard is starved
 
 
-def test_shard_parsing():
-    assert Shard.parse("2/5") == Shard(2, 5)
-    for bad in ("5/5", "-1/3", "1", "a/b", "1/0"):
-        with pytest.raises(ValueError):
-            Shard.parse(bad)
-
-
 def test_listing_finds_images_and_skips_the_output_tree(tree):
     (tree / "out").mkdir()
     Image.new("RGB", (8, 8)).save(tree / "out" / "old_result.png")
@@ -109,11 +102,6 @@ def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, 
     assert not (out / "notes.txt.json").exists()
     # Every file as the umask says, the W+ codes too.
     assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}
-
-
-def test_bad_shard_is_a_usage_error(tree, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["anonymize", str(tree), str(tmp_path / "out"), "--shard", "3/3"])
 
 
 @pytest.fixture

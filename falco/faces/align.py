@@ -39,11 +39,27 @@ def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([center - x - y, center - x + y, center + x + y, center + x - y])
 
 
+def crop_square(width: int, height: int) -> np.ndarray:
+    """The quad [4, 2] (UL, LL, LR, UR) of a whole image taken as its own aligned crop: aligned pixel (u, v)
+    is the image's pixel (u, v) when the sides match."""
+    return np.array([[-0.5, -0.5], [-0.5, height - 0.5], [width - 0.5, height - 0.5], [width - 0.5, -0.5]])
+
+
+def alignment_offset(landmarks: np.ndarray, size: tuple[int, int]) -> float:
+    """How far an image of ``size`` (width, height) is from the FFHQ crop of the face at ``landmarks`` (its
+    pixels): the largest distance from a corner of the face's FFHQ quad to the image's own corner, as a fraction
+    of the image's side.  The FFHQ template is where alignment puts a face: it maps the quad onto the crop, so an
+    FFHQ crop's own landmarks give back its square (0), up to the landmarks' noise."""
+    corners = ffhq_quad(landmarks) - crop_square(*size)
+    return float(np.hypot(corners[:, 0], corners[:, 1]).max() / np.mean(size))
+
+
 @dataclass(frozen=True, eq=False)
 class AlignedFace:
     image: Image.Image            # S x S RGB, FFHQ-aligned
     quad: np.ndarray              # [4, 2] the square's corners in the photo (UL, LL, LR, UR)
-    landmarks: np.ndarray         # [68, 2] the face's landmarks in aligned pixels
+    landmarks: np.ndarray | None  # [68, 2] the face's landmarks in aligned pixels; None: an aligned input
+                                  # (``FalcoPipeline.anonymize(aligned=True)``) on which dlib found no face
     photo_size: tuple[int, int]   # (width, height) of the photo it came from
     padded: bool                  # the quad left the photo and the blur-padding branch ran
 

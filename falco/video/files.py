@@ -3,7 +3,7 @@
 For IN/a/x.mp4 it writes OUT/a/x.mp4 (with several m, x.m0.5.mp4, one per m), x.mp4.latents.safetensors
 (each person track's offset and key-frame codes, for the first m) and, last, x.mp4.json: the record
 (``source``, ``status``, ``outputs``, ``video``, ``tracks``: one entry per person track, ``settings``,
-``params``, ``seconds``; or the ``error``).  Records, resuming, ``--retry-failed`` and ``--shard``
+``params``, ``seconds``; or the ``error``).  Records, resuming, ``--retry-failed`` and accelerate's shares
 follow falco.batch's rules.  This module loads no network or codec until a clip is done: the command
 line imports it before it parses its arguments.
 """
@@ -72,11 +72,12 @@ def video_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, we
 def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
                     fake_k: int, shard: batch.Shard = batch.Shard(0, 1), retry_failed: bool = False,
                     progress: bool = True, refine_steps: int = 0, config: VideoConfig = VideoConfig()) -> batch.Summary:
-    """``in_path``: one clip (always done, whatever the shard), or a folder whose clips are done by the shard."""
+    """``in_path``: one clip, or a folder tree's clips; this process does those of its ``shard`` (accelerate's rank:
+    of several processes given one clip, one does it)."""
     in_path, out_dir = Path(in_path), Path(out_dir)
     settings = video_settings(margins, optim, fake_k, pipeline.source, refine_steps)
     if in_path.is_file():
-        root, files = in_path.parent, [in_path.name]
+        root, files = in_path.parent, [in_path.name] if shard.holds(in_path.name) else []
     else:
         root = in_path
         files = [f for f in batch.list_images(in_path, config.extensions, exclude=out_dir.resolve()) if shard.holds(f)]
