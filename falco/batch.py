@@ -290,7 +290,7 @@ def _anonymize_group(pipeline, group: list[tuple[Item, dict | None]], out_dir: P
     margins, fake_k, aligned = settings["margins"], settings["fake_k"], settings.get("aligned", False)
     if len(group) == 1:
         item, earlier = group[0]
-        _finish(out_dir, item.relative, settings, earlier, summary, lambda: anonymize_one(
+        run_one(out_dir, item.relative, settings, earlier, summary, lambda: anonymize_one(
             pipeline, item.load(), item.relative, out_dir, margins, optim, fake_k, config, settings, aligned))
         return
     started = time.monotonic()
@@ -313,7 +313,7 @@ def _anonymize_group(pipeline, group: list[tuple[Item, dict | None]], out_dir: P
     outcomes = [photo if isinstance(photo, Exception) else next(results) for photo in loaded]
     seconds = (time.monotonic() - started) / len(group)
     for (item, earlier), outcome in zip(group, outcomes):
-        _finish(out_dir, item.relative, settings, earlier, summary, partial(
+        run_one(out_dir, item.relative, settings, earlier, summary, partial(
             _write_outcome, outcome, item.relative, out_dir, margins, config, settings, seconds))
 
 
@@ -324,9 +324,10 @@ def _write_outcome(outcome, relative: str, out_dir: Path, margins: Sequence[floa
     return write_result(outcome, relative, out_dir, margins, config, settings, seconds)
 
 
-def _finish(out_dir: Path, relative: str, settings: dict, earlier: dict | None, summary: Summary,
+def run_one(out_dir: Path, relative: str, settings: dict, earlier: dict | None, summary: Summary,
             run: Callable[[], dict]) -> None:
-    """Runs (or writes) one image and counts it; a failure is recorded and the run goes on."""
+    """Runs (or writes) one input (a photo, a clip) and counts it; a failure is recorded and the run goes on.
+    Then the files of the ``earlier`` record that the new one does not list are deleted."""
     try:
         entry = run()
         summary.done += 1

@@ -42,6 +42,22 @@ def run(tiny_pipeline, clip, tmp_path_factory):
     return events, out
 
 
+def outside_face(landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The pixels of a frame of ``shape`` that lie outside the face's FFHQ crop (the paste-back leaves them be)."""
+    quad = ffhq_quad(landmarks)
+    x0, y0 = np.floor(quad.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
+    outside = np.ones(shape[:2], bool)
+    outside[max(y0, 0):y1, max(x0, 0):x1] = False
+    assert outside.any()
+    return outside
+
+
+def portrait(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The square frames as a portrait clip's (taller than wide), grey bands above and below."""
+    return [np.pad(f, ((32, 32), (0, 0), (0, 0)), constant_values=90) for f in frames]
+
+
 def audio_samples(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(frame.samples for frame in container.decode(audio=0))
@@ -87,12 +103,7 @@ def test_pixels_away_from_the_face_are_unchanged(run, frames):
     result, out = run[0][-1], run[1]
     changed_frames = 0
     for frame, original in zip(read_frames(out), frames):
-        quad = ffhq_quad(result.tracks[0].landmarks[frame.index])
-        x0, y0 = np.floor(quad.min(0)).astype(int) - 1
-        x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
-        outside = np.ones(original.shape[:2], bool)
-        outside[max(y0, 0):y1, max(x0, 0):x1] = False
-        assert outside.any()
+        outside = outside_face(result.tracks[0].landmarks[frame.index], original.shape)
         assert np.array_equal(frame.pixels[outside], original[outside])
         changed_frames += not np.array_equal(frame.pixels, original)
     assert changed_frames == FRAMES
@@ -124,6 +135,39 @@ def test_refinement_moves_rows_3_to_7_only(run, tiny_pipeline):
     refined = renderer._refine(crops, [0], codes)
     assert torch.equal(refined[:, :start], codes[:, :start]) and torch.equal(refined[:, stop:], codes[:, stop:])
     assert not torch.equal(refined[:, start:stop], codes[:, start:stop])
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_a_rotated_clip_is_read_upright(frames, tmp_path, rotation):
+    upright = portrait(frames[:2])
+    clip = write_clip(tmp_path / "phone.mkv", upright, fps=FPS, rotation=rotation, audio_hz=None)
+    with av.open(str(clip)) as container:   # stored turned, with a display matrix that turns it back
+        stored = next(container.decode(video=0))
+        assert stored.rotation % 360 == rotation % 360   # 180 reads back as -180
+        assert np.array_equal(stored.to_ndarray(format="rgb24"), np.rot90(upright[0], -rotation // 90))
+    info = probe_video(clip)
+    assert (info.width, info.height, info.rotation) == (SIZE[0], SIZE[1] + 64, rotation)
+    read = [frame.pixels for frame in read_frames(clip)]
+    assert len(read) == len(upright) and all(np.array_equal(a, b) for a, b in zip(read, upright))
+
+
+def test_a_phone_clip_is_anonymized_upright(tiny_pipeline, frames, tmp_path):
+    """A portrait phone clip (stored sideways, rotation -90): the face is found, and the output shows as the input."""
+    upright = portrait(frames[:4])
+    clip = write_clip(tmp_path / "phone.mkv", upright, fps=FPS, rotation=-90)
+    out = tmp_path / "out.mkv"
+    result = list(tiny_pipeline.anonymize_video(clip, out, margin=0.0, optim=OPTIM))[-1]
+    assert len(result.tracks) == 1 and result.tracks[0].frames == [0, 1, 2, 3]
+    record = result.video_record()
+    assert (record["width"], record["height"], record["rotation"]) == (SIZE[0], SIZE[1] + 64, -90)
+    # As players show it: the stored frames turned by the output's own display matrix (if any).
+    with av.open(str(out)) as container:
+        shown = [np.rot90(f.to_ndarray(format="rgb24"), round(f.rotation / 90)) for f in container.decode(video=0)]
+    assert len(shown) == len(upright)
+    for index, (pixels, original) in enumerate(zip(shown, upright)):
+        assert pixels.shape == original.shape
+        outside = outside_face(result.tracks[0].landmarks[index], original.shape)
+        assert np.array_equal(pixels[outside], original[outside]) and not np.array_equal(pixels, original)
 
 
 def test_a_clip_without_a_face(tiny_pipeline, tmp_path):
@@ -229,6 +273,19 @@ def test_cli_one_clip_and_clips_in_a_tree(tiny_weights, clip, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 1
 
 
+def test_a_rerun_with_other_m_deletes_the_clips_it_does_not_write(tiny_weights, frames, tmp_path):
+    clip = write_clip(tmp_path / "clip.mkv", frames[:2], fps=FPS, audio_hz=None)
+    out = tmp_path / "out"
+    common = ["--weights", str(tiny_weights), "--device", "cpu", "--steps", "1", "--no-progress"]
+    assert cli.main(["anonymize", str(clip), str(out), "--margin", "0", "0.5", *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.m0.5.mkv", "clip.m0.mkv", "clip.mkv.json",
+                                                     "clip.mkv.latents.safetensors"]
+    assert cli.main(["anonymize", str(clip), str(out), "--margin", "0", *common]) == 0
+    record = json.loads((out / "clip.mkv.json").read_text())
+    assert record["outputs"] == ["clip.mkv", "clip.mkv.latents.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mkv", "clip.mkv.json", "clip.mkv.latents.safetensors"]
+
+
 def test_cli_refuses_a_file_that_is_no_clip(tmp_path, capsys):
     photo = tmp_path / "notes.txt"
     photo.write_text("hello")
@@ -245,11 +302,7 @@ def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
     assert not live.results
     out = live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
     assert list(live.results) == [1] and live.fps > 0
-    quad = ffhq_quad(live.results[1].landmarks[1])
-    x0, y0 = np.floor(quad.min(0)).astype(int) - 1
-    x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
-    outside = np.ones(out.shape[:2], bool)
-    outside[max(y0, 0):y1, max(x0, 0):x1] = False
+    outside = outside_face(live.results[1].landmarks[1], out.shape)
     assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])
 
 

@@ -95,7 +95,7 @@ class VideoResult:
     def video_record(self) -> dict:
         i = self.info
         return {"frames": i.frames, "fps": float(i.fps), "width": i.width, "height": i.height,
-                "seconds": i.seconds, "video_codec": i.codec, "audio_codec": i.audio_codec}
+                "rotation": i.rotation, "seconds": i.seconds, "video_codec": i.codec, "audio_codec": i.audio_codec}
 
     def latent_tensors(self) -> dict[str, torch.Tensor]:
         return {"offset": torch.stack([t.offset.float() for t in self.tracks]).contiguous(),

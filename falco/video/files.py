@@ -11,7 +11,6 @@ line imports it before it parses its arguments.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import fields
@@ -21,10 +20,7 @@ from tqdm.auto import tqdm
 
 from falco import batch
 from falco.config import OptimConfig, VideoConfig
-from falco.errors import WeightsError
 from falco.files import write_atomic
-
-log = logging.getLogger(__name__)
 
 
 def is_clip(path: Path, config: VideoConfig = VideoConfig()) -> bool:
@@ -91,16 +87,10 @@ def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[fl
                 summary.failed_before += earlier.get("status") == "failed"
                 continue
             summary.redone += earlier is not None and earlier.get("settings") != settings
-            try:
-                anonymize_clip(pipeline, root / relative, relative, out_dir, margins, optim, fake_k, refine_steps,
-                               settings, progress, config)
-                summary.done += 1
-            except WeightsError:
-                raise
-            except Exception as err:   # one bad clip must not stop the run
-                log.warning("%s: %s", relative, err)
-                summary.failed += 1
-                batch.record_failure(out_dir, relative, settings, err)
+            # As a photo: one bad clip is recorded and the run goes on; a rerun with other m deletes x.m0.5.mp4.
+            batch.run_one(out_dir, relative, settings, earlier, summary, lambda: anonymize_clip(
+                pipeline, root / relative, relative, out_dir, margins, optim, fake_k, refine_steps, settings,
+                progress, config))
     except KeyboardInterrupt as stop:
         raise batch.Interrupted(summary) from stop
     return summary

@@ -1,7 +1,7 @@
 """Clips in and out through PyAV (FFmpeg's libraries in the wheel: no system ffmpeg).
 
     info = probe_video(path, config)                   # InputVideoError for what cannot be used
-    for frame in read_frames(path): ...                # Frame(index, pts, pixels [H, W, 3] uint8 RGB)
+    for frame in read_frames(path): ...                # Frame(index, pts, pixels [H, W, 3] uint8 RGB), upright
     with VideoWriter(out_path, info) as writer:        # audio copied from the source as frames go in
         writer.write(frame.pts, pixels)
 
@@ -9,6 +9,12 @@ The writer keeps every frame's timestamp (same frame rate, frame count and timin
 included) and copies the audio packets as they are, interleaved by time; only an audio codec that the
 output container cannot hold is re-encoded (to the container's default).  It writes beside the final
 name and renames on success (falco.files.write_atomic's rule), so a failure leaves nothing half-written.
+
+Phone clips store their frames sideways with a rotation in the display matrix (a portrait iPhone clip: 1920x1080
+turned -90 degrees).  Frames are read as players show them (turned upright), so that dlib sees upright faces, and
+the output is written upright at that size with no rotation of its own: it then shows the same in every player and
+browser, including those that ignore the matrix (most do in WebM and Matroska), where keeping the stored orientation
+plus the matrix would show it sideways.  The frames are encoded anew either way, so turning them costs no quality.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ _CRF_CODECS = {"libx264", "h264", "libx265", "hevc"}
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
-    width: int
+    width: int                    # as displayed: the stored frame turned by ``rotation``
     height: int
     frames: int
     fps: Fraction                 # average frame rate
@@ -41,13 +47,14 @@ class VideoInfo:
     codec: str                    # the video codec's name
     pix_fmt: str
     audio_codec: str | None       # None: no audio track
+    rotation: int = 0             # degrees counter-clockwise that players turn the stored frames (display matrix)
 
 
 @dataclass(frozen=True)
 class Frame:
     index: int
     pts: int | None               # in VideoInfo.time_base
-    pixels: np.ndarray            # [H, W, 3] uint8 RGB
+    pixels: np.ndarray            # [H, W, 3] uint8 RGB, upright (the display matrix's rotation applied)
 
 
 def probe_video(path: str | Path, config: VideoConfig = VideoConfig(), max_seconds: float | None = None) -> VideoInfo:
@@ -70,9 +77,11 @@ def probe_video(path: str | Path, config: VideoConfig = VideoConfig(), max_secon
             if not frames or not fps or not ctx.width or not ctx.height:
                 raise InputVideoError("The clip holds no frame.")
             seconds = float(stream.duration * stream.time_base) if stream.duration else float(frames / fps)
-            info = VideoInfo(path, ctx.width, ctx.height, frames, Fraction(fps), seconds, Fraction(stream.time_base),
+            rotation = _first_frame_rotation(path)
+            width, height = (ctx.height, ctx.width) if _quarter_turns(rotation) % 2 else (ctx.width, ctx.height)
+            info = VideoInfo(path, width, height, frames, Fraction(fps), seconds, Fraction(stream.time_base),
                              ctx.name, ctx.format.name if ctx.format else "yuv420p",
-                             audio.codec_context.name if audio is not None else None)
+                             audio.codec_context.name if audio is not None else None, rotation)
     except av.FFmpegError as err:
         raise InputVideoError(f"The file is not a clip this app can read, or it is damaged ({_reason(err)}).") from None
     if info.width * info.height > config.max_frame_pixels:
@@ -83,15 +92,38 @@ def probe_video(path: str | Path, config: VideoConfig = VideoConfig(), max_secon
 
 
 def read_frames(path: str | Path) -> Iterator[Frame]:
-    """Every frame in display order as RGB; a damaged stream ends in InputVideoError."""
+    """Every frame in display order as upright RGB; a damaged stream ends in InputVideoError."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
-                yield Frame(index, frame.pts, frame.to_ndarray(format="rgb24"))
+                yield Frame(index, frame.pts, upright_pixels(frame))
     except av.FFmpegError as err:
         raise InputVideoError(f"The clip is damaged ({_reason(err)}).") from None
+
+
+def upright_pixels(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as RGB, turned by its display matrix's rotation as players turn it (FFmpeg's autorotate).
+    Only quarter turns, as FFmpeg does; a flip in the matrix (rare) is not applied."""
+    pixels = frame.to_ndarray(format="rgb24")
+    turns = _quarter_turns(frame.rotation)
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+
+
+def _quarter_turns(rotation: float) -> int:
+    """Counter-clockwise quarter turns (0..3) nearest to ``rotation`` degrees: np.rot90's ``k``."""
+    return round(rotation / 90) % 4 if np.isfinite(rotation) else 0
+
+
+def _first_frame_rotation(path: Path) -> int:
+    """The display matrix's rotation in quarter turns (-90, 90, 180): FFmpeg copies the stream's matrix to every
+    decoded frame's side data, where PyAV (>= 14) reads it (``VideoFrame.rotation``)."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            turns = _quarter_turns(frame.rotation)
+            return 90 * (turns - 4 if turns == 3 else turns)
+    return 0
 
 
 def _reason(err: av.FFmpegError) -> str:
@@ -135,6 +167,7 @@ class VideoWriter:
         if not _can_encode(name) or name not in self._out.supported_codecs:
             name = self._out.default_video_codec
         stream = self._out.add_stream(name, rate=source.fps)
+        # The frames come upright and go out so, with no display matrix (the module's docstring says why).
         stream.width, stream.height = source.width, source.height
         formats = [f.name for f in (av.codec.Codec(name, "w").video_formats or ())]
         pix_fmt = source.pix_fmt if source.pix_fmt in formats else (formats[0] if formats else "yuv420p")

@@ -28,12 +28,21 @@ def pan_zoom_frames(photo: Image.Image, frames: int, size: tuple[int, int], zoom
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fps: int = 12, codec: str = "ffv1", pix_fmt: str = "bgr0",
-               audio_hz: float | None = 440.0, sample_rate: int = 16000, audio_codec: str = "flac") -> Path:
-    """Frames (and a sine tone as long as them) as a clip; the defaults are lossless (FFV1 RGB, FLAC) in .mkv."""
+               audio_hz: float | None = 440.0, sample_rate: int = 16000, audio_codec: str = "flac",
+               rotation: int = 0) -> Path:
+    """Frames (and a sine tone as long as them) as a clip; the defaults are lossless (FFV1 RGB, FLAC) in .mkv.
+
+    ``rotation`` (a multiple of 90 degrees, counter-clockwise) stores the frames turned back by it, with a display
+    matrix that turns them by it: players show ``frames`` as given, as a phone's portrait clip (stored 1920x1080,
+    rotation -90).  Needs PyAV's ``VideoStream.set_display_rotation`` (av >= 18.1)."""
+    turns = rotation // 90
+    frames = [np.ascontiguousarray(np.rot90(f, -turns)) for f in frames] if turns % 4 else frames
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w") as out:
         video = out.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        if rotation:
+            video.set_display_rotation(rotation)
         audio = None
         if audio_hz is not None:
             audio = out.add_stream(audio_codec, rate=sample_rate)
