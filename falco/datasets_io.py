@@ -130,7 +130,15 @@ def streamed_items(stream, column: str, shard: Shard, suffix: str) -> Iterator[I
     but as whole files per process or every n-th row, and a row there does not know its index in the split.  The
     index names the row's outputs; kept, a run resumes under another process count or without --streaming.  The
     cost: each process reads (never decodes) the rows of the others."""
-    for index, row in enumerate(stream.decode(False)):
+    rows = enumerate(stream.decode(False))
+    while True:
+        try:
+            index, row = next(rows)
+        except StopIteration:
+            return
+        except Exception as err:   # the network, a damaged file: what is done so far is recorded
+            raise FalcoError(f"Reading the dataset as it streams failed ({first_line(err)}): run the same command "
+                             "again to resume.") from None
         name = row_name(index, suffix)
         if shard.holds(name):
             yield Item(f"{WORK_FOLDER}/{name}", lambda cell=row[column], index=index: _cell_image(cell, column, index))
@@ -226,6 +234,7 @@ def _save_whole(out_dir: Path, build: Callable[[Path], Any]) -> Path:
     """Saves the dataset that ``build(scratch)`` makes (its caches in a scratch folder of the work folder) as
     OUT_DIR/dataset; returns its path.  It is written beside its place and renamed into it, so a reader (or an
     interrupted run) never meets half of one."""
+    from datasets.exceptions import DatasetGenerationError
     work = out_dir / WORK_FOLDER
     final, partial, old = (out_dir / DATASET_FOLDER, out_dir / f"{DATASET_FOLDER}.partial",
                            out_dir / f"{DATASET_FOLDER}.old")
@@ -233,7 +242,14 @@ def _save_whole(out_dir: Path, build: Callable[[Path], Any]) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix="assemble-", dir=work))
     try:
-        build(scratch).save_to_disk(str(partial))
+        try:
+            built = build(scratch)
+        except DatasetGenerationError as err:   # datasets wraps what the generator raised
+            if isinstance(err.__cause__, FalcoError):
+                raise err.__cause__ from None
+            raise FalcoError(f"Writing the dataset failed ({first_line(err.__cause__ or err)}): every row is done; "
+                             "run the same command again.") from None
+        built.save_to_disk(str(partial))
         if final.exists():
             final.rename(old)
         partial.rename(final)

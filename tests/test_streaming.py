@@ -7,8 +7,8 @@ import pytest
 from falco.batch import Shard
 from falco.cli import main
 from falco.config import OptimConfig
-from falco.datasets_io import anonymize_dataset, dataset_items, open_dataset, write_dataset
-from falco.errors import NoFaceError
+from falco.datasets_io import added_features, anonymize_dataset, dataset_items, open_dataset, write_dataset
+from falco.errors import FalcoError, NoFaceError
 from tests.test_datasets import crops, no_networks, original_bytes  # noqa: F401  (fixtures)
 
 LABELS = ["ann", "bob", "none"]
@@ -40,13 +40,12 @@ def saved_as(kind, tmp_path, crops):  # noqa: F811  (the fixture's value, passed
     return folder
 
 
-@pytest.mark.parametrize("kind", ["parquet", "imagefolder"])
-def test_a_streamed_dataset_resumes_and_gives_the_map_style_dataset(kind, tmp_path, tiny_weights, crops, capsys,  # noqa: F811
+def test_a_streamed_dataset_resumes_and_gives_the_map_style_dataset(tmp_path, tiny_weights, crops, capsys,  # noqa: F811
                                                                      monkeypatch):
     import datasets
 
     from falco.pipeline import FalcoPipeline
-    folder = saved_as(kind, tmp_path, crops)
+    folder = saved_as("parquet", tmp_path, crops)
     args = ["--dataset", str(folder), "--aligned", "--margin", "0", "0.5", "--steps", "1", "--weights",
             str(tiny_weights), "--no-progress", "--device", "cpu"]
     assert main(["anonymize", *args, str(tmp_path / "mapped")]) == 0
@@ -98,26 +97,47 @@ class _Recording:
         raise NoFaceError("no face here")
 
 
-def test_each_process_takes_the_rows_map_style_gives_it_and_failures_are_recorded(tmp_path, crops):  # noqa: F811
+@pytest.mark.parametrize("kind", ["parquet", "imagefolder"])
+def test_each_process_takes_the_rows_map_style_gives_it_and_failures_are_recorded(kind, tmp_path, crops):  # noqa: F811
     import datasets
-    folder = saved_as("parquet", tmp_path, crops)
+    folder = saved_as(kind, tmp_path, crops)
     source = open_dataset(str(folder), "train", None, streaming=True)
     mapped = open_dataset(str(folder), "train", None)
     assert source.streaming and isinstance(source.rows, datasets.IterableDataset) and not mapped.streaming
     out, seen = tmp_path / "out", []
-    for rank in (0, 1):
-        pipeline = _Recording()
-        summary = anonymize_dataset(pipeline, source, out, (0.0,), optim=OptimConfig(), fake_k=1, shard=Shard(rank, 2),
+    for rank in range(3):   # three processes: the row names' hashes give the first two of them rows
+        pipeline, shard = _Recording(), Shard(rank, 3)
+        summary = anonymize_dataset(pipeline, source, out, (0.0,), optim=OptimConfig(), fake_k=1, shard=shard,
                                     progress=False)
-        shares = [item.relative for item in dataset_items(mapped.rows, "image", Shard(rank, 2), ".png")]
-        assert (summary.total, summary.failed) == (len(shares), len(shares))
-        assert pipeline.photos == [item.load() for item in dataset_items(mapped.rows, "image", Shard(rank, 2), ".png")]
-        seen += shares
+        share = dataset_items(mapped.rows, "image", shard, ".png")
+        assert (summary.total, summary.failed) == (len(share), len(share))
+        assert pipeline.photos == [item.load() for item in share]   # the same rows, read the same way
+        seen += [item.relative for item in share]
+        if rank == 0:   # the other process's rows have no record yet: no dataset, and no scratch left
+            with pytest.raises(FalcoError, match="has no record of this run"):
+                write_dataset(_Recording(), source, out, (0.0,), optim=OptimConfig(), fake_k=1, progress=False)
+            assert sorted(p.name for p in out.iterdir()) == ["items"]
+            assert all(p.is_file() for p in (out / "items").iterdir())
     assert sorted(seen) == [f"items/{i:08d}.png" for i in range(3)]   # each row in exactly one process
     write_dataset(_Recording(), source, out, (0.0,), optim=OptimConfig(), fake_k=1, progress=False)
     written = datasets.load_from_disk(str(out / "dataset"))
-    assert written["name"] == ["first", "second", "third"] and written["error"] == ["no face here"] * 3
-    assert written["anonymized"] == [None] * 3 and original_bytes(written) == original_bytes(mapped.rows)
+    assert written["label"] == [0, 1, 2] and written["error"] == ["no face here"] * 3
+    assert written["anonymized"] == [None] * 3
+    files = sorted(folder.rglob("*.png"))   # an image folder's rows name their files; the written dataset holds them
+    assert original_bytes(written) == [cell if cell is not None else files[index].read_bytes()
+                                       for index, cell in enumerate(original_bytes(mapped.rows))]
+    assert written.features == datasets.Features({**mapped.rows.features, **added_features()})
+
+
+def test_a_stream_that_breaks_off_is_one_error_and_what_was_read_stays_done(tmp_path, crops):  # noqa: F811
+    folder = saved_as("parquet", tmp_path, crops)
+    (folder / "train_zz-damaged.parquet").write_bytes(b"not parquet")   # read after train.parquet's rows
+    source = open_dataset(str(folder), "train", None, streaming=True)
+    pipeline = _Recording()
+    with pytest.raises(FalcoError, match="as it streams failed .*run the same command again to resume"):
+        anonymize_dataset(pipeline, source, tmp_path / "out", (0.0,), optim=OptimConfig(), fake_k=1, progress=False)
+    assert len(pipeline.photos) == 3
+    assert sorted(p.name for p in (tmp_path / "out" / "items").iterdir()) == [f"{i:08d}.png.json" for i in range(3)]
 
 
 def test_streaming_without_a_dataset_is_a_usage_error(tmp_path, no_networks, capsys):  # noqa: F811
