@@ -22,7 +22,7 @@ import logging
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -227,17 +227,19 @@ def anonymize_tree(pipeline, in_dir: Path, out_dir: Path, margins: Sequence[floa
                            aligned, batch_size)
 
 
-def anonymize_items(pipeline, items: Sequence[Item], out_dir: Path, margins: Sequence[float], optim: OptimConfig,
+def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Sequence[float], optim: OptimConfig,
                     fake_k: int, shard: Shard = Shard(0, 1), retry_failed: bool = False, progress: bool = True,
                     config: CliConfig = CliConfig(), aligned: bool = False, batch_size: int = 1) -> Summary:
-    """Every item not done yet with these settings, ``batch_size`` photos per optimisation; counts in the Summary."""
+    """Every item not done yet with these settings, ``batch_size`` photos per optimisation; counts in the Summary.
+    ``items`` without a length (a streamed dataset's rows) are counted as they come."""
     settings = run_settings(margins, optim, fake_k, pipeline.source, aligned)
-    summary = Summary(total=len(items))
-    if shard.count > 1:
-        log.info("process %d of %d takes %d of the inputs", shard.index + 1, shard.count, len(items))
+    streamed = not isinstance(items, Sized)
+    summary = Summary(total=0 if streamed else len(items))
+    if shard.count > 1 and not streamed:
+        log.info("process %d of %d takes %d of the inputs", shard.index + 1, shard.count, summary.total)
     group: list[tuple[Item, dict | None]] = []
-    with tqdm(total=len(items), unit="photo", desc=f"process {shard.index + 1} of {shard.count}",
-              disable=not progress) as bar:
+    with tqdm(total=None if streamed else summary.total, unit="photo",
+              desc=f"process {shard.index + 1} of {shard.count}", disable=not progress) as bar:
         def counted(handled: int) -> None:
             # Counted by hand, after the images: iterating the bar would count an image only at the next one,
             # one behind the postfix.  set_postfix redraws both.
@@ -246,6 +248,7 @@ def anonymize_items(pipeline, items: Sequence[Item], out_dir: Path, margins: Seq
 
         try:
             for item in items:
+                summary.total += streamed
                 earlier = read_record(output_paths(out_dir, item.relative, settings["margins"])[2])
                 if _still_good(earlier, settings, retry_failed, summary):
                     counted(1)
@@ -265,6 +268,8 @@ def anonymize_items(pipeline, items: Sequence[Item], out_dir: Path, margins: Seq
                 counted(len(group))
         except KeyboardInterrupt as stop:
             raise Interrupted(summary) from stop
+    if shard.count > 1 and streamed:
+        log.info("process %d of %d took %d of the streamed inputs", shard.index + 1, shard.count, summary.total)
     return summary
 
 

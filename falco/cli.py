@@ -2,7 +2,7 @@
 
     falco anonymize IN_DIR OUT_DIR [--margin 0 0.5] [--aligned] [--batch N] [--weights SRC]
     falco anonymize CLIP.mp4 OUT_DIR [--margin 0] [--refine-steps K]   (clips in IN_DIR are done too)
-    falco anonymize --dataset NAME_OR_PATH [--split S] [--image-column C] OUT_DIR [--push-to-hub REPO]
+    falco anonymize --dataset NAME_OR_PATH [--split S] [--image-column C] [--streaming] OUT_DIR [--push-to-hub REPO]
     accelerate launch -m falco.cli anonymize ...          # one process per GPU, on one or several machines
     falco bank build --out fake_bank.safetensors --n 60000 [--weights SRC] [--device cuda]
 
@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--split", default=cli.dataset_split)
     data.add_argument("--image-column", default=None,
                       help=f"default: {cli.dataset_image_column!r}, else the only image column")
+    data.add_argument("--streaming", action="store_true",
+                      help="read the dataset as it streams: a Hub dataset is not downloaded first")
     data.add_argument("--push-to-hub", metavar="REPO", default=None, help="push the anonymized dataset to this repo")
     run.add_argument("--weights", default=None, help="Hub repo id[@revision] or local weights folder")
     run.add_argument("--device", default=None, help="e.g. cuda:1 (default: CUDA when available)")
@@ -108,6 +110,8 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             usage.error(SHARD_GONE)
         if (args.in_dir is None) == (args.dataset is None):
             usage.error("give a folder of photos (IN_DIR) or --dataset, one of them")
+        if args.streaming and args.dataset is None:
+            usage.error("--streaming reads a --dataset as it streams: give --dataset, or leave out --streaming")
         if args.in_dir is not None and not args.in_dir.is_dir() and not clips.is_clip(args.in_dir):
             usage.error(f"{args.in_dir} is neither a folder nor a clip")
         if args.refine_steps < 0:
@@ -120,7 +124,8 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             created = batch.prepare_out_dir(local, args.out_dir)
             if args.dataset is not None:
                 from falco import datasets_io
-                dataset = datasets_io.open_dataset(args.dataset, args.split, args.image_column)
+                dataset = datasets_io.open_dataset(args.dataset, args.split, args.image_column,
+                                                   streaming=args.streaming)
         except FalcoError as err:
             usage.error(str(err))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
