@@ -286,8 +286,10 @@ def test_stop_makes_the_run_say_stopped_as_its_last_update(served, astronaut):
     assert "Started" in next(updates)[c.progress]
     next(updates)
     assert session.last_step == 1
+    assert (app.clock.step, app.clock.total) == (1, 3)   # the pace the expected waits of the line use
     app.stop(session)
     assert list(updates) == [{c.progress: render.progress_box("Stopped after step 1.")}]
+    assert app.clock.started is None   # no run holds the line
 
     app.request_run(session, CLICK)
     app.stop(session)   # while the run waits in the queue

@@ -8,7 +8,7 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from falco.ui.queue_state import Place, api_calls_with, has_events, place_in_line
+from falco.ui.queue_state import Place, RunClock, api_calls_with, has_events, place_in_line
 
 GATE = threading.Event()
 
@@ -77,6 +77,10 @@ def test_places_in_line_and_the_calls_of_a_session(line):
     until(lambda: place_in_line(demo, first, {held}, "gpu") is None)
     place = place_in_line(demo, third, {held}, "gpu")
     assert place.ahead == 1 and place.running == 1 and place.wait_s is not None and place.wait_s >= 0
+    # What the running call has left, when the app knows it from its steps, replaces Gradio's mean for that part.
+    assert place_in_line(demo, second, {held}, "gpu", running_left_s=100.0) == Place(0, 1, 100.0)
+    mean = demo._queue.process_time_per_fn[demo.fns[0]].avg_time   # of the one call ahead of the third
+    assert place_in_line(demo, third, {held}, "gpu", running_left_s=100.0).wait_s == pytest.approx(100.0 + mean)
     GATE.set()
     assert [job.result(timeout=60) for job in jobs] == ["b"] * 3
 
@@ -92,3 +96,17 @@ def test_places_in_line_and_the_calls_of_a_session(line):
 ])
 def test_a_place_in_words(place, text):
     assert place.describe() == text
+
+
+def test_the_run_clock_paces_the_steps_left():
+    clock = RunClock()
+    clock.start()
+    assert clock.left_s(now=0.0) is None                 # no step yet
+    clock.tick(1, 11, now=10.0)                          # the first step comes after the set-up: not a pace
+    assert clock.left_s(now=10.0) is None
+    clock.tick(3, 11, now=14.0)                          # 2 s a step since the first
+    assert clock.left_s(now=14.0) == 16.0                # 8 steps left
+    assert clock.left_s(now=20.0) == 10.0                # 6 s into step 4
+    assert clock.left_s(now=60.0) == 0.0                 # late: never negative
+    clock.stop()
+    assert clock.left_s(now=14.0) is None                # no run: Gradio's estimate

@@ -39,7 +39,7 @@ from falco.ui.downloads import run_record, write_downloads
 from falco.ui.engine import EngineLoader, pipeline_factory
 from falco.ui.form import RunForm, RunSettings, parse_faces, settings_from_form
 from falco.ui.messages import PHOTO_NOT_UPLOADED, RUN_GOING, STOPPED_EARLY, STOPPED_WAITING, describe_error
-from falco.ui.queue_state import api_calls_with, has_events, place_in_line
+from falco.ui.queue_state import RunClock, api_calls_with, has_events, place_in_line
 from falco.ui.render import (
     METRIC_HEADERS,
     PHOTO_VIEW,
@@ -201,6 +201,7 @@ class FalcoApp:
         self.loader, self.config, self.on_gpu, self.video_gpu = loader, config, on_gpu, video_gpu
         self.default_optim = OptimConfig() if on_gpu else config.cpu_optim
         self.cache = Path(gr.utils.get_upload_folder())   # Gradio's cache: files there are served as they are
+        self.clock = RunClock()   # the pace of the photo run holding the GPU line, for the expected waits
         # On ZeroGPU only this part holds a GPU; loading, detection and files stay outside.
         self._device_run = gpu(self._anonymize) if gpu is not None else self._anonymize
 
@@ -222,11 +223,17 @@ class FalcoApp:
         """StepEvents then the AnonymizationResult; every error becomes a gr.Error."""
         try:
             self.loader.get()   # wait for the networks here, not inside the GPU slot
-            yield from self._device_run(photo, settings)
+            self.clock.start()
+            for event in self._device_run(photo, settings):
+                if isinstance(event, StepEvent):
+                    self.clock.tick(event.step, event.total_steps)
+                yield event
         except gr.Error:
             raise
         except Exception as err:
             raise as_gr_error(err) from err
+        finally:
+            self.clock.stop()
 
     # -- the banner --
     def status_text(self) -> str:
@@ -328,7 +335,7 @@ class FalcoApp:
         c = self.components
         if session.asked_at is None:   # started (it shows its own progress), or ended
             return {c.waiting: gr.Timer(active=False)}
-        place = place_in_line(self.demo, request.session_hash, (self.run, self.compare), "gpu")
+        place = place_in_line(self.demo, request.session_hash, (self.run, self.compare), "gpu", self.clock.left_s())
         if place is not None:
             return {c.progress: progress_box(html.escape(place.describe()))}
         if time.monotonic() - session.asked_at > self.config.queue_join_s:   # never joined, or cancelled waiting
