@@ -286,6 +286,26 @@ def test_a_rerun_with_other_m_deletes_the_clips_it_does_not_write(tiny_weights, 
     assert sorted(p.name for p in out.iterdir()) == ["clip.mkv", "clip.mkv.json", "clip.mkv.latents.safetensors"]
 
 
+def test_a_clip_whose_second_m_fails_leaves_no_clip_of_the_first(tiny_weights, frames, tmp_path, monkeypatch):
+    from falco.pipeline import FalcoPipeline
+
+    clip = write_clip(tmp_path / "clip.mkv", frames[:2], fps=FPS, audio_hz=None)
+    out = tmp_path / "out"
+    run = FalcoPipeline.anonymize_video
+
+    def second_m_fails(self, source, out_path, margin=None, **kwargs):
+        if margin == 0.5:
+            raise RuntimeError("the GPU went away")
+        yield from run(self, source, out_path, margin=margin, **kwargs)
+
+    monkeypatch.setattr(FalcoPipeline, "anonymize_video", second_m_fails)
+    common = ["--weights", str(tiny_weights), "--device", "cpu", "--steps", "1", "--no-progress"]
+    assert cli.main(["anonymize", str(clip), str(out), "--margin", "0", "0.5", *common]) == cli.EXIT_IMAGES_FAILED
+    record = json.loads((out / "clip.mkv.json").read_text())
+    assert record["status"] == "failed" and "the GPU went away" in record["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mkv.json"]   # the m = 0 clip, listed nowhere, went too
+
+
 def test_cli_refuses_a_file_that_is_no_clip(tmp_path, capsys):
     photo = tmp_path / "notes.txt"
     photo.write_text("hello")

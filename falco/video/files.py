@@ -40,18 +40,25 @@ def anonymize_clip(pipeline, source: Path, relative: str, out_dir: Path, margins
     clips, latents, record = batch.output_paths(out_dir, relative, margins)
     record.parent.mkdir(parents=True, exist_ok=True)
     results = []
-    for margin, clip in zip(margins, clips):
-        with tqdm(total=None, unit="frame", desc=f"{relative} m={margin:g}", disable=not progress) as bar:
-            for event in pipeline.anonymize_video(source, clip, margin=margin, optim=optim, fake_k=fake_k,
-                                                  refine_steps=refine_steps, config=config):
-                if hasattr(event, "stage"):
-                    bar.set_description(f"{relative} m={margin:g}: {event.stage}"
-                                        + (f" person {event.track}/{event.tracks}" if event.track else ""))
-                    bar.total, bar.n = event.total, event.done
-                    bar.refresh()
-                else:
-                    results.append(event)
-    results[0].save_latents(latents)
+    try:
+        for margin, clip in zip(margins, clips):
+            with tqdm(total=None, unit="frame", desc=f"{relative} m={margin:g}", disable=not progress) as bar:
+                for event in pipeline.anonymize_video(source, clip, margin=margin, optim=optim, fake_k=fake_k,
+                                                      refine_steps=refine_steps, config=config):
+                    if hasattr(event, "stage"):
+                        bar.set_description(f"{relative} m={margin:g}: {event.stage}"
+                                            + (f" person {event.track}/{event.tracks}" if event.track else ""))
+                        bar.total, bar.n = event.total, event.done
+                        bar.refresh()
+                    else:
+                        results.append(event)
+        results[0].save_latents(latents)
+    except BaseException:
+        # One m failed (or Ctrl-C) after others were written: no record will list those clips, so they go too,
+        # as a photo's outputs are written only once every m is done.
+        for clip in clips[:len(results)]:
+            clip.unlink(missing_ok=True)
+        raise
     entry = {"source": relative, "status": "ok",
              "outputs": [p.relative_to(out_dir).as_posix() for p in (*clips, latents)],
              "video": results[0].video_record(),
