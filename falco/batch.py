@@ -250,7 +250,7 @@ def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Seq
             for item in items:
                 summary.total += streamed
                 earlier = read_record(output_paths(out_dir, item.relative, settings["margins"])[2])
-                if _still_good(earlier, settings, retry_failed, summary):
+                if still_good(earlier, settings, retry_failed, summary):
                     counted(1)
                     continue
                 if earlier is not None:
@@ -273,7 +273,7 @@ def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Seq
     return summary
 
 
-def _still_good(earlier: dict | None, settings: dict, retry_failed: bool, summary: Summary) -> bool:
+def still_good(earlier: dict | None, settings: dict, retry_failed: bool, summary: Summary) -> bool:
     """Whether an image's record (with this run's settings) stands; counts it as skipped if so."""
     if earlier is None or earlier.get("settings") != settings:
         return False

@@ -88,10 +88,7 @@ def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[fl
     try:
         for relative in files:
             earlier = batch.read_record(batch.output_paths(out_dir, relative, margins)[2])
-            if earlier is not None and earlier.get("settings") == settings and (
-                    earlier.get("status") == "ok" or not retry_failed):
-                summary.skipped += 1
-                summary.failed_before += earlier.get("status") == "failed"
+            if batch.still_good(earlier, settings, retry_failed, summary):
                 continue
             summary.redone += earlier is not None and earlier.get("settings") != settings
             # As a photo: one bad clip is recorded and the run goes on; a rerun with other m deletes x.m0.5.mp4.
