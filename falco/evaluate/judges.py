@@ -30,7 +30,7 @@ from PIL import Image
 from falco.errors import WeightsError
 from falco.evaluate.facenet import CASIA_CLASSES, VGGFACE2_CLASSES, InceptionResnetV1
 from falco.evaluate.mtcnn import MTCNN, NETS
-from falco.models.io import build_strict
+from falco.models.io import build_strict, check_layout
 from falco.weights.official import OfficialFile, Source, fetch_file
 
 EVALUATION_WEIGHTS_ENV = "FALCO_EVALUATION_WEIGHTS"
@@ -218,13 +218,7 @@ def probe_layout(model_cfg: dict | None = None) -> dict[str, torch.Tensor]:
 def _check_layout(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path,
                   network: str) -> None:
     # A file saved before PyTorch 0.4.1 has no num_batches_tracked; batch norm accepts it without.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or reshaped:
-        example = (missing or unexpected or reshaped)[0]
-        raise WeightsError(f"{path.name} does not match the {network} layout: {len(missing)} missing, "
-                           f"{len(unexpected)} unexpected, {len(reshaped)} reshaped keys (e.g. {example}).")
+    check_layout(state, expected, path.name, network, optional=lambda key: key.endswith("num_batches_tracked"))
 
 
 def _check_facenet(released_classes: int) -> Callable[[Path, Source | None], None]:

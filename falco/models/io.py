@@ -109,6 +109,19 @@ def _state_dict_of(obj: object, path: str | Path, *candidates: str) -> Mapping[s
                        "is it the right checkpoint?")
 
 
+def check_layout(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], file_name: str,
+                 network: str, optional: Callable[[str], bool] = lambda key: False) -> None:
+    """A WeightsError unless ``state`` has exactly the keys and shapes of ``expected`` (keys ``optional`` accepts
+    may be missing), naming the file and the network and counting what differs."""
+    missing = [k for k in expected if k not in state and not optional(k)]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise WeightsError(f"{file_name} does not match the {network} layout: {len(missing)} missing, "
+                           f"{len(unexpected)} unexpected, {len(reshaped)} reshaped keys (e.g. {example}).")
+
+
 def build_strict(cls: Callable[..., nn.Module], config: dict, state: Mapping[str, torch.Tensor],
                  path: str | Path) -> nn.Module:
     """``cls(**config)`` holding exactly ``state``: WeightsError naming the mismatch unless every key and shape
@@ -119,13 +132,7 @@ def build_strict(cls: Callable[..., nn.Module], config: dict, state: Mapping[str
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{Path(path).name} has an invalid {cls.__name__} config ({err}).") from err
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or reshaped:
-        example = (missing or unexpected or reshaped)[0]
-        raise WeightsError(f"{Path(path).name} does not match the {cls.__name__} layout: {len(missing)} missing, "
-                           f"{len(unexpected)} unexpected, {len(reshaped)} reshaped keys (e.g. {example}).")
+    check_layout(state, expected, Path(path).name, cls.__name__)
     # assign: no second copy of the weights (peak memory while loading), in the module's own dtypes
     model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()}, strict=True, assign=True)
     return model
