@@ -200,7 +200,9 @@ class VideoConfig:
     # Tracking: detect on every k-th frame; between detections dlib's correlation tracker follows each face.
     detect_every: int = 1
     link_iou: float = 0.3                     # a detection continues the track whose last box it overlaps this much
-    track_gap: int = 15                       # frames a track may miss before a detection can no longer continue it
+    # Frames a track may miss before a detection can no longer continue it; the frames missed inside such a gap
+    # are anonymized all the same (a clip: landmarks interpolated between the detections; the webcam: the last ones).
+    track_gap: int = 15
     # A person who left and returns rejoins their track when dlib's recogniser finds them nearer than this.
     rejoin_distance: float = 0.5
     min_track_frames: int = 1                 # shorter tracks are left as they are

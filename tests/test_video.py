@@ -16,7 +16,7 @@ from falco.errors import InputVideoError, NoFaceError
 from falco.faces import ffhq_quad
 from falco.video.anonymize import FrameRenderer, VideoProgress, VideoResult
 from falco.video.io import probe_video, read_frames
-from falco.video.smoothing import OneEuroFilter, smooth_track
+from falco.video.smoothing import OneEuroFilter, fill_gaps, smooth_track
 from falco.video.synthetic import pan_zoom_frames, write_clip
 from falco.video.tracks import FaceTracker, iou
 
@@ -250,6 +250,40 @@ def test_one_euro_filter():
     assert np.array_equal(smoothed[3], np.full(2, 5.0)) and np.array_equal(smoothed[0], np.zeros(2))
 
 
+def miss_the_face_in(monkeypatch, analyzer, missed: np.ndarray) -> None:
+    """The detector finds nothing in the frame whose pixels are ``missed`` (a blink), as it does elsewhere."""
+    detect = analyzer.detect
+    monkeypatch.setattr(analyzer, "detect", lambda photo: [] if np.array_equal(np.asarray(photo), missed)
+                        else detect(photo))
+
+
+def test_fill_gaps_interpolates_between_the_detections_either_side():
+    landmarks = {0: np.zeros((2, 2)), 3: np.full((2, 2), 3.0), 4: np.full((2, 2), 4.0), 9: np.full((2, 2), 9.0)}
+    filled = fill_gaps(landmarks, max_gap=3)
+    assert list(filled) == [0, 1, 2, 3, 4, 9]   # 4 -> 9 is more than 3 frames: not bridged
+    assert np.array_equal(filled[1], np.ones((2, 2))) and np.array_equal(filled[2], np.full((2, 2), 2.0))
+    assert all(filled[i] is landmarks[i] for i in landmarks)   # detections as they were
+    assert list(fill_gaps(landmarks, max_gap=5)) == list(range(10))
+    assert np.array_equal(fill_gaps(landmarks, max_gap=5)[6], np.full((2, 2), 6.0))
+
+
+def test_a_frame_where_the_face_is_missed_is_anonymized_all_the_same(tiny_pipeline, frames, tmp_path, monkeypatch):
+    """A blink: no detection in one middle frame; that frame still gets the new face, not the original one."""
+    missed = 2
+    clip = write_clip(tmp_path / "blink.mkv", frames[:5], fps=FPS, audio_hz=None)
+    miss_the_face_in(monkeypatch, tiny_pipeline.analyzer, frames[missed])
+    out = tmp_path / "out.mkv"
+    result = list(tiny_pipeline.anonymize_video(clip, out, margin=0.0, optim=OPTIM))[-1]
+    written = [f.pixels for f in read_frames(out)]
+    assert not np.array_equal(written[missed], frames[missed])
+    (track,) = result.tracks
+    assert track.frames == list(range(5)) and track.filled_frames == [missed]
+    assert track.record()["filled_frames"] == 1 and track.record()["frames"] == 5
+    outside = outside_face(track.landmarks[missed], frames[missed].shape)
+    assert np.array_equal(written[missed][outside], frames[missed][outside])
+    assert not np.array_equal(written[missed][~outside], frames[missed][~outside])   # the face itself changed
+
+
 def test_cli_one_clip_and_clips_in_a_tree(tiny_weights, clip, tmp_path, capsys):
     out = tmp_path / "out"
     common = ["--weights", str(tiny_weights), "--device", "cpu", "--steps", "1", "--no-progress"]
@@ -336,3 +370,29 @@ def test_the_webcam_handler_keeps_one_live_session(tiny_pipeline, frames):
     assert tab.stream(frames[1], 0.0, live)[2] is live              # the same m: the same session
     assert tab.stream(frames[2], 0.5, live)[2] is not live          # another m: identities built again
     assert tab.stream(None, 0.0, live) == (None, "", live)
+
+
+def test_live_webcam_covers_a_face_missed_in_one_frame(tiny_pipeline, frames, monkeypatch):
+    from falco.video.live import LiveAnonymizer
+    live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))
+    live.feed(frames[0], now=0.0)
+    live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
+    miss_the_face_in(monkeypatch, tiny_pipeline.analyzer, frames[2])
+    out = live.feed(frames[2], now=live.config.live_build_seconds + 0.2)
+    assert 2 not in live.tracker.tracks[0].faces   # missed indeed
+    assert not np.array_equal(out, frames[2])
+    landmarks = live.results[1].landmarks[2]
+    assert np.array_equal(landmarks, live.smoothed[1])   # the last smoothed ones (frame 1's), nothing guessed
+    outside = outside_face(landmarks, out.shape)
+    assert np.array_equal(out[outside], frames[2][outside]) and not np.array_equal(out[~outside], frames[2][~outside])
+
+
+def test_live_webcam_covers_a_face_missed_in_the_first_frame_after_building(tiny_pipeline, frames, monkeypatch):
+    from falco.video.live import LiveAnonymizer
+    live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))
+    live.feed(frames[0], now=0.0)
+    miss_the_face_in(monkeypatch, tiny_pipeline.analyzer, frames[1])
+    out = live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
+    assert list(live.results) == [1] and not np.array_equal(out, frames[1])
+    outside = outside_face(live.results[1].landmarks[1], out.shape)
+    assert np.array_equal(out[outside], frames[1][outside])

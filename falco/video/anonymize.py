@@ -4,8 +4,10 @@
         if isinstance(event, VideoProgress): ...        # stage, done/total, an optimisation step's previews
         else: result = event                            # VideoResult, always last
 
-1. Tracking: faces detected and linked into tracks (falco.video.tracks), landmarks smoothed over
-   time (falco.video.smoothing) so that crops and paste-back do not jitter.
+1. Tracking: faces detected and linked into tracks (falco.video.tracks); a frame where a track's face was
+   missed (a blink, motion blur; a gap of at most ``track_gap`` frames) gets landmarks interpolated between
+   the detections either side, so that it is anonymized too; landmarks smoothed over time
+   (falco.video.smoothing) so that crops and paste-back do not jitter.
 2. Identity: per track, FALCO's optimisation runs once on its key frame; the track's offset is the
    optimised W+ minus the key frame's inversion, non-zero in the trained rows (3..7) only.
 3. Rendering: per frame and face, align -> e4e -> + the track's offset -> generator -> paste back;
@@ -41,7 +43,7 @@ from falco.optimize import optimize_latents
 from falco.pixels import to_pixels, to_tensor
 from falco.results import AnonymizationResult, FaceResult, StepEvent
 from falco.video.io import Frame, VideoInfo, VideoWriter, probe_video, read_frames
-from falco.video.smoothing import smooth_track
+from falco.video.smoothing import fill_gaps, smooth_track
 from falco.video.tracks import FaceTracker, Track
 
 STAGES = ("tracking", "identity", "rendering")
@@ -65,16 +67,18 @@ class VideoProgress:
 @dataclass(frozen=True)
 class TrackResult:
     track: int                         # counts from 1
-    frames: list[int]                  # frame indices where the person is anonymized
+    frames: list[int]                  # frame indices where the person is anonymized (filled ones included)
     key_frame: int
     offset: torch.Tensor               # [num_ws, D], added to each frame's inversion; zero outside the trained rows
     face: FaceResult                   # the key frame's result (aligned, inversion, fake, anonymized, figures)
     landmarks: dict[int, np.ndarray] = field(repr=False)   # smoothed landmarks per frame (photo pixels)
+    filled_frames: list[int] = field(default_factory=list)   # frames with no detection, landmarks interpolated
 
     def record(self) -> dict:
         f = self.face
         return {"track": self.track, "first_frame": self.frames[0], "last_frame": self.frames[-1],
-                "frames": len(self.frames), "key_frame": self.key_frame, "margin": f.margin,
+                "frames": len(self.frames), "filled_frames": len(self.filled_frames), "key_frame": self.key_frame,
+                "margin": f.margin,
                 "identity_cosine": f.identity_cosine, "recognizer_distance": f.recognizer_distance,
                 "same_person_for_dlib": f.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
                 "fake_index": f.fake_index, "fake_seed": f.fake_seed}
@@ -110,15 +114,18 @@ class VideoResult:
 
 
 def track_faces(pipeline, source: VideoInfo, config: VideoConfig) -> Iterator[VideoProgress | list[Track]]:
-    """VideoProgress per frame, then the tracks (smoothed landmarks filled in), persons in order of appearance."""
+    """VideoProgress per frame, then the tracks (gaps filled, landmarks smoothed), persons in order of appearance."""
     tracker = FaceTracker(pipeline.analyzer, pipeline.recognizer, config)
     for frame in read_frames(source.path):
         tracker.update(frame.index, Image.fromarray(frame.pixels, "RGB"))
         yield VideoProgress("tracking", frame.index + 1, source.frames)
     tracks = [t for t in tracker.tracks if len(t.faces) >= config.min_track_frames]
     for track in tracks:
-        track.landmarks = smooth_track({i: f.landmarks for i, f in track.faces.items()}, float(source.fps),
-                                       config.smooth_min_cutoff, config.smooth_beta, config.smooth_d_cutoff)
+        detected = {i: f.landmarks for i, f in track.faces.items()}
+        landmarks = fill_gaps(detected, config.track_gap)
+        track.filled = sorted(landmarks.keys() - detected.keys())
+        track.landmarks = smooth_track(landmarks, float(source.fps), config.smooth_min_cutoff, config.smooth_beta,
+                                       config.smooth_d_cutoff)
     yield tracks
 
 
@@ -303,8 +310,9 @@ def anonymize_video(pipeline, source: str | Path, out_path: str | Path, margin: 
                 yield event
             else:
                 face, key_params = event.faces[0], event.params
-                results.append(TrackResult(track.number, sorted(track.faces), track.key_frame,
-                                           track_offset(face, optim.trained_rows), face, track.landmarks))
+                results.append(TrackResult(track.number, sorted(track.landmarks), track.key_frame,
+                                           track_offset(face, optim.trained_rows), face, track.landmarks,
+                                           track.filled))
         track.key_photo = None   # the frame is no longer needed
     seconds["identity"] = time.monotonic() - started
 

@@ -4,7 +4,9 @@ The first ``live_build_seconds`` of frames find the persons and each one's key f
 blurred (no face leaves unanonymized); then each person's identity is optimised once
 (``live_steps`` steps) and every later frame is rendered as a clip's frames are (falco.video.anonymize):
 align, e4e, + the person's offset, generator, paste.  A person who first appears later gets their
-identity at once (that frame waits for it).  Landmarks are smoothed online with the One-Euro filter.
+identity at once (that frame waits for it).  Landmarks are smoothed online with the One-Euro filter; a
+person missed in a frame (a blink, motion blur) within ``track_gap`` frames of their last detection keeps
+their last landmarks there, so that their face stays covered.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LiveAnonymizer:
         self.started: float | None = None
         self.results: dict[int, TrackResult] = {}      # track number -> its identity
         self.filters: dict[int, OneEuroFilter] = {}
+        self.smoothed: dict[int, np.ndarray] = {}       # track number -> its latest smoothed landmarks
         self.renderer: FrameRenderer | None = None
         self.times: deque[float] = deque(maxlen=30)
 
@@ -59,18 +62,23 @@ class LiveAnonymizer:
         return out
 
     def _frame(self, index: int, photo: Image.Image, placed: list, now: float) -> np.ndarray:
+        # Smoothed while building too: a person missed in the first rendered frame still has landmarks there.
+        for track, face in placed:
+            smoother = self.filters.setdefault(track.number, OneEuroFilter(
+                self.config.smooth_min_cutoff, self.config.smooth_beta, self.config.smooth_d_cutoff))
+            self.smoothed[track.number] = smoother(face.landmarks, now)
         if now - self.started < self.config.live_build_seconds:
             return np.asarray(photo.filter(ImageFilter.GaussianBlur(max(photo.size) / 40)))
-        for track, _ in placed:
+        # Detected now or missed for at most track_gap frames (a blink): a missed face keeps its last landmarks.
+        shown = [t for t in self.tracker.tracks if index - t.last_frame <= self.config.track_gap]
+        for track in shown:
             if track.number not in self.results:
                 self._build(track)
         numbers = sorted(self.results)
         for number, result in self.results.items():
             result.landmarks.clear()
-        for track, face in placed:
-            smoother = self.filters.setdefault(track.number, OneEuroFilter(
-                self.config.smooth_min_cutoff, self.config.smooth_beta, self.config.smooth_d_cutoff))
-            self.results[track.number].landmarks[index] = smoother(face.landmarks, now)
+        for track in shown:
+            self.results[track.number].landmarks[index] = self.smoothed[track.number]
         renderer = self._renderer(numbers)
         frame, photo, items = renderer.align(Frame(index, None, np.asarray(photo)))
         renderer.render(items)

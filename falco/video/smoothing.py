@@ -46,6 +46,23 @@ class OneEuroFilter:
         return self._x.copy()
 
 
+def fill_gaps(landmarks: dict[int, np.ndarray], max_gap: int) -> dict[int, np.ndarray]:
+    """The landmarks with each gap of a track filled by linear interpolation between the detections either side.
+
+    A gap is filled when its next detection comes at most ``max_gap`` frames after the one before it (the gap the
+    tracker itself bridges: a blink, motion blur, a quick turn); a frame left out would show the original face."""
+    filled = dict(landmarks)
+    frames = sorted(landmarks)
+    for before, after in zip(frames, frames[1:]):
+        if after - before > max_gap:
+            continue
+        start, stop = np.asarray(landmarks[before], np.float64), np.asarray(landmarks[after], np.float64)
+        for index in range(before + 1, after):
+            share = (index - before) / (after - before)
+            filled[index] = (1 - share) * start + share * stop
+    return dict(sorted(filled.items()))
+
+
 def smooth_track(landmarks: dict[int, np.ndarray], fps: float, min_cutoff: float, beta: float,
                  d_cutoff: float) -> dict[int, np.ndarray]:
     """Each frame's landmarks of one track, filtered in frame order; the filter restarts after a missing frame."""

@@ -30,6 +30,7 @@ class Track:
     key_score: float = -1.0
     key_photo: Image.Image | None = None          # the key frame itself, kept for the optimisation
     landmarks: dict[int, np.ndarray] = field(default_factory=dict)   # smoothed, frame index -> [68, 2]
+    filled: list[int] = field(default_factory=list)   # frames missed inside the track, landmarks interpolated
 
     @property
     def last_frame(self) -> int:
