@@ -69,7 +69,10 @@ def anonymize_clip(pipeline, source: Path, relative: str, out_dir: Path, margins
 
 
 def video_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str, refine_steps: int) -> dict:
-    return {**batch.run_settings(margins, optim, fake_k, weights), "refine_steps": refine_steps}
+    # missed_frames_covered: records from before frames with a missed detection were anonymized (they showed the
+    # original face) lack it, so those clips are done again rather than skipped.
+    return {**batch.run_settings(margins, optim, fake_k, weights), "refine_steps": refine_steps,
+            "missed_frames_covered": True}
 
 
 def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
