@@ -14,6 +14,7 @@ from falco import cli
 from falco.config import OptimConfig, VideoConfig
 from falco.errors import InputVideoError, NoFaceError
 from falco.faces import ffhq_quad
+from falco.ui import video_tab
 from falco.video.anonymize import FrameRenderer, VideoProgress, VideoResult
 from falco.video.io import probe_video, read_frames
 from falco.video.smoothing import OneEuroFilter, fill_gaps, smooth_track
@@ -375,6 +376,27 @@ def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
     assert list(live.results) == [1] and live.fps > 0
     outside = outside_face(live.results[1].landmarks[1], out.shape)
     assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])
+
+
+def test_stop_ends_a_clip_run_of_the_video_tab_with_nothing_written(tiny_pipeline, frames, tmp_path):
+    from falco.ui import engine, page, sessions
+    demo, app = page.build_app(loader=engine.EngineLoader(lambda: tiny_pipeline), device="cpu", load_now=False)
+    tab = app.video_tab
+    clip = write_clip(tmp_path / "clip.mkv", frames[:4], fps=FPS, audio_hz=None)
+    session = sessions.Session()
+    tab.request(session)
+    updates = tab.run(str(clip), 0.0, session)
+    assert tab.progress in next(updates)   # a stage's progress
+    tab.stop(session)
+    rest = list(updates)
+    assert rest == [{tab.progress: video_tab.video_box("Stopped: nothing was written."), tab.session: session}]
+    assert not list(Path(session.folder).rglob("*"))   # no clip, no temporary file, no empty folder
+    # A Stop clicked before the next request does not stop that run.
+    tab.stop(session)
+    tab.request(session)
+    *_, done = tab.run(str(clip), 0.0, session)
+    assert Path(done[tab.result]).name == "anonymized.mp4" and Path(done[tab.result]).exists()
+    session.forget()
 
 
 def test_the_webcam_handler_keeps_one_live_session(tiny_pipeline, frames):

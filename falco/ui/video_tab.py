@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 import time
+from contextlib import closing
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -59,10 +61,20 @@ class VideoTab:
                                                          codec=self.config.app_video_codec, config=self.config,
                                                          max_seconds=max_seconds)
 
+    def request(self, session: Session) -> None:
+        """Runs when the clip's button is clicked, before the run waits in line: a Stop from now on ends it."""
+        session.stops_at_request = session.stops
+
+    def stop(self, session: Session) -> None:
+        session.stops += 1
+
     def run(self, clip: str | None, margin: float, session: Session):
-        """Streams the stages' progress and previews, then the clip and its downloads."""
+        """Streams the stages' progress and previews, then the clip and its downloads; Stop ends it at the next
+        stage's update with nothing written (the clip goes under a temporary name until it is complete)."""
         app = self.app
         stages: dict[str, tuple[int, int, str]] = {}
+        stops = session.stops if session.stops_at_request is None else session.stops_at_request
+        session.stops_at_request = None
         try:
             if not clip:
                 raise gr.Error("Upload a clip first.", print_exception=False)
@@ -74,12 +86,18 @@ class VideoTab:
             started = time.monotonic()
             app.loader.get()   # wait for the networks here, not inside the GPU slot
             result = None
-            for event in self._device_run(clip, out, float(margin), optim, clip_limit(app, self.config)):
-                if isinstance(event, VideoResult):
-                    result = event
-                    break
-                update = self._progress(event, stages, folder)
-                yield update
+            with closing(self._device_run(clip, out, float(margin), optim, clip_limit(app, self.config))) as events:
+                for event in events:
+                    if session.stops != stops:
+                        break
+                    if isinstance(event, VideoResult):
+                        result = event
+                        break
+                    yield self._progress(event, stages, folder)
+            if result is None:   # stopped: closing the run removed its unfinished clip
+                shutil.rmtree(folder, ignore_errors=True)
+                yield {self.progress: video_box("Stopped: nothing was written."), self.session: session}
+                return
             record = folder / "anonymized.json"
             write_atomic(record, lambda tmp: tmp.write_text(json.dumps(
                 {"video": result.video_record(), "tracks": result.track_records(), "params": result.params},
@@ -134,16 +152,20 @@ class VideoTab:
                     clip = gr.Video(label="Clip", sources=["upload"], elem_id="falco-video-in")
                     margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
                                        elem_id="falco-video-margin")
-                    run = gr.Button("Anonymize the clip", variant="primary", elem_id="falco-video-run")
+                    with gr.Row():
+                        run = gr.Button("Anonymize the clip", variant="primary", elem_id="falco-video-run")
+                        stop = gr.Button("Stop", variant="stop", elem_id="falco-video-stop")
                 with gr.Column():
                     self.progress = gr.HTML(elem_id="falco-video-progress")
                     self.live = gr.Image(label="New identity (live)", interactive=False, elem_id="falco-video-live")
                     self.result = gr.Video(label="Anonymized clip", interactive=False, elem_id="falco-video-out")
                     self.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                              elem_id="falco-video-downloads")
-            run.click(self.run, inputs=[clip, margin, self.session],
-                      outputs=[self.progress, self.live, self.result, self.downloads, self.session],
-                      concurrency_id="gpu", api_visibility="private")
+            requested = run.click(self.request, inputs=[self.session], queue=False, api_visibility="private")
+            requested.then(self.run, inputs=[clip, margin, self.session],
+                           outputs=[self.progress, self.live, self.result, self.downloads, self.session],
+                           concurrency_id="gpu", api_visibility="private")
+            stop.click(self.stop, inputs=[self.session], queue=False, api_visibility="private")
             with gr.Accordion("Live webcam", open=False):
                 if app.on_gpu:
                     with gr.Row():
