@@ -3,6 +3,7 @@ tests/fixtures/golden_eval/make_golden.py in a throwaway environment), their fil
 random judges of a weight set."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -217,3 +218,24 @@ def test_readme_names_every_judge_licence():
     section = readme[readme.index("### Evaluation networks"):]
     for terms in EVALUATION_LICENCES.values():
         assert f"[{terms.licence}]({terms.url})" in section, terms
+
+
+class Payload:
+    """Unpickling this runs code: what a hostile weights file would carry."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_the_fid_inception_file_is_read_weights_only(tmp_path):
+    """torch-fidelity reads its file with weights_only=False; the evaluation makes that read weights-only."""
+    import pickle
+
+    from falco.evaluate.metrics import FORCE_WEIGHTS_ONLY, _fid_inception
+    state = seeded_state_dict(judges.fid_layout(), prefix="fid.")
+    torch.save({**state, "extra": Payload()}, tmp_path / "hostile.pth")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        _fid_inception(tmp_path / "hostile.pth", 64, torch.device("cpu"))
+    assert FORCE_WEIGHTS_ONLY not in os.environ   # the switch is set for the load only
+    torch.save(state, tmp_path / "fid.pth")
+    assert _fid_inception(tmp_path / "fid.pth", 64, torch.device("cpu")).num_features == 64

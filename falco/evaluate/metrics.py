@@ -9,8 +9,10 @@ accuracy is a fraction (as the paper's).  README "Evaluation" defines each measu
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -284,11 +286,30 @@ def _nearest(faces: list[DetectedFace], reference: np.ndarray) -> DetectedFace |
 
 
 # --- FID (torchmetrics, torch-fidelity's InceptionV3) ---------------------------------------------------------------
+@contextmanager
+def _weights_only_loads():
+    """Every torch.load in the block unpickles tensors and plain containers only, whatever its caller asks:
+    torch-fidelity reads its Inception file with weights_only=False, and torch's own switch overrides that."""
+    before = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[FORCE_WEIGHTS_ONLY]
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = before
+
+
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
 def _fid_inception(weights, features: int, device: torch.device):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
-                                   feature_extractor_weights_path=str(weights)).to(device)
+    with _weights_only_loads():
+        inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
+                                       feature_extractor_weights_path=str(weights)).to(device)
     inception.num_features = features   # torchmetrics reads it instead of probing with a CPU image
     return inception
 
