@@ -158,6 +158,11 @@ def test_compare_then_the_m_slider_browses_the_results(page):
     page.locator("#falco-compare").click()
     page.locator("#falco-progress").get_by_text("Done: 1 steps").wait_for()
     page.locator("#falco-plot").wait_for()   # identity against m
+    # Every tile's caption reads in full: one row of six tiles cut them to "m = 0 (cosi..." before.
+    page.locator("#falco-gallery").get_by_text("m = 0.25, cosine").first.wait_for()
+    captions = page.evaluate("() => [...document.querySelectorAll('#falco-gallery .caption-label')]"
+                             ".map(e => [e.innerText, e.scrollWidth <= e.clientWidth])")
+    assert len(captions) >= 6 and all(whole for _, whole in captions), captions
     margin = page.locator("#falco-margin input[type=number]")
     for wanted, shown in (("0.5", "m = 0.5"), ("0.6", "m = 0.5 (the computed m nearest to 0.6)"), ("1", "m = 1")):
         margin.fill(wanted)

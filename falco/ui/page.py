@@ -71,8 +71,9 @@ lighting and age (Barattin et al., CVPR 2023).
 
 The **Video** tab does the same for a clip: each person gets one new identity, kept in every frame.
 """
-# Gradio's file list offers to remove each file of a list, downloads included.
+# Gradio's file list offers to remove each file of a list, downloads included; gallery captions are cut to one line.
 PAGE_CSS = """#falco-downloads .label-clear-button, #falco-video-downloads .label-clear-button { display: none; }
+#falco-gallery .caption-label { white-space: normal; max-width: 92%; }
 .falco-dot { display: inline-block; width: 0.75em; height: 0.75em; border-radius: 50%; vertical-align: -0.05em; }
 .falco-ready { background: #2ecc40; } .falco-loading { background: #f0ad4e; } .falco-failed { background: #e74c3c; }"""
 
