@@ -214,6 +214,9 @@ def test_ui_run_streams_previews_then_results(served, upload):
     # faces, previews, result, gallery, downloads, before | after
     assert len(files) == 1 + 3 + 1 + 4 + 8 + 2 and all(f.exists() for f in files)
     assert all(f.is_relative_to(session.folder) and f.is_relative_to(app.cache) for f in files)
+    # The original is written once per photo: a second run shows the same file, not a fresh copy.
+    again = list(ui_run(app, session, upload, steps=1))[-1]
+    assert again[c.before_after].value[0]["path"] == str(before) and before.exists()
     sessions.end_session(session)
     assert not any(f.exists() for f in files) and not upload.exists()
 

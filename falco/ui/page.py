@@ -33,7 +33,6 @@ from falco.config import AppConfig, OptimConfig, VideoConfig
 from falco.device import app_device, zerogpu_available
 from falco.errors import FalcoError
 from falco.faces.detect import NO_FACE_MESSAGE
-from falco.files import save_image
 from falco.results import AnonymizationResult, StepEvent
 from falco.ui.downloads import run_record, write_downloads
 from falco.ui.engine import EngineLoader, pipeline_factory
@@ -385,10 +384,10 @@ class FalcoApp:
                         yield self._step_update(event, session, folder, settings, compare)
                         continue
                     paths = write_downloads(event, run_record(event), folder)
-                    original = save_image(photo, folder / "original.png")
+                    original = session.original_file(photo_path, photo, self.cache)
                     session.drop_others(folder)
                     # Several m: the m slider browses them (show_margin) until the next photo or run.
-                    session.shown = Comparison.of(event, folder, str(original))
+                    session.shown = Comparison.of(event, folder, original)
                     pair, label = session.shown.before_after(event.margins[0], PHOTO_VIEW)
                     yield {c.progress: progress_box(f"Done: {settings.optim.steps} steps in "
                                                     f"{time.monotonic() - started:.1f} s."),

@@ -20,6 +20,7 @@ from PIL import Image
 
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
+from falco.files import save_image
 from falco.ui.messages import PHOTO_GONE
 from falco.ui.render import Comparison
 
@@ -77,6 +78,7 @@ class Session:
     last_step: int = 0             # the last step the current run showed
     asked_at: float | None = None  # time.monotonic() of the click whose run has not started yet
     shown: Comparison | None = None   # the last run's results: the m slider browses several m, the before/after
+    original: tuple[str, str] | None = None   # (photo path, the photo as read saved for the before/after slider)
 
     def detections_for(self, photo_path: str | None) -> list[DetectedFace] | None:
         return self.detections if photo_path is not None and photo_path == self.photo else None
@@ -95,6 +97,15 @@ class Session:
         folder = Path(self.folder) / f"{kind}-{self.made}"
         folder.mkdir()
         return folder
+
+    def original_file(self, photo_path: str, photo: Image.Image, cache: Path) -> str:
+        """The photo as read (EXIF-turned), for the before/after slider: saved once per photo, not once per run
+        (a large photo's PNG takes a second or two, as long as a GPU run)."""
+        if self.original is None or self.original[0] != photo_path or not Path(self.original[1]).exists():
+            folder = self.new_folder(cache, "original")
+            self.drop_others(folder)
+            self.original = (photo_path, str(save_image(photo, folder / "original.png")))
+        return self.original[1]
 
     def drop_others(self, keep: Path) -> None:
         """Removes the subfolders of keep's kind but keep: what the page no longer shows."""
