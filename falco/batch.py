@@ -58,6 +58,10 @@ class Summary:
     failed_before: int = 0   # of skipped: images whose failure record (same settings) stands, not retried
     not_aligned: int = 0     # --aligned: images done (now or before) that do not look FFHQ-aligned
 
+    def __add__(self, other: Summary) -> Summary:
+        """Two runs' counts as one (the processes of accelerate launch; a tree's photos and its clips)."""
+        return Summary(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(Summary)})
+
     @property
     def handled(self) -> int:
         return self.done + self.skipped + self.failed
@@ -250,14 +254,9 @@ def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Seq
             for item in items:
                 summary.total += streamed
                 earlier = read_record(output_paths(out_dir, item.relative, settings["margins"])[2])
-                if still_good(earlier, settings, retry_failed, summary):
+                if still_good(earlier, settings, retry_failed, summary, item.relative):
                     counted(1)
                     continue
-                if earlier is not None:
-                    if not summary.redone:
-                        log.warning("%s was done with other settings: it is done again, and so is every such image",
-                                    item.relative)
-                    summary.redone += 1
                 group.append((item, earlier))
                 if len(group) == batch_size:
                     _anonymize_group(pipeline, group, out_dir, settings, optim, config, summary)
@@ -273,9 +272,15 @@ def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Seq
     return summary
 
 
-def still_good(earlier: dict | None, settings: dict, retry_failed: bool, summary: Summary) -> bool:
-    """Whether an image's record (with this run's settings) stands; counts it as skipped if so."""
-    if earlier is None or earlier.get("settings") != settings:
+def still_good(earlier: dict | None, settings: dict, retry_failed: bool, summary: Summary, relative: str) -> bool:
+    """Whether an input's record (with this run's settings) stands; counts it as skipped if so.  One recorded
+    with other settings is counted as redone (and the first such said once); a failure retried is neither."""
+    if earlier is not None and earlier.get("settings") != settings:
+        if not summary.redone:
+            log.warning("%s was done with other settings: it is done again, and so is every such input", relative)
+        summary.redone += 1
+        return False
+    if earlier is None:
         return False
     if earlier.get("status") == "ok" or (earlier.get("status") == "failed" and not retry_failed):
         summary.skipped += 1
@@ -369,7 +374,7 @@ def merge_summaries(state, summary: Summary) -> Summary:
     """Every process's Summary added up, in every process (after all of them finished theirs)."""
     from accelerate.utils import gather_object
     parts = gather_object([summary]) if state.num_processes > 1 else [summary]
-    return Summary(**{f.name: sum(getattr(part, f.name) for part in parts) for f in fields(Summary)})
+    return sum(parts, Summary())
 
 
 def warn_not_aligned(summary: Summary) -> None:

@@ -143,9 +143,9 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             summary = batch.Summary()
             if args.in_dir.is_dir():
                 summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, **run)
-            summary = clips.combined(summary, clips.anonymize_clips(   # a clip, or the tree's clips
+            summary = summary + clips.anonymize_clips(   # a clip, or the tree's clips
                 pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
-                not args.no_progress, args.refine_steps))
+                not args.no_progress, args.refine_steps)
         summary = batch.merge_summaries(state, summary)   # waits for every process
         finished = True
         code = EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0

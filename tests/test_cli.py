@@ -152,6 +152,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tree, tmp_path, tiny_pipeli
     third = Interrupting(tiny_pipeline)
     summary = anonymize_tree(third, tree, out, optim=QUICK, retry_failed=True, progress=False)
     assert sorted(third.calls) == ["blank.png", "broken.jpg"] and summary.failed == 2
+    assert summary.redone == 0   # retried with the same settings: not "done with other settings"
 
 
 class Refusing:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -25,11 +24,6 @@ from falco.files import write_atomic
 
 def is_clip(path: Path, config: VideoConfig = VideoConfig()) -> bool:
     return Path(path).is_file() and Path(path).suffix.lower() in config.extensions
-
-
-def combined(first: batch.Summary, second: batch.Summary) -> batch.Summary:
-    """Two runs' counts as one summary (a tree's photos and its clips)."""
-    return batch.Summary(**{f.name: getattr(first, f.name) + getattr(second, f.name) for f in fields(batch.Summary)})
 
 
 def anonymize_clip(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
@@ -91,9 +85,8 @@ def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[fl
     try:
         for relative in files:
             earlier = batch.read_record(batch.output_paths(out_dir, relative, margins)[2])
-            if batch.still_good(earlier, settings, retry_failed, summary):
+            if batch.still_good(earlier, settings, retry_failed, summary, relative):
                 continue
-            summary.redone += earlier is not None and earlier.get("settings") != settings
             # As a photo: one bad clip is recorded and the run goes on; a rerun with other m deletes x.m0.5.mp4.
             batch.run_one(out_dir, relative, settings, earlier, summary, lambda: anonymize_clip(
                 pipeline, root / relative, relative, out_dir, margins, optim, fake_k, refine_steps, settings,
