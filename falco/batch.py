@@ -176,7 +176,7 @@ def anonymize_one(pipeline, source, relative: str, out_dir: Path, margins: Seque
     started = time.monotonic()
     result = None
     for event in pipeline.anonymize(source, margins=margins, optim=optim, fake_k=fake_k,
-                                    **({"aligned": True} if aligned else {})):
+                                    aligned=aligned):
         result = event
     return write_result(result, relative, out_dir, margins, config, settings, time.monotonic() - started)
 

@@ -384,16 +384,16 @@ def test_stop_ends_a_clip_run_of_the_video_tab_with_nothing_written(tiny_pipelin
     tab = app.video_tab
     clip = write_clip(tmp_path / "clip.mkv", frames[:4], fps=FPS, audio_hz=None)
     session = sessions.Session()
-    tab.request(session)
+    session.ask_run()   # the click
     updates = tab.run(str(clip), 0.0, session)
     assert tab.progress in next(updates)   # a stage's progress
-    tab.stop(session)
+    app.stop(session)
     rest = list(updates)
     assert rest == [{tab.progress: video_tab.video_box("Stopped: nothing was written."), tab.session: session}]
     assert not list(Path(session.folder).rglob("*"))   # no clip, no temporary file, no empty folder
     # A Stop clicked before the next request does not stop that run.
-    tab.stop(session)
-    tab.request(session)
+    app.stop(session)
+    session.ask_run()
     *_, done = tab.run(str(clip), 0.0, session)
     assert Path(done[tab.result]).name == "anonymized.mp4" and Path(done[tab.result]).exists()
     session.forget()

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from falco.bank import FakeBank
+from falco.benchmarks.optim import sync
 from falco.config import FaceConfig, OptimConfig, VideoConfig
 from falco.faces import FaceAnalyzer, align_face, ffhq_quad
 from falco.faces.recognize import FaceRecognizer
@@ -57,11 +58,6 @@ def random_pipeline(tiny: bool, device: torch.device, bank_size: int = 8) -> Fal
     face_config = FaceConfig()
     return FalcoPipeline(networks, bank, FaceAnalyzer(packaged_dlib_model(ARTIFACTS["dlib_landmarks"]), face_config),
                          FaceRecognizer(packaged_dlib_model(ARTIFACTS["dlib_recognition"])), face_config, "random")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_passes(pipeline: FalcoPipeline, crop: Image.Image, batch: int, repeat: int = 2) -> tuple[float, float]:

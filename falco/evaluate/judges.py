@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from falco.errors import WeightsError
+from falco.errors import WeightsError, first_line
 from falco.evaluate.facenet import CASIA_CLASSES, VGGFACE2_CLASSES, InceptionResnetV1
 from falco.evaluate.mtcnn import MTCNN, NETS
 from falco.models.io import build_strict, check_layout
+from falco.weights.hub import progress_bars
 from falco.weights.official import OfficialFile, Source, fetch_file
 
 EVALUATION_WEIGHTS_ENV = "FALCO_EVALUATION_WEIGHTS"
@@ -147,7 +147,7 @@ def fetch_evaluation_weights(source: str | Path | None = None, progress: bool = 
             CHECKS[name](path, None)
         probe_model, probe_weights = f"local-dir:{folder / PROBE_FOLDER}", None
     else:
-        with _progress_bars(progress):
+        with progress_bars(progress):
             fetched = {name: fetch_file(entry, evaluation_folder(), check=CHECKS[name])[0]
                        for name, entry in EVALUATION_FILES.items()}
         probe_model, probe_weights = PROBE_MODEL, fetched.pop("probe")
@@ -170,8 +170,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{path.name} cannot be loaded as a plain tensor checkpoint ({reason}).") from err
+        raise WeightsError(f"{path.name} cannot be loaded as a plain tensor checkpoint ({first_line(err)}).") from err
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path.name} is not a state dict of tensors.")
     return dict(state)
@@ -281,17 +280,3 @@ def load_probe_encoder(paths: EvaluationPaths, device: torch.device | str = "cpu
         model, _, preprocess = open_clip.create_model_and_transforms(
             paths.probe_model, pretrained=str(paths.probe_weights), device=device)
     return ProbeEncoder(model, preprocess)
-
-
-@contextmanager
-def _progress_bars(shown: bool) -> Iterator[None]:
-    """huggingface_hub's download bars (the official fetcher's) hidden while ``shown`` is False."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    was_disabled = are_progress_bars_disabled()
-    if not shown:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not shown and not was_disabled:
-            enable_progress_bars()

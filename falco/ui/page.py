@@ -327,7 +327,8 @@ class FalcoApp:
         the progress box shows its place in line.  A click while the visitor's run waits or runs starts nothing."""
         if has_events(self.demo, request.session_hash, (self.run, self.compare)):
             raise gr.Error(RUN_GOING, print_exception=False)
-        session.stops_at_request, session.asked_at = session.stops, time.monotonic()
+        session.ask_run()
+        session.asked_at = time.monotonic()
         return gr.Timer(active=True)
 
     def show_waiting(self, session: Session, request: gr.Request) -> dict:
@@ -358,8 +359,8 @@ class FalcoApp:
         end in the progress box, as the run's last update."""
         c = self.components
         session: Session = data[c.session]
-        stops = session.stops if session.stops_at_request is None else session.stops_at_request
-        session.stops_at_request, session.last_step, session.asked_at = None, 0, None
+        stops = session.stops_for_run()
+        session.last_step, session.asked_at = 0, None
         try:
             try:
                 photo_path, settings = self._page_settings(data, compare)

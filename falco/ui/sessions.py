@@ -98,6 +98,16 @@ class Session:
         folder.mkdir()
         return folder
 
+    def ask_run(self) -> None:
+        """A Run (or a clip's run) was clicked: a Stop from now on ends the run, even while it waits in line."""
+        self.stops_at_request = self.stops
+
+    def stops_for_run(self) -> int:
+        """The Stop count a starting run compares with: the one at its click, else now (one stop per click)."""
+        stops = self.stops if self.stops_at_request is None else self.stops_at_request
+        self.stops_at_request = None
+        return stops
+
     def original_file(self, photo_path: str, photo: Image.Image, cache: Path) -> str:
         """The photo as read (EXIF-turned), for the before/after slider: saved once per photo, not once per run
         (a large photo's PNG takes a second or two, as long as a GPU run)."""

@@ -61,20 +61,12 @@ class VideoTab:
                                                          codec=self.config.app_video_codec, config=self.config,
                                                          max_seconds=max_seconds)
 
-    def request(self, session: Session) -> None:
-        """Runs when the clip's button is clicked, before the run waits in line: a Stop from now on ends it."""
-        session.stops_at_request = session.stops
-
-    def stop(self, session: Session) -> None:
-        session.stops += 1
-
     def run(self, clip: str | None, margin: float, session: Session):
         """Streams the stages' progress and previews, then the clip and its downloads; Stop ends it at the next
         stage's update with nothing written (the clip goes under a temporary name until it is complete)."""
         app = self.app
         stages: dict[str, tuple[int, int, str]] = {}
-        stops = session.stops if session.stops_at_request is None else session.stops_at_request
-        session.stops_at_request = None
+        stops = session.stops_for_run()
         try:
             if not clip:
                 raise gr.Error("Upload a clip first.", print_exception=False)
@@ -161,11 +153,11 @@ class VideoTab:
                     self.result = gr.Video(label="Anonymized clip", interactive=False, elem_id="falco-video-out")
                     self.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                              elem_id="falco-video-downloads")
-            requested = run.click(self.request, inputs=[self.session], queue=False, api_visibility="private")
+            requested = run.click(Session.ask_run, inputs=[self.session], queue=False, api_visibility="private")
             requested.then(self.run, inputs=[clip, margin, self.session],
                            outputs=[self.progress, self.live, self.result, self.downloads, self.session],
                            concurrency_id="gpu", api_visibility="private")
-            stop.click(self.stop, inputs=[self.session], queue=False, api_visibility="private")
+            stop.click(app.stop, inputs=[self.session], queue=False, api_visibility="private")
             with gr.Accordion("Live webcam", open=False):
                 if app.on_gpu:
                     with gr.Row():

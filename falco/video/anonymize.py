@@ -67,12 +67,16 @@ class VideoProgress:
 @dataclass(frozen=True)
 class TrackResult:
     track: int                         # counts from 1
-    frames: list[int]                  # frame indices where the person is anonymized (filled ones included)
     key_frame: int
     offset: torch.Tensor               # [num_ws, D], added to each frame's inversion; zero outside the trained rows
     face: FaceResult                   # the key frame's result (aligned, inversion, fake, anonymized, figures)
     landmarks: dict[int, np.ndarray] = field(repr=False)   # smoothed landmarks per frame (photo pixels)
     filled_frames: list[int] = field(default_factory=list)   # frames with no detection, landmarks interpolated
+
+    @property
+    def frames(self) -> list[int]:
+        """Frame indices where the person is anonymized (filled ones included)."""
+        return sorted(self.landmarks)
 
     def record(self) -> dict:
         f = self.face
@@ -310,7 +314,7 @@ def anonymize_video(pipeline, source: str | Path, out_path: str | Path, margin: 
                 yield event
             else:
                 face, key_params = event.faces[0], event.params
-                results.append(TrackResult(track.number, sorted(track.landmarks), track.key_frame,
+                results.append(TrackResult(track.number, track.key_frame,
                                            track_offset(face, optim.trained_rows), face, track.landmarks,
                                            track.filled))
         track.key_photo = None   # the frame is no longer needed

@@ -88,7 +88,7 @@ class LiveAnonymizer:
         for event in build_identity(self.pipeline, track, len(self.tracker.tracks), self.margin, self.optim, 1):
             if isinstance(event, AnonymizationResult):
                 face = event.faces[0]
-                self.results[track.number] = TrackResult(track.number, [], track.key_frame,
+                self.results[track.number] = TrackResult(track.number, track.key_frame,
                                                          track_offset(face, self.optim.trained_rows), face, {})
         track.key_photo = None
         self.renderer = None

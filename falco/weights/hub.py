@@ -146,7 +146,8 @@ def _from_folder(folder: Path, names: tuple[str, ...]) -> WeightPaths:
 
 
 @contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's download bars hidden in the block unless ``enabled`` (as they were after it)."""
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     if enabled or are_progress_bars_disabled():
         yield
@@ -180,7 +181,7 @@ def _download(repo_id: str, filename: str, revision: str, size: int | None, prog
     offline_hint = (f"HF_HUB_OFFLINE is set and {filename} is not in the cache {cache}: run once with network "
                     f"access (or unset HF_HUB_OFFLINE), {local_hint}.")
     try:
-        with _progress_bars(progress):
+        with progress_bars(progress):
             return Path(hf_hub_download(repo_id, filename, revision=revision))
     except RevisionNotFoundError as err:
         raise WeightsError(f"Revision {revision} of the weights repo {repo_id} does not exist; check the "
