@@ -4,7 +4,8 @@
     python app.py --weights ./weights   # a local folder laid out like the Hub repo
     python app.py --host 0.0.0.0 --port 8080 --device cpu
 
-The page and its handlers live in falco/ui/page.py; the start-up order in falco/ui/startup.py.
+The page is put together in falco/ui/page.py (layout, handlers and API in falco/ui/layout.py, handlers.py,
+api.py); the start-up order in falco/ui/startup.py.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from falco.config import BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, WeightsError
-from falco.files import save_image, write_atomic
+from falco.files import save_image, save_json
+from falco.names import output_paths
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,6 @@ def list_images(root: Path, extensions: Sequence[str], exclude: Path | None = No
             continue
         found.append(path.relative_to(root).as_posix())
     return sorted(found)
-
-
-def output_paths(out_dir: Path, relative: str, margins: Sequence[float]) -> tuple[list[Path], Path, Path]:
-    """(images, latents, record) for one input image."""
-    target = out_dir / relative
-    if len(margins) == 1:
-        images = [target]
-    else:
-        images = [target.with_name(f"{target.stem}.m{m:g}{target.suffix}") for m in margins]
-    return images, target.with_name(target.name + ".latents.safetensors"), target.with_name(target.name + ".json")
 
 
 def run_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str,
@@ -195,7 +186,7 @@ def write_result(result, relative: str, out_dir: Path, margins: Sequence[float],
              "params": result.params, "seconds": round(seconds, 3)}
     if result.alignment is not None:
         entry["alignment"] = asdict(result.alignment)
-    write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+    save_json(record, entry)
     return entry
 
 
@@ -204,7 +195,7 @@ def record_failure(out_dir: Path, relative: str, settings: dict, err: Exception)
     record.parent.mkdir(parents=True, exist_ok=True)
     entry = {"source": relative, "status": "failed", "error": str(err) or type(err).__name__,
              "error_type": type(err).__name__, "settings": settings}
-    write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+    save_json(record, entry)
     return entry
 
 
@@ -272,10 +263,19 @@ def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Seq
     return summary
 
 
+def _as_recorded_now(settings: object) -> object:
+    """Recorded settings as this version records them.  Records from before m was the run's alone also hold an
+    ``optim.margin``, which no run of the command line used (each named its m values, kept in ``margins``): it is
+    left out, so that such a record still stands."""
+    if isinstance(settings, dict) and isinstance(settings.get("optim"), dict) and "margin" in settings["optim"]:
+        return {**settings, "optim": {k: v for k, v in settings["optim"].items() if k != "margin"}}
+    return settings
+
+
 def still_good(earlier: dict | None, settings: dict, retry_failed: bool, summary: Summary, relative: str) -> bool:
     """Whether an input's record (with this run's settings) stands; counts it as skipped if so.  One recorded
     with other settings is counted as redone (and the first such said once); a failure retried is neither."""
-    if earlier is not None and earlier.get("settings") != settings:
+    if earlier is not None and _as_recorded_now(earlier.get("settings")) != settings:
         if not summary.redone:
             log.warning("%s was done with other settings: it is done again, and so is every such input", relative)
         summary.redone += 1

@@ -70,6 +70,15 @@ def check_run_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int
     return values
 
 
+def check_refine_steps(steps: int) -> int:
+    """A clip's optimisation steps per frame (0: none, the person's identity as it is)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise FalcoError(f"Refine steps are counted in whole steps, not {steps!r}.")
+    if steps < 0:
+        raise FalcoError(f"Refine steps must not be negative, not {steps}.")
+    return int(steps)
+
+
 def check_face_picks(picks: Sequence[object] | None, faces: Sequence[DetectedFace]) -> tuple[int, ...]:
     """The faces to anonymize (indices into ``faces``, detection order), sorted, repeats dropped.  ``None``:
     every usable face (NoFaceError, saying why, when there is none).  A face is named by its number,

@@ -21,8 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from falco import batch
-from falco.checks import check_batch_size, check_fake_k, check_run_settings
-from falco.config import BankConfig, CliConfig, OptimConfig
+from falco.checks import check_batch_size, check_fake_k, check_refine_steps, check_run_settings
+from falco.config import DEFAULT_MARGIN, BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.video import files as clips
 
@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("in_dir", type=Path, nargs="?", help="a folder tree of photos and clips, or one clip "
                                                           "(or give --dataset)")
     run.add_argument("out_dir", type=Path)
-    run.add_argument("--margin", type=float, nargs="+", default=[defaults.margin],
-                     help="m values (several run as one batch per photo)")
+    run.add_argument("--margin", type=float, nargs="+", default=[DEFAULT_MARGIN],
+                     help="m values (several run as one batch per photo, and per person of a clip)")
     run.add_argument("--shard", help=argparse.SUPPRESS)   # gone (SHARD_GONE), refused with a pointer
     run.add_argument("--aligned", action="store_true",
                      help="inputs are FFHQ-aligned crops (FFHQ, CelebA-HQ): no detection, alignment or paste-back")
@@ -114,12 +114,11 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             usage.error("--streaming reads a --dataset as it streams: give --dataset, or leave out --streaming")
         if args.in_dir is not None and not args.in_dir.is_dir() and not clips.is_clip(args.in_dir):
             usage.error(f"{args.in_dir} is neither a folder nor a clip")
-        if args.refine_steps < 0:
-            usage.error("--refine-steps must not be negative")
         optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
         try:   # before the networks load, so a typo costs no load
             margins = check_run_settings(args.margin, optim, args.fake_k)
             check_batch_size(args.batch)
+            check_refine_steps(args.refine_steps)
             local = args.in_dir or (Path(args.dataset) if Path(args.dataset).is_dir() else None)
             created = batch.prepare_out_dir(local, args.out_dir)
             if args.dataset is not None:

@@ -66,6 +66,12 @@ class FaceConfig:
 
 
 # --- Optimisation (paper defaults) ------------------------------------------------
+# m, the target identity cosine, belongs to a run, not to the optimisation's settings: a run names its m values
+# (photos: ``margins``, every face at every m in one batch; clips: ``margins`` or ``margin``), and records them once.
+# This is the m of a run that names none.
+DEFAULT_MARGIN = 0.0
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     steps: int = 50
@@ -74,7 +80,6 @@ class OptimConfig:
     lr_milestones: tuple[float, ...] = (0.75, 0.90)   # fractions of `steps`
     lambda_id: float = 10.0
     lambda_attr: float = 0.1
-    margin: float = 0.0                                 # m: target identity cosine
     trained_rows: tuple[int, int] = (3, 8)              # W+ rows [start, stop) that are optimised
     seed: int = 0                                       # seeds everything random in a run (the fake draw)
     preview_every: int = 5                              # stream a preview every k steps

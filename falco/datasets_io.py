@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from falco.batch import Item, Shard, Summary, anonymize_items, output_paths, read_record, run_settings
+from falco.batch import Item, Shard, Summary, anonymize_items, read_record, run_settings
 from falco.checks import check_dataset_columns
 from falco.config import CliConfig, OptimConfig
 from falco.errors import FalcoError, InputImageError, first_line
+from falco.names import output_paths
 
 log = logging.getLogger(__name__)
 

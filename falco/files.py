@@ -2,11 +2,13 @@
 
 Every file the app and the command line write for a user goes through here: a file is
 written beside its final name and renamed into place, so an interrupted write (Ctrl-C, a
-full disk) never leaves a half-written file under the final name.
+full disk) never leaves a half-written file under the final name.  JSON (records, run.json,
+metrics, manifests) has one writer too, ``save_json``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,15 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_json(path: Path, value: object, indent: int = 2, final_newline: bool = False,
+              default: Callable[[object], object] | None = None) -> Path:
+    """``value`` as JSON (``json.dumps`` with ``indent`` and ``default``), written whole or not at all.
+    ``final_newline``: metrics.json and the weights manifest end with one, records and run.json do not; each
+    keeps the bytes it always had."""
+    text = json.dumps(value, indent=indent, default=default) + ("\n" if final_newline else "")
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:

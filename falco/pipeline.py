@@ -9,6 +9,10 @@ Faces x margins run as one batch.  ``anonymize`` is a generator: a consumer that
 iterating (or closes it) stops the work at the next step.  ``anonymize(..., aligned=True)``
 takes an FFHQ-aligned crop as the face itself; ``anonymize_batch`` optimises the faces of
 several photos together (each gets the result a run of its own gives).
+
+The engine knows photos only.  Clips (falco.video) stand on its public steps: ``settings`` (a run's
+defaults and checks, the one door for photos and clips), ``invert``, ``render``, ``fake_w``, ``loss``
+and ``refine``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from PIL import Image
 import falco
 from falco.bank import FakeBank
 from falco.checks import check_face_picks, check_run_settings
-from falco.config import BankConfig, FaceConfig, OptimConfig, VideoConfig
+from falco.config import DEFAULT_MARGIN, BankConfig, FaceConfig, OptimConfig
 from falco.device import resolve_device
 from falco.errors import WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
@@ -38,8 +42,15 @@ from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
 from falco.results import AlignmentCheck, AnonymizationResult, FaceResult, StepEvent
 from falco.speed import reuse_freed_memory
-from falco.video.anonymize import VideoProgress, VideoResult, anonymize_video
 from falco.weights import WeightPaths, fetch_weights
+
+
+@dataclass(frozen=True)
+class CheckedSettings:
+    """A run's settings with their defaults filled in, every one checked (``FalcoPipeline.settings``)."""
+    margins: tuple[float, ...]          # repeats dropped, in the order given
+    optim: OptimConfig
+    fake_k: int
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,29 @@ class FalcoPipeline:
     def render(self, wplus: torch.Tensor) -> torch.Tensor:
         return self.nets.generator(wplus)
 
+    @property
+    def inversion_size(self) -> int:
+        """The side of the aligned crops e4e takes (a smaller crop is resized up to it)."""
+        return self.nets.e4e.config["input_size"]
+
+    def settings(self, margins: Sequence[float] | None = None, optim: OptimConfig | None = None,
+                 fake_k: int | None = None) -> CheckedSettings:
+        """A run's settings, for photos and clips alike: the defaults (m = DEFAULT_MARGIN, OptimConfig(), the bank's
+        k_nearest) filled in and every rule of falco.checks applied (fake_k against this bank's size): a bad value
+        is a FalcoError naming it, before any work."""
+        optim = optim or OptimConfig()
+        fake_k = BankConfig().k_nearest if fake_k is None else fake_k
+        margins = check_run_settings((DEFAULT_MARGIN,) if margins is None else margins, optim, fake_k, len(self.bank))
+        return CheckedSettings(margins, optim, fake_k)
+
+    def loss(self, optim: OptimConfig) -> FalcoLoss:
+        """The loss of an optimisation with these settings (its lambdas), on this engine's ArcFace and FaRL."""
+        return FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
+
+    def fake_w(self, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """The fakes' w [len(rows), D] of these bank rows, on the engine's device."""
+        return self.bank.w[torch.as_tensor(rows, dtype=torch.long)].to(self.device)
+
     def anonymize(self, photo: PhotoSource, faces: Sequence[int] | None = None,
                   margins: Sequence[float] | None = None, optim: OptimConfig | None = None,
                   fake_k: int | None = None, detections: list[DetectedFace] | None = None,
@@ -115,17 +149,17 @@ class FalcoPipeline:
 
         faces: indices into ``detections`` (default: every usable face; an unusable one is
         refused); margins: the m values in [0, 1], each face runs once per m (default:
-        ``optim.margin``); fake_k: the fake is drawn among this many nearest neighbours with
+        DEFAULT_MARGIN alone); fake_k: the fake is drawn among this many nearest neighbours with
         ``optim.seed`` (1: the nearest).  ``detections``: those of an earlier ``detect`` on this
         photo, to skip detecting again.  ``aligned``: the photo is an FFHQ-aligned crop (FFHQ,
         CelebA-HQ): no detection, alignment or paste-back, the result's photos are the anonymized
         crop at the photo's size, and ``result.alignment`` says whether it looks aligned.  Bad
-        settings are a FalcoError before any work (falco.checks).
+        settings are a FalcoError before any work (``settings``).
         """
-        optim, fake_k, margins = self._settings(margins, optim, fake_k)
-        loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
-        prepared = self._prepare(photo, faces, detections, aligned, loss, fake_k, optim.seed)
-        stream = self._optimize([prepared], margins, loss, optim)
+        run = self.settings(margins, optim, fake_k)
+        loss = self.loss(run.optim)
+        prepared = self._prepare(photo, faces, detections, aligned, loss, run.fake_k, run.optim.seed)
+        stream = self._optimize([prepared], run.margins, loss, run.optim)
         with closing(stream):
             for event in stream:
                 yield event if isinstance(event, StepEvent) else event[0]
@@ -140,12 +174,12 @@ class FalcoPipeline:
         Adam is elementwise and each item's loss depends on its own latents only, so every photo gets the
         result a run of its own gives (to float rounding where a pass holds several items: OptimConfig.max_batch).
         """
-        optim, fake_k, margins = self._settings(margins, optim, fake_k)
-        loss = FalcoLoss.for_config(self.nets.arcface, self.nets.farl, optim)
+        run = self.settings(margins, optim, fake_k)
+        loss = self.loss(run.optim)
         outcomes: list[_Prepared | Exception] = []
         for photo in photos:
             try:
-                outcomes.append(self._prepare(photo, None, None, aligned, loss, fake_k, optim.seed))
+                outcomes.append(self._prepare(photo, None, None, aligned, loss, run.fake_k, run.optim.seed))
             except WeightsError:
                 raise   # every photo would fail the same way
             except Exception as err:   # one bad photo must not stop the batch
@@ -153,7 +187,7 @@ class FalcoPipeline:
         prepared = [p for p in outcomes if isinstance(p, _Prepared)]
         results = iter(())
         if prepared:
-            stream = self._optimize(prepared, margins, loss, optim)
+            stream = self._optimize(prepared, run.margins, loss, run.optim)
             with closing(stream):
                 for event in stream:
                     if isinstance(event, StepEvent):
@@ -162,13 +196,22 @@ class FalcoPipeline:
                         results = iter(event)
         yield [p if isinstance(p, Exception) else next(results) for p in outcomes]
 
-    def _settings(self, margins: Sequence[float] | None, optim: OptimConfig | None,
-                  fake_k: int | None) -> tuple[OptimConfig, int, tuple[float, ...]]:
-        optim = optim or OptimConfig()
-        fake_k = BankConfig().k_nearest if fake_k is None else fake_k
-        margins = check_run_settings(margins if margins is not None else (optim.margin,), optim, fake_k,
-                                     len(self.bank))
-        return optim, fake_k, margins
+    def refine(self, crops: Sequence[Image.Image], wplus: torch.Tensor, w_fake: torch.Tensor,
+               margins: torch.Tensor, optim: OptimConfig, loss: FalcoLoss | None = None) -> torch.Tensor:
+        """``optim.steps`` optimisation steps for aligned faces whose W+ [B, num_ws, D] is known already (a clip's
+        frame: its inversion plus its person's offset), warm-started there instead of at the fake's w; each face
+        against its own real crop, fake w [B, D] and m [B].  Returns the W+ after the last step.  ``loss``: one
+        built earlier (``self.loss(optim)``), to build it once for many calls."""
+        loss = loss or self.loss(optim)
+        with torch.no_grad():
+            real = loss.real_features(to_tensor(crops, self.device))
+        start, stop = optim.trained_rows
+        stream = optimize_latents(self.nets.generator, loss, real, wplus, w_fake, margins, optim,
+                                  trained_start=wplus[:, start:stop])
+        with closing(stream):
+            for step in stream:
+                wplus = step.wplus
+        return wplus.detach()
 
     def _optimize(self, prepared: list[_Prepared], margins: tuple[float, ...], loss: FalcoLoss,
                   optim: OptimConfig) -> Iterator[StepEvent | list[AnonymizationResult]]:
@@ -194,17 +237,6 @@ class FalcoPipeline:
         yield [self._result(p, margins, wplus[end - len(p.chosen) * len(margins):end], loss, optim)
                for p, end in zip(prepared, ends)]
 
-    def anonymize_video(self, source: str | Path, out_path: str | Path, margin: float | None = None,
-                        optim: OptimConfig | None = None, fake_k: int | None = None,
-                        refine_steps: int | None = None, codec: str | None = None,
-                        config: VideoConfig = VideoConfig(), max_seconds: float | None = None,
-                        ) -> Iterator[VideoProgress | VideoResult]:
-        """VideoProgress events (tracking, each person's identity with its optimisation steps, rendering),
-        then one VideoResult; the anonymized clip, with the source's frame rate, frames and audio, is at
-        ``out_path`` once the result is yielded.  See falco.video.anonymize."""
-        yield from anonymize_video(self, source, out_path, margin, optim, fake_k, refine_steps, codec, config,
-                                   max_seconds)
-
     @torch.no_grad()
     def _prepare(self, photo: PhotoSource, faces: Sequence[int] | None, detections: list[DetectedFace] | None,
                  aligned: bool, loss: FalcoLoss, fake_k: int, seed: int) -> _Prepared:
@@ -217,13 +249,13 @@ class FalcoPipeline:
         else:
             detections = self.analyzer.detect(photo) if detections is None else detections
             chosen, alignment = list(check_face_picks(faces, detections)), None
-            crops_of = [align_face(photo, detections[i], config=self.face_config) for i in chosen]
+            crops_of = [align_face(photo, detections[i].landmarks, config=self.face_config) for i in chosen]
         crops = [a.image for a in crops_of]
         real = loss.real_features(to_tensor(crops, self.device))
         wplus_inversion = self.invert(crops)
         # The pairing embedding comes from the tokens the attribute loss needs anyway.
         fake_rows = self.bank.nearest(self.nets.farl.embed_tokens(real.tokens).cpu(), k=fake_k, seed=seed)
-        w_fake = self.bank.w[fake_rows].to(self.device)
+        w_fake = self.fake_w(fake_rows)
         g = self.nets.generator
         shown = self.render(torch.cat([wplus_inversion, w_fake[:, None].expand(-1, g.num_ws, -1)]))
         size = self.face_config.aligned_size

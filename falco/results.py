@@ -1,7 +1,9 @@
 """What a run yields: a StepEvent per optimisation step, then one AnonymizationResult, and its record.
 
 The app and the command line record a result the same way: ``face_records`` for the JSON,
-``save_latents`` for the W+ codes.
+``save_latents`` for the W+ codes.  A clip's results (falco.video.anonymize) record each person the
+same way too: ``face_record`` is the part of a record about one anonymized face at one m, and
+``LatentsFile`` writes any result's W+ file.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from PIL import Image
@@ -51,13 +54,39 @@ class AlignmentCheck:
     offset: float | None               # falco.faces.alignment_offset; None: dlib found no face on the crop
 
 
+def face_record(face: FaceResult) -> dict:
+    """What a record says about one anonymized face at one m (JSON-ready): a photo's faces and a clip's persons
+    alike.  ``recognizer_distance`` and ``same_person_for_dlib`` are None where dlib found no landmarks."""
+    unknown = math.isnan(face.recognizer_distance)
+    return {"margin": face.margin, "identity_cosine": face.identity_cosine,
+            "recognizer_distance": None if unknown else face.recognizer_distance,
+            "same_person_for_dlib": None if unknown else face.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
+            "fake_index": face.fake_index, "fake_seed": face.fake_seed}
+
+
+class LatentsFile:
+    """A result's W+ codes as one safetensors file: each result lays out its tensors (``latent_tensors``) and says
+    what they are (``LATENTS_WHAT``, the file's metadata); the writing is here, once."""
+    LATENTS_WHAT: ClassVar[str]
+
+    def latent_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def save_latents(self, path: Path) -> Path:
+        """The W+ codes as a safetensors file (``latent_tensors``, described by ``LATENTS_WHAT``)."""
+        tensors = {name: value.cpu().contiguous() for name, value in self.latent_tensors().items()}
+        return save_tensors(path, tensors, metadata={"what": self.LATENTS_WHAT})
+
+
 # The "what" of every W+ file written from an AnonymizationResult (the app's download, the CLI's output).
 WPLUS_FILE_METADATA = ("FALCO W+ codes (latent_avg included): wplus [faces, margins, rows, dim] anonymized, "
                        "wplus_inversion [faces, rows, dim] e4e; face counts from 1 in detection order")
 
 
 @dataclass(frozen=True)
-class AnonymizationResult:
+class AnonymizationResult(LatentsFile):
+    LATENTS_WHAT: ClassVar[str] = WPLUS_FILE_METADATA
+
     faces: list[FaceResult]            # faces x margins, face-major
     photos: list[Image.Image]          # the photo with every face pasted back, one per margin
     margins: tuple[float, ...]
@@ -71,22 +100,14 @@ class AnonymizationResult:
     def face_records(self) -> list[dict]:
         """One JSON-ready dict per face and m, as the app and the CLI record them.  ``face`` counts from 1
         in detection order (the number the app shows), unlike ``FaceResult.face_index``."""
-        return [{"face": r.face_index + 1, "margin": r.margin, "identity_cosine": r.identity_cosine,
-                 "recognizer_distance": None if math.isnan(r.recognizer_distance) else r.recognizer_distance,
-                 "same_person_for_dlib": None if math.isnan(r.recognizer_distance)
-                 else r.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
-                 "fake_index": r.fake_index, "fake_seed": r.fake_seed} for r in self.faces]
+        return [{"face": r.face_index + 1, **face_record(r)} for r in self.faces]
 
     def latent_tensors(self) -> dict[str, torch.Tensor]:
         """The W+ codes as a safetensors dict (see WPLUS_FILE_METADATA); ``face`` as in ``face_records``."""
         per_face = self.faces[::len(self.margins)]
         wplus = torch.stack([r.wplus.float() for r in self.faces]).unflatten(0, (len(per_face), len(self.margins)))
-        return {"wplus": wplus.cpu().contiguous(),
-                "wplus_inversion": torch.stack([r.wplus_inversion.float() for r in per_face]).cpu().contiguous(),
+        return {"wplus": wplus,
+                "wplus_inversion": torch.stack([r.wplus_inversion.float() for r in per_face]),
                 "face": torch.tensor([r.face_index + 1 for r in per_face]),
                 "margin": torch.tensor(self.margins, dtype=torch.float32),
                 "fake_index": torch.tensor([r.fake_index for r in per_face])}
-
-    def save_latents(self, path: Path) -> Path:
-        """The W+ codes as a safetensors file (``latent_tensors``, described by WPLUS_FILE_METADATA)."""
-        return save_tensors(path, self.latent_tensors(), metadata={"what": WPLUS_FILE_METADATA})

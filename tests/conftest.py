@@ -19,6 +19,9 @@ atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
 
 import pytest  # noqa: E402  (after the temp folder is set: see above)
 
+# The browser tests' Chromium and app process, shared by their modules.
+pytest_plugins = ["tests.browser_support"]
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -60,7 +63,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 def tiny_weights_with_judges(tiny_weights) -> Path:
     """tiny_weights with random evaluation networks in ``evaluation/`` (falco.evaluate.judges), added once per
     session: the FID Inception keeps its real size (96 MB, about a second), the others are tiny."""
-    from falco.weights.random_set import make_random_judges
+    from falco.evaluate.random_judges import make_random_judges
     make_random_judges(tiny_weights, tiny=True)
     return tiny_weights
 

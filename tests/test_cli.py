@@ -86,6 +86,9 @@ def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, 
         assert [(f["face"], f["margin"]) for f in record["faces"]] == [(1, 0.0), (1, 0.5)]   # numbered from 1
         assert all(f["recognizer_distance"] > 0 for f in record["faces"])
         assert record["params"]["optim"]["steps"] == 2
+        # One carrier for m: the run's margins, each face's own; the optimisation's settings hold none.
+        assert record["params"]["margins"] == record["settings"]["margins"] == [0.0, 0.5]
+        assert "margin" not in record["params"]["optim"] and "margin" not in record["settings"]["optim"]
         for name in record["outputs"][:2]:
             assert name.endswith(suffix)
             with Image.open(out / name) as image:
@@ -114,7 +117,8 @@ def no_networks(monkeypatch):
 @pytest.mark.parametrize("option, match", [
     (["--margin", "5"], "m must lie between 0 and 1"), (["--margin", "0", "-1"], "not -1"),
     (["--margin", "nan"], "not nan"), (["--steps", "-3"], "Steps must be at least 1"), (["--steps", "0"], "not 0"),
-    (["--fake-k", "-2"], "fake_k"), (["--seed", str(2**70)], "seed")])
+    (["--fake-k", "-2"], "fake_k"), (["--seed", str(2**70)], "seed"),
+    (["--refine-steps", "-1"], "Refine steps must not be negative, not -1")])
 def test_bad_settings_are_usage_errors_before_the_networks_load(tree, tmp_path, no_networks, capsys, option, match):
     with pytest.raises(SystemExit) as stop:
         main(["anonymize", str(tree), str(tmp_path / "out"), *option])
@@ -248,6 +252,19 @@ def test_a_rerun_with_other_settings_redoes_the_images_and_replaces_their_output
         # One m now: x.png, and the earlier x.m0.png and x.m0.5.png are gone.
         assert sorted(p.name for p in photo.parent.iterdir()) == [
             "astronaut.png", "astronaut.png.json", "astronaut.png.latents.safetensors"]
+
+
+def test_a_record_from_when_the_optimisation_settings_held_m_still_stands():
+    """Records written before m left OptimConfig keep an ``optim.margin`` that no run used: they stand (skipped);
+    any other difference still has the input done again."""
+    from falco.batch import Summary, run_settings, still_good
+    settings = run_settings((0.5,), QUICK, 1, "weights")
+    assert "margin" not in settings["optim"]
+    old = {"status": "ok", "settings": {**settings, "optim": {**settings["optim"], "margin": 0.0}}}
+    summary = Summary()
+    assert still_good(old, settings, False, summary, "x.png") and (summary.skipped, summary.redone) == (1, 0)
+    other = {"status": "ok", "settings": {**settings, "optim": {**settings["optim"], "margin": 0.0, "steps": 9}}}
+    assert not still_good(other, settings, False, summary, "y.png") and summary.redone == 1
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])

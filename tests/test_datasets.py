@@ -31,7 +31,7 @@ def crops(tiny_pipeline, astronaut):
     """The test photo's FFHQ crop (256 px); the same crop small in a corner of a larger grey image (not aligned);
     a grey image without a face."""
     photo = Image.open(astronaut).convert("RGB")
-    crop = align_face(photo, tiny_pipeline.detect(photo)[0], size=256).image
+    crop = align_face(photo, tiny_pipeline.detect(photo)[0].landmarks, size=256).image
     corner = Image.new("RGB", (384, 384), "gray")
     corner.paste(crop.resize((192, 192)), (0, 0))
     return {"aligned": crop, "corner": corner, "blank": Image.new("RGB", (200, 200), "gray")}

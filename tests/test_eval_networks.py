@@ -200,14 +200,34 @@ def test_random_judges_folder_must_be_complete(tiny_weights_with_judges, tmp_pat
     assert judges.random_judges_folder(tmp_path) is None
 
 
-def test_random_command_writes_judges_unless_told_not_to(tmp_path):
-    from falco.weights.__main__ import main
-    assert main(["random", "--out", str(tmp_path / "with"), "--tiny", "--names", "arcface"]) == 0
-    paths = judges.fetch_evaluation_weights(tmp_path / "with")
-    assert paths.source == str((tmp_path / "with" / "evaluation").resolve()) and paths.probe_weights is None
+def test_random_judges_command_adds_judges_to_a_random_set_which_has_none(tmp_path):
+    from falco.evaluate.random_judges import main as random_judges
+    from falco.weights.__main__ import main as random_weights
+    assert random_weights(["random", "--out", str(tmp_path / "set"), "--tiny", "--names", "arcface"]) == 0
+    assert not (tmp_path / "set" / "evaluation").exists()   # a weight set holds no judges
+    assert random_judges(["--out", str(tmp_path / "set"), "--tiny"]) == 0
+    paths = judges.fetch_evaluation_weights(tmp_path / "set")
+    assert paths.source == str((tmp_path / "set" / "evaluation").resolve()) and paths.probe_weights is None
     assert paths.pnet.name == "pnet.pt" and paths.facenet_vgg.name == "20180402-114759-vggface2.pt"
-    assert main(["random", "--out", str(tmp_path / "without"), "--tiny", "--names", "arcface", "--no-judges"]) == 0
-    assert not (tmp_path / "without" / "evaluation").exists()
+
+
+def test_the_weights_package_imports_nothing_of_the_evaluation():
+    """The judges are fetched as the official checkpoints are (the evaluation stands on falco.weights): an import
+    the other way would make the two packages one knot."""
+    import ast
+    from pathlib import Path
+
+    import falco.weights
+    imported = set()
+    for path in Path(falco.weights.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+    assert "falco.weights.hub" in imported   # the walk sees the package's own imports
+    assert sorted(n for n in imported if n == "falco.evaluate" or n.startswith("falco.evaluate.")) == []
 
 
 def test_readme_names_every_judge_licence():

@@ -1,7 +1,6 @@
 """report.html of python -m falco.evaluate in headless Chromium: one file that shows everything offline (the table
 with the paper's rows, the four plots, the example grid).  Needs Debian's chromium (apt-get install chromium)."""
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -11,17 +10,9 @@ from PIL import Image, ImageOps
 from falco.evaluate.data import Anonymized, EvaluationSet, Original
 from falco.evaluate.metrics import IDENTITY_JUDGES
 from falco.evaluate.report import write_html
+from tests.browser_support import ARTIFACTS, BROWSER_MARKS
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(os.environ.get("FALCO_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/test_app_browser.py: without the networking flags Chromium keeps dialling Google's hosts.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian chromium not installed at {CHROMIUM} "
-                                                              "(apt-get install chromium)")]
+pytestmark = BROWSER_MARKS
 
 
 def figures_for(margins) -> dict:
@@ -46,29 +37,26 @@ def report(tmp_path, astronaut) -> Path:
     return write_html(figures_for(margins), data, tmp_path)
 
 
-def test_report_opens_offline_with_table_plots_and_examples(report):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1000})
-            fetched = []
-            page.on("request", lambda request: fetched.append(request.url))
-            page.goto(report.as_uri())
-            page.wait_for_load_state("load")
-            # Self-contained: the page asks for nothing but itself (pictures are data: URIs).
-            assert [url for url in fetched if not url.startswith("data:")] == [report.as_uri()]
-            rows = page.locator("table.figures tbody tr")
-            assert rows.count() == 1 + 2 + 2
-            assert page.locator("table.figures tr.paper").count() == 2
-            assert "29.93" in page.locator("table.figures").inner_text()
-            assert page.locator(".plots img").count() == 4
-            assert page.locator("table.examples tbody tr").count() == 2
-            assert page.locator("table.examples tbody tr").first.locator("img").count() == 3   # original, each m
-            # Every picture decoded and shown with its size.
-            broken = page.evaluate("() => [...document.images].filter(i => !i.complete || !i.naturalWidth).length")
-            assert broken == 0 and page.evaluate("() => document.images.length") == 4 + 2 * 3
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "evaluation_report.png"), full_page=True)
-        finally:
-            browser.close()
+def test_report_opens_offline_with_table_plots_and_examples(report, browser):
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    try:
+        fetched = []
+        page.on("request", lambda request: fetched.append(request.url))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+        # Self-contained: the page asks for nothing but itself (pictures are data: URIs).
+        assert [url for url in fetched if not url.startswith("data:")] == [report.as_uri()]
+        rows = page.locator("table.figures tbody tr")
+        assert rows.count() == 1 + 2 + 2
+        assert page.locator("table.figures tr.paper").count() == 2
+        assert "29.93" in page.locator("table.figures").inner_text()
+        assert page.locator(".plots img").count() == 4
+        assert page.locator("table.examples tbody tr").count() == 2
+        assert page.locator("table.examples tbody tr").first.locator("img").count() == 3   # original, each m
+        # Every picture decoded and shown with its size.
+        broken = page.evaluate("() => [...document.images].filter(i => !i.complete || !i.naturalWidth).length")
+        assert broken == 0 and page.evaluate("() => document.images.length") == 4 + 2 * 3
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "evaluation_report.png"), full_page=True)
+    finally:
+        page.close()

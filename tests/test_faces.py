@@ -207,7 +207,7 @@ def test_alignment_of_golden_landmarks_reproduces_golden(photo, golden, golden_a
 
 
 def test_alignment_of_own_detection_reproduces_golden(photo, faces, golden_aligned):
-    assert psnr(align_face(photo, faces[0]).image, golden_aligned) >= 40.0
+    assert psnr(align_face(photo, faces[0].landmarks).image, golden_aligned) >= 40.0
 
 
 def test_alignment_at_other_sizes(photo, golden, golden_aligned):
@@ -283,7 +283,7 @@ def test_padding_branch_with_detection_when_the_photo_cuts_the_head(analyzer, ph
     face = analyzer.detect(cut)[0]
     assert face.usable
     assert np.abs(face.landmarks - (golden_landmarks(golden) - [0, top])).max() <= 2
-    aligned = align_face(cut, face)
+    aligned = align_face(cut, face.landmarks)
     assert aligned.padded
     full = align_face(photo, golden_landmarks(golden))
     inside = inside_source_mask(aligned, cut.size, margin=40)
@@ -318,7 +318,7 @@ def quad_bbox_outside(aligned, shape):
 
 
 def test_paste_back_changes_only_the_face(photo, faces):
-    aligned = align_face(photo, faces[0])
+    aligned = align_face(photo, faces[0].landmarks)
     result = Image.fromarray(255 - np.asarray(aligned.image))  # an obviously different face
     pasted = paste_faces(photo, [(aligned, result)])
     before, after = np.asarray(photo), np.asarray(pasted)
@@ -342,7 +342,7 @@ def test_paste_back_changes_only_the_face(photo, faces):
 
 
 def test_pasting_the_aligned_face_itself_is_nearly_invisible(photo, faces):
-    aligned = align_face(photo, faces[0])
+    aligned = align_face(photo, faces[0].landmarks)
     pasted = paste_faces(photo, [(aligned, aligned.image)])
     before, after = np.asarray(photo), np.asarray(pasted)
     changed = np.any(before != after, axis=-1)
@@ -357,7 +357,7 @@ def test_paste_several_faces_into_one_photo(analyzer, photo):
     faces = [f for f in analyzer.detect(pair) if f.usable]
     assert len(faces) == 2
     colours = [(255, 0, 0), (0, 0, 255)]
-    aligned = [align_face(pair, f, size=256) for f in faces]
+    aligned = [align_face(pair, f.landmarks, size=256) for f in faces]
     pasted = np.asarray(paste_faces(pair, [(a, Image.new("RGB", (256, 256), c)) for a, c in zip(aligned, colours)]))
     for face, colour in zip(faces, colours):
         x, y = np.rint(face.landmarks[30]).astype(int)  # nose tip
@@ -367,6 +367,6 @@ def test_paste_several_faces_into_one_photo(analyzer, photo):
 
 
 def test_paste_rejects_a_face_from_another_photo(photo, faces):
-    aligned = align_face(photo, faces[0], size=64)
+    aligned = align_face(photo, faces[0].landmarks, size=64)
     with pytest.raises(ValueError, match="photo"):
         paste_faces(photo.crop((0, 0, 300, 300)), [(aligned, aligned.image)])

@@ -190,6 +190,23 @@ def test_bad_settings_are_refused_before_any_work(tiny_pipeline, astronaut, monk
         next(tiny_pipeline.anonymize(astronaut, margins=margins, optim=optim, fake_k=fake_k))
 
 
+def test_one_door_for_a_runs_settings(tiny_pipeline, result):
+    """Photos and clips take their defaults and checks from ``settings``; m is the run's alone, recorded once."""
+    run = tiny_pipeline.settings()
+    assert (run.margins, run.optim, run.fake_k) == ((0.0,), OptimConfig(), 1)
+    assert tiny_pipeline.settings([0.5, 0.5], OPTIM, 2) == type(run)((0.5,), OPTIM, 2)
+    with pytest.raises(FalcoError, match="fake bank holds"):
+        tiny_pipeline.settings(fake_k=len(tiny_pipeline.bank) + 1)
+    assert "margin" not in result.params["optim"] and result.params["margins"] == list(MARGINS)
+
+
+def test_the_engine_imports_nothing_of_clips():
+    import subprocess
+    import sys
+    code = "import sys, falco.pipeline; print(sorted(m for m in sys.modules if m.startswith('falco.video')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 def test_margins_at_the_limits_pass_and_repeats_go(tiny_pipeline):
     from falco.checks import check_run_settings
     assert check_run_settings([1, 0, 1.0], OptimConfig(seed=2**63 - 1), 1, len(tiny_pipeline.bank)) == (1.0, 0.0)

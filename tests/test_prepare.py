@@ -103,7 +103,7 @@ def test_interrupted_prepare_leaves_no_set_and_resumes_without_refetching(offici
     partial = out.with_name("set.partial")
     assert not out.exists() and find_prepared(out) is None and find_prepared(partial) is None
     assert first.calls == ["e4e", "arcface", "farl"] and (partial / ARTIFACTS["arcface"]).is_file()
-    (partial / MANIFEST_NAME).write_text(Manifest.unpublished().to_json())   # as if a crash came mid-write
+    Manifest.unpublished().write(partial / MANIFEST_NAME)   # as if a crash came mid-write
     assert find_prepared(partial) is None
     second = FakeOfficial(official_files)
     assert run_prepare(official_files, out, second, monkeypatch) == out

@@ -117,7 +117,8 @@ def test_each_process_takes_the_rows_map_style_gives_it_and_failures_are_recorde
             with pytest.raises(FalcoError, match="has no record of this run"):
                 write_dataset(_Recording(), source, out, (0.0,), optim=OptimConfig(), fake_k=1, progress=False)
             assert sorted(p.name for p in out.iterdir()) == ["items"]
-            assert all(p.is_file() for p in (out / "items").iterdir())
+            records = list((out / "items").iterdir())
+            assert records and all(p.is_file() for p in records)
     assert sorted(seen) == [f"items/{i:08d}.png" for i in range(3)]   # each row in exactly one process
     write_dataset(_Recording(), source, out, (0.0,), optim=OptimConfig(), fake_k=1, progress=False)
     written = datasets.load_from_disk(str(out / "dataset"))

@@ -1,6 +1,7 @@
 """Clips: tracks, one identity per person, every frame rendered, timing and audio kept (falco.video)."""
 
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from PIL import Image
 
 from falco import cli
 from falco.config import OptimConfig, VideoConfig
-from falco.errors import InputVideoError, NoFaceError
+from falco.errors import FalcoError, InputVideoError, NoFaceError
 from falco.faces import ffhq_quad
 from falco.ui import video_tab
-from falco.video.anonymize import FrameRenderer, VideoProgress, VideoResult
-from falco.video.io import probe_video, read_frames
+from falco.video.anonymize import VideoProgress, VideoResult, anonymize_video
+from falco.video.io import VideoWriter, probe_video, read_frames
+from falco.video.render import FrameRenderer
 from falco.video.smoothing import OneEuroFilter, fill_gaps, smooth_track
 from falco.video.synthetic import pan_zoom_frames, write_clip
 from falco.video.tracks import FaceTracker, iou
@@ -39,7 +41,7 @@ def clip(frames, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tiny_pipeline, clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "anonymized.mkv"
-    events = list(tiny_pipeline.anonymize_video(clip, out, margin=0.0, optim=OPTIM))
+    events = list(anonymize_video(tiny_pipeline, clip, out, margin=0.0, optim=OPTIM))
     return events, out
 
 
@@ -117,10 +119,11 @@ def test_the_offset_lives_in_rows_3_to_7_only(run, tiny_pipeline, frames):
     assert not track.offset[:start].any() and not track.offset[stop:].any() and track.offset[start:stop].any()
     torch.testing.assert_close(track.offset[start:stop], track.face.wplus[start:stop]
                                - track.face.wplus_inversion[start:stop])
-    renderer = FrameRenderer(tiny_pipeline, result.tracks, OPTIM, VideoConfig())
-    _, _, items = renderer.align(next(iter(read_frames(run[1]))))
-    crops = [item.aligned.image for item in items]
-    codes, inversion = renderer.codes(crops, [0]), tiny_pipeline.invert(crops)
+    renderer = FrameRenderer(tiny_pipeline, result.tracks, result.margins, OPTIM, VideoConfig())
+    frame = next(iter(read_frames(run[1])))
+    crops = [item.aligned.image for item in renderer.align(frame, {0: track.landmarks[frame.index]}).items]
+    inversion = tiny_pipeline.invert(crops)
+    (codes,) = renderer.codes(inversion, [0])   # the one m's
     assert torch.equal(codes[:, :start], inversion[:, :start]) and torch.equal(codes[:, stop:], inversion[:, stop:])
     torch.testing.assert_close(codes[:, start:stop] - inversion[:, start:stop],
                                track.offset[None, start:stop].to(codes))
@@ -128,12 +131,13 @@ def test_the_offset_lives_in_rows_3_to_7_only(run, tiny_pipeline, frames):
 
 def test_refinement_moves_rows_3_to_7_only(run, tiny_pipeline):
     result = run[0][-1]
-    renderer = FrameRenderer(tiny_pipeline, result.tracks, OPTIM, VideoConfig(), refine_steps=1)
-    _, _, items = renderer.align(next(iter(read_frames(run[1]))))
-    crops = [item.aligned.image for item in items]
+    renderer = FrameRenderer(tiny_pipeline, result.tracks, result.margins, OPTIM, VideoConfig(), refine_steps=1)
+    frame = next(iter(read_frames(run[1])))
+    crops = [item.aligned.image for item in renderer.align(frame, {0: result.tracks[0].landmarks[frame.index]}).items]
     start, stop = OPTIM.trained_rows
-    codes = renderer.codes(crops, [0])
-    refined = renderer._refine(crops, [0], codes)
+    (codes,) = renderer.codes(tiny_pipeline.invert(crops), [0])
+    refined = tiny_pipeline.refine(crops, codes, renderer.fake_w[[0]], torch.tensor(result.margins),
+                                   replace(OPTIM, steps=1), renderer.loss)
     assert torch.equal(refined[:, :start], codes[:, :start]) and torch.equal(refined[:, stop:], codes[:, stop:])
     assert not torch.equal(refined[:, start:stop], codes[:, start:stop])
 
@@ -157,7 +161,7 @@ def test_a_phone_clip_is_anonymized_upright(tiny_pipeline, frames, tmp_path):
     upright = portrait(frames[:4])
     clip = write_clip(tmp_path / "phone.mkv", upright, fps=FPS, rotation=-90)
     out = tmp_path / "out.mkv"
-    result = list(tiny_pipeline.anonymize_video(clip, out, margin=0.0, optim=OPTIM))[-1]
+    result = list(anonymize_video(tiny_pipeline, clip, out, margin=0.0, optim=OPTIM))[-1]
     assert len(result.tracks) == 1 and result.tracks[0].frames == [0, 1, 2, 3]
     record = result.video_record()
     assert (record["width"], record["height"], record["rotation"]) == (SIZE[0], SIZE[1] + 64, -90)
@@ -175,7 +179,7 @@ def test_a_clip_without_a_face(tiny_pipeline, tmp_path):
     clip = write_clip(tmp_path / "grey.mkv", [np.full((64, 64, 3), 128, np.uint8)] * 3)
     out = tmp_path / "out.mkv"
     with pytest.raises(NoFaceError, match="any frame of the clip"):
-        list(tiny_pipeline.anonymize_video(clip, out, optim=OPTIM))
+        list(anonymize_video(tiny_pipeline, clip, out, optim=OPTIM))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grey.mkv"]
 
 
@@ -188,22 +192,22 @@ def test_a_damaged_file(tiny_pipeline, frames, tmp_path, damage):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes({"garbage": b"not a clip at all" * 100, "empty": b"", "truncated": data[:len(data) // 2]}[damage])
     with pytest.raises(InputVideoError) as err:
-        list(tiny_pipeline.anonymize_video(bad, tmp_path / "out.mp4", optim=OPTIM))
+        list(anonymize_video(tiny_pipeline, bad, tmp_path / "out.mp4", optim=OPTIM))
     assert str(tmp_path) not in str(err.value)   # no server path in the message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
 
 
 def test_a_clip_over_the_limit(tiny_pipeline, clip, tmp_path):
     with pytest.raises(InputVideoError, match=r"lasts 1\.0 s; at most 0\.5 s"):
-        list(tiny_pipeline.anonymize_video(clip, tmp_path / "out.mkv", optim=OPTIM, max_seconds=0.5))
+        list(anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", optim=OPTIM, max_seconds=0.5))
     with pytest.raises(InputVideoError, match="at most 0.5 s"):
-        list(tiny_pipeline.anonymize_video(clip, tmp_path / "out.mkv", optim=OPTIM,
-                                           config=replace(VideoConfig(), max_seconds=0.5)))
+        list(anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", optim=OPTIM,
+                             config=replace(VideoConfig(), max_seconds=0.5)))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_stopping_midway_leaves_nothing(tiny_pipeline, clip, tmp_path):
-    events = tiny_pipeline.anonymize_video(clip, tmp_path / "out.mkv", optim=OPTIM)
+    events = anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", optim=OPTIM)
     for event in events:
         if event.stage == "rendering":
             break
@@ -274,7 +278,7 @@ def test_a_frame_where_the_face_is_missed_is_anonymized_all_the_same(tiny_pipeli
     clip = write_clip(tmp_path / "blink.mkv", frames[:5], fps=FPS, audio_hz=None)
     miss_the_face_in(monkeypatch, tiny_pipeline.analyzer, frames[missed])
     out = tmp_path / "out.mkv"
-    result = list(tiny_pipeline.anonymize_video(clip, out, margin=0.0, optim=OPTIM))[-1]
+    result = list(anonymize_video(tiny_pipeline, clip, out, margin=0.0, optim=OPTIM))[-1]
     written = [f.pixels for f in read_frames(out)]
     assert not np.array_equal(written[missed], frames[missed])
     (track,) = result.tracks
@@ -283,6 +287,53 @@ def test_a_frame_where_the_face_is_missed_is_anonymized_all_the_same(tiny_pipeli
     outside = outside_face(track.landmarks[missed], frames[missed].shape)
     assert np.array_equal(written[missed][outside], frames[missed][outside])
     assert not np.array_equal(written[missed][~outside], frames[missed][~outside])   # the face itself changed
+
+
+def counting(counts: Counter, name: str, work):
+    def counted(*args, **kwargs):
+        counts[name] += 1
+        return work(*args, **kwargs)
+    return counted
+
+
+def test_a_clip_at_two_m_is_tracked_once_and_each_person_optimised_once(tiny_pipeline, frames, tmp_path,
+                                                                         monkeypatch):
+    """Two m: one decode and one detection per frame to track, one optimisation for both m, one decode to render
+    both clips; each m's clip is the one a run at that m alone writes."""
+    import falco.pipeline
+    from falco.video import anonymize, render
+    clip = write_clip(tmp_path / "clip.mkv", frames[:3], fps=FPS, audio_hz=None)
+    alone = list(anonymize_video(tiny_pipeline, clip, tmp_path / "alone.mkv", margin=0.5, optim=OPTIM))[-1]
+    counts = Counter()
+    monkeypatch.setattr(anonymize, "read_frames", counting(counts, "tracking decodes", anonymize.read_frames))
+    monkeypatch.setattr(render, "read_frames", counting(counts, "rendering decodes", render.read_frames))
+    monkeypatch.setattr(tiny_pipeline.analyzer, "detect", counting(counts, "detections", tiny_pipeline.analyzer.detect))
+    monkeypatch.setattr(falco.pipeline, "optimize_latents",
+                        counting(counts, "optimisations", falco.pipeline.optimize_latents))
+    paths = [tmp_path / "m0.mkv", tmp_path / "m0.5.mkv"]
+    *progress, result = anonymize_video(tiny_pipeline, clip, paths, margins=(0.0, 0.5), optim=OPTIM)
+    assert counts == {"tracking decodes": 1, "detections": 3, "optimisations": 1, "rendering decodes": 1}
+    assert [e.done for e in progress if e.stage == "tracking"] == [1, 2, 3]
+    assert [e.done for e in progress if e.stage == "identity"] == [1, 2]   # the steps of the one optimisation
+    # One m per result: each track entry its own, the run's margins once, none in the optimisation's settings.
+    assert result.paths == paths and result.margins == (0.0, 0.5) and result.persons == 1
+    assert [(t["track"], t["margin"]) for t in result.track_records()] == [(1, 0.0), (1, 0.5)]
+    assert result.params["margins"] == [0.0, 0.5] and "margin" not in result.params["optim"]
+    assert result.tracks[0].landmarks is result.tracks[1].landmarks   # tracked once
+    written = {path.name: [f.pixels for f in read_frames(path)] for path in (*paths, alone.path)}
+    assert all(np.array_equal(a, b) for a, b in zip(written["m0.5.mkv"], written["alone.mkv"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(written["m0.mkv"], written["m0.5.mkv"]))
+    assert torch.equal(result.tracks[1].offset, alone.tracks[0].offset)   # the very identity of a run at 0.5
+
+
+def test_one_output_path_per_m(tiny_pipeline, clip, tmp_path):
+    with pytest.raises(ValueError, match="2 value.* of m need as many output paths, not 1"):
+        next(anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", margins=(0.0, 0.5), optim=OPTIM))
+    with pytest.raises(FalcoError, match="cannot replace its source"):
+        next(anonymize_video(tiny_pipeline, clip, [tmp_path / "out.mkv", clip], margins=(0.0, 0.5), optim=OPTIM))
+    with pytest.raises(FalcoError, match="Refine steps must not be negative, not -1"):
+        next(anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", optim=OPTIM, refine_steps=-1))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_one_clip_and_clips_in_a_tree(tiny_weights, clip, tmp_path, capsys):
@@ -315,6 +366,9 @@ def test_a_rerun_with_other_m_deletes_the_clips_it_does_not_write(tiny_weights, 
     assert cli.main(["anonymize", str(clip), str(out), "--margin", "0", "0.5", *common]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip.m0.5.mkv", "clip.m0.mkv", "clip.mkv.json",
                                                      "clip.mkv.latents.safetensors"]
+    record = json.loads((out / "clip.mkv.json").read_text())   # one m per result, none in the optimisation's settings
+    assert [t["margin"] for t in record["tracks"]] == [0.0, 0.5] and record["params"]["margins"] == [0.0, 0.5]
+    assert "margin" not in record["params"]["optim"] and "margin" not in record["settings"]["optim"]
     assert cli.main(["anonymize", str(clip), str(out), "--margin", "0", *common]) == 0
     record = json.loads((out / "clip.mkv.json").read_text())
     assert record["outputs"] == ["clip.mkv", "clip.mkv.latents.safetensors"]
@@ -322,18 +376,17 @@ def test_a_rerun_with_other_m_deletes_the_clips_it_does_not_write(tiny_weights, 
 
 
 def test_a_clip_whose_second_m_fails_leaves_no_clip_of_the_first(tiny_weights, frames, tmp_path, monkeypatch):
-    from falco.pipeline import FalcoPipeline
-
     clip = write_clip(tmp_path / "clip.mkv", frames[:2], fps=FPS, audio_hz=None)
     out = tmp_path / "out"
-    run = FalcoPipeline.anonymize_video
+    close = VideoWriter.close
 
-    def second_m_fails(self, source, out_path, margin=None, **kwargs):
-        if margin == 0.5:
+    def second_m_fails(self):   # the m = 0 clip is in place by then: the clips are closed in the order of m
+        if self.path.name == "clip.m0.5.mkv":
+            self.abort()
             raise RuntimeError("the GPU went away")
-        yield from run(self, source, out_path, margin=margin, **kwargs)
+        return close(self)
 
-    monkeypatch.setattr(FalcoPipeline, "anonymize_video", second_m_fails)
+    monkeypatch.setattr(VideoWriter, "close", second_m_fails)
     common = ["--weights", str(tiny_weights), "--device", "cpu", "--steps", "1", "--no-progress"]
     assert cli.main(["anonymize", str(clip), str(out), "--margin", "0", "0.5", *common]) == cli.EXIT_IMAGES_FAILED
     record = json.loads((out / "clip.mkv.json").read_text())
@@ -374,7 +427,7 @@ def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
     assert not live.results
     out = live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
     assert list(live.results) == [1] and live.fps > 0
-    outside = outside_face(live.results[1].landmarks[1], out.shape)
+    outside = outside_face(live.shown[1], out.shape)
     assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])
 
 
@@ -401,9 +454,8 @@ def test_stop_ends_a_clip_run_of_the_video_tab_with_nothing_written(tiny_pipelin
 
 def test_the_webcam_handler_keeps_one_live_session(tiny_pipeline, frames):
     from falco.ui.engine import EngineLoader
-    from falco.ui.page import FalcoApp
-    from falco.ui.video_tab import VideoTab
-    tab = VideoTab(FalcoApp(EngineLoader(lambda: tiny_pipeline), on_gpu=False))
+    from falco.ui.handlers import PageHandlers
+    tab = PageHandlers(EngineLoader(lambda: tiny_pipeline), on_gpu=False).video_tab
     out, state, live = tab.stream(frames[0], 0.0, None)
     assert out.shape == frames[0].shape and "building" in state
     assert tab.stream(frames[1], 0.0, live)[2] is live              # the same m: the same session
@@ -420,7 +472,7 @@ def test_live_webcam_covers_a_face_missed_in_one_frame(tiny_pipeline, frames, mo
     out = live.feed(frames[2], now=live.config.live_build_seconds + 0.2)
     assert 2 not in live.tracker.tracks[0].faces   # missed indeed
     assert not np.array_equal(out, frames[2])
-    landmarks = live.results[1].landmarks[2]
+    landmarks = live.shown[1]
     assert np.array_equal(landmarks, live.smoothed[1])   # the last smoothed ones (frame 1's), nothing guessed
     outside = outside_face(landmarks, out.shape)
     assert np.array_equal(out[outside], frames[2][outside]) and not np.array_equal(out[~outside], frames[2][~outside])
@@ -433,5 +485,5 @@ def test_live_webcam_covers_a_face_missed_in_the_first_frame_after_building(tiny
     miss_the_face_in(monkeypatch, tiny_pipeline.analyzer, frames[1])
     out = live.feed(frames[1], now=live.config.live_build_seconds + 0.1)
     assert list(live.results) == [1] and not np.array_equal(out, frames[1])
-    outside = outside_face(live.results[1].landmarks[1], out.shape)
+    outside = outside_face(live.shown[1], out.shape)
     assert np.array_equal(out[outside], frames[1][outside])

@@ -8,10 +8,9 @@ from PIL import Image
 
 from falco.video.io import probe_video
 from falco.video.synthetic import pan_zoom_frames, write_clip
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, app_url, browser, gradio_cache, open_page  # noqa: F401
+from tests.browser_support import ARTIFACTS, BROWSER_MARKS, open_page
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian chromium not installed at {CHROMIUM}")]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def clip(astronaut, tmp_path_factory) -> Path:
                       pix_fmt="yuv420p", audio_codec="aac")
 
 
-def test_video_tab_anonymizes_a_clip(browser, app_url, clip, gradio_cache):  # noqa: F811
+def test_video_tab_anonymizes_a_clip(browser, app_url, clip, gradio_cache):
     page = open_page(browser, app_url)
     try:
         page.locator("#falco-status").get_by_text("The networks are loaded").wait_for()

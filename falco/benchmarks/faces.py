@@ -64,7 +64,7 @@ def main() -> None:
     timings = {}
     for size in (config.aligned_size, 256):
         timings[size], aligned = best_of(
-            args.repeats, lambda: [align_face(photo, faces[i], size, config) for i in usable])
+            args.repeats, lambda: [align_face(photo, faces[i].landmarks, size, config) for i in usable])
         print(f"align {len(usable)} faces at {size:4d}            {timings[size]:7.3f} s   "
               f"({timings[size] / len(usable):.3f} s per face)")
     print(f"detect + align all at {config.aligned_size}         {t_detect + timings[config.aligned_size]:7.3f} s")

@@ -79,11 +79,11 @@ def child(weights: str) -> None:
     from falco import pipeline
     from falco.bank import FakeBank
     from falco.models import io
-    from falco.ui import engine, startup
+    from falco.ui import startup
     clock.mark("import falco.pipeline (open_clip, dlib)")
 
-    for module in (startup, engine):   # start_app fetches; the engine's loader fetches again after a failure
-        clock.wrap(module, "fetch_weights", "find + verify weight files (sha256)")
+    # start_app's fetch (falco.ui.startup.weights_fetcher), which the engine's loader calls again after a failure
+    clock.wrap(startup, "fetch_weights", "find + verify weight files (sha256)")
     for name in ("load_generator", "load_e4e", "load_arcface", "load_farl"):
         clock.wrap(io, name, f"{name} (read + build)")
     clock.wrap(FakeBank, "load", "fake bank load")

@@ -27,14 +27,13 @@ from falco.benchmarks.optim import sync
 from falco.config import FaceConfig, OptimConfig, VideoConfig
 from falco.faces import FaceAnalyzer, align_face, ffhq_quad
 from falco.faces.recognize import FaceRecognizer
-from falco.loss import FalcoLoss
 from falco.models import io
 from falco.models.networks import Networks
 from falco.models.random_weights import random_network
 from falco.pipeline import FalcoPipeline
 from falco.pixels import to_tensor
 from falco.speed import reuse_freed_memory
-from falco.video.anonymize import VideoResult
+from falco.video.anonymize import VideoResult, anonymize_video
 from falco.video.io import read_frames
 from falco.video.synthetic import pan_zoom_frames, write_clip
 from falco.weights.manifest import ARTIFACTS
@@ -81,7 +80,7 @@ def quality(pipeline: FalcoPipeline, result: VideoResult, original: list[np.ndar
     """The plumbing-level figures of the module docstring, for the first track."""
     track = result.tracks[0]
     anonymized = {f.index: f.pixels for f in read_frames(result.path)}
-    loss = FalcoLoss.for_config(pipeline.nets.arcface, pipeline.nets.farl, OptimConfig())
+    loss = pipeline.loss(OptimConfig())
     indices = sorted(track.landmarks)
     crops_anon, crops_real, flicker_anon, flicker_real = [], [], [], []
     for i in indices:
@@ -121,8 +120,8 @@ def run(tiny: bool, device: torch.device, frames: int, size: tuple[int, int], st
         clip = write_clip(Path(folder) / "clip.mkv", original, fps=24)
         config = VideoConfig(batch_frames=batch)
         result = None
-        for event in pipeline.anonymize_video(clip, Path(folder) / "out.mkv", optim=OptimConfig(steps=steps),
-                                              refine_steps=refine, config=config):
+        for event in anonymize_video(pipeline, clip, Path(folder) / "out.mkv", optim=OptimConfig(steps=steps),
+                                     refine_steps=refine, config=config):
             result = event
         s = result.seconds
         tracks = len(result.tracks)

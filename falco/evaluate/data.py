@@ -21,10 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from falco.batch import list_images, output_paths, read_record
+from falco.batch import list_images, read_record
 from falco.config import CliConfig
 from falco.errors import FalcoError, first_line
 from falco.faces.io import load_photo
+from falco.names import output_paths
 
 # CelebA's 40 binary attributes, as its annotation file names them: found among a dataset's columns (any case)
 # when no --attribute-columns are given.

@@ -8,9 +8,9 @@
 
 Each file is fetched like the official checkpoints (falco.weights.official: sources in order, sha256 pinned
 where known, resumable, a verified copy used offline) and checked strictly: its keys and shapes must be the
-network's, read with ``torch.load(weights_only=True)`` or safetensors only.  A weights folder made by
-``python -m falco.weights random`` holds random judges in the same layouts under ``evaluation/`` and is used
-instead, so a whole run works offline.
+network's, read with ``torch.load(weights_only=True)`` or safetensors only.  A weights folder with random
+judges in the same layouts under ``evaluation/`` (falco.evaluate.random_judges) uses those instead, so a whole
+run works offline.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from falco.weights.hub import progress_bars
 from falco.weights.official import OfficialFile, Source, fetch_file
 
 EVALUATION_WEIGHTS_ENV = "FALCO_EVALUATION_WEIGHTS"
-RANDOM_SUBFOLDER = "evaluation"        # the judges' folder inside a random weight set
+RANDOM_SUBFOLDER = "evaluation"        # random judges' folder inside a weights folder (random_judges)
 PROBE_MODEL = "ViT-B-32"               # open_clip's built-in config of the probe's checkpoint
 PROBE_FOLDER = "probe"                 # open_clip "local-dir:" folder of a random set's probe
 PUBLIC = "public sources"
@@ -135,14 +135,15 @@ def random_judges_folder(source: str | Path | None) -> Path | None:
 
 
 def fetch_evaluation_weights(source: str | Path | None = None, progress: bool = True) -> EvaluationPaths:
-    """The evaluation files: from a folder made by ``python -m falco.weights random`` (its ``evaluation/``
-    subfolder) when ``source`` is one, else from their public sources (downloaded once, verified)."""
+    """The evaluation files: from a folder with random judges (its ``evaluation/`` subfolder, made by
+    falco.evaluate.random_judges) when ``source`` is one, else from their public sources (downloaded once,
+    verified)."""
     if (folder := random_judges_folder(source)) is not None:
         fetched = {name: folder / entry.filename for name, entry in EVALUATION_FILES.items() if name != "probe"}
         missing = [path.name for path in fetched.values() if not path.is_file()]
         if missing or not (folder / PROBE_FOLDER).is_dir():
             raise WeightsError(f"The evaluation folder {folder} lacks {', '.join(missing) or PROBE_FOLDER}; "
-                               "make it again with python -m falco.weights random.")
+                               "make it again with python -m falco.evaluate.random_judges.")
         for name, path in fetched.items():
             CHECKS[name](path, None)
         probe_model, probe_weights = f"local-dir:{folder / PROBE_FOLDER}", None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from PIL import Image
 
 from falco.config import PAPER_CELEBAHQ, EvaluationConfig, PaperFigures
 from falco.evaluate.data import EvaluationSet
-from falco.files import write_atomic
+from falco.files import save_json, write_atomic
 
 METRICS_NAME, REPORT_NAME = "metrics.json", "report.html"
 # The identity judges' headings.  ArcFace is starred: the loss optimised its cosine, so it is no independent judge.
@@ -72,8 +71,7 @@ def format_table(figures: dict, paper: Sequence[PaperFigures] = PAPER_CELEBAHQ) 
 
 def write_metrics(figures: dict, out_dir: Path, paper: Sequence[PaperFigures] = PAPER_CELEBAHQ) -> Path:
     payload = {**figures, "paper_celebahq": [asdict(ref) for ref in paper]}
-    text = json.dumps(payload, indent=2, default=_json_number)
-    return write_atomic(Path(out_dir) / METRICS_NAME, lambda tmp: tmp.write_text(text + "\n"))
+    return save_json(Path(out_dir) / METRICS_NAME, payload, final_newline=True, default=_json_number)
 
 
 def _json_number(value):

@@ -9,15 +9,11 @@ FFHQ quads are squares, so this map is a similarity and its inverse is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from ..config import FaceConfig
-
-if TYPE_CHECKING:
-    from .detect import DetectedFace
 
 _LANCZOS = Image.Resampling.LANCZOS
 
@@ -86,14 +82,17 @@ def photo_to_quad(quad: np.ndarray, size: int, points: np.ndarray) -> np.ndarray
     return (np.asarray(points, np.float64) - quad[0]) @ np.linalg.inv(axes) * size - 0.5
 
 
-def align_face(photo: Image.Image, face: DetectedFace | np.ndarray, size: int | None = None,
+def align_face(photo: Image.Image, landmarks: np.ndarray, size: int | None = None,
                config: FaceConfig | None = None) -> AlignedFace:
-    """FFHQ-align a detected face (or its [68, 2] landmarks) to a size x size RGB crop."""
+    """FFHQ-align the face at ``landmarks`` ([68, 2] dlib landmarks in photo pixels: a DetectedFace's, a track's)
+    to a size x size RGB crop."""
     if photo.mode != "RGB":
         raise TypeError("align_face() takes an RGB PIL image; pass the upload through load_photo() first")
     config = config or FaceConfig()
     size = size or config.aligned_size
-    landmarks = np.asarray(getattr(face, "landmarks", face), dtype=np.float64)
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    if landmarks.shape != (68, 2):
+        raise ValueError(f"align_face() takes [68, 2] landmarks (a DetectedFace's .landmarks), not {landmarks.shape}")
     quad = ffhq_quad(landmarks)
     q = quad.copy()
     qsize = float(np.hypot(*(quad[3] - quad[0])))

@@ -21,15 +21,24 @@ _LANCZOS = Image.Resampling.LANCZOS
 def paste_faces(photo: Image.Image, results: Sequence[tuple[AlignedFace, Image.Image]],
                 config: FaceConfig | None = None) -> Image.Image:
     """A copy of `photo` with each (aligned face, square result image) blended in, in order."""
-    config = config or FaceConfig()
     out = np.array(photo if photo.mode == "RGB" else photo.convert("RGB"))  # a copy: the input stays
+    paste_into(out, results, config)
+    return Image.fromarray(out, "RGB")
+
+
+def paste_into(pixels: np.ndarray, results: Sequence[tuple[AlignedFace, Image.Image]],
+               config: FaceConfig | None = None) -> np.ndarray:
+    """``paste_faces`` into ``pixels`` [H, W, 3] uint8 RGB itself (a clip's frames are arrays already, and go out
+    as arrays): returns it."""
+    config = config or FaceConfig()
+    size = (pixels.shape[1], pixels.shape[0])
     for aligned, result in results:
-        if aligned.photo_size != photo.size:
-            raise ValueError(f"face aligned from a {aligned.photo_size} photo, pasting into {photo.size}")
+        if aligned.photo_size != size:
+            raise ValueError(f"face aligned from a {aligned.photo_size} photo, pasting into {size}")
         if result.width != result.height:
             raise ValueError(f"results must be square, got {result.size}")
-        _paste_one(out, aligned, result.convert("RGB"), config)
-    return Image.fromarray(out, "RGB")
+        _paste_one(pixels, aligned, result.convert("RGB"), config)
+    return pixels
 
 
 def face_mask(aligned: AlignedFace, size: int, config: FaceConfig | None = None) -> Image.Image:

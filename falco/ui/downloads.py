@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from falco.files import save_image, write_atomic
+from falco.files import save_image, save_json, write_atomic
+from falco.names import LATENTS_NAME, RECORD_NAME, ZIP_NAME, photo_name
 from falco.results import AnonymizationResult
 from falco.ui.render import face_files
-
-ZIP_NAME = "falco_results.zip"
 
 
 def run_record(result: AnonymizationResult) -> dict[str, Any]:
@@ -25,13 +23,13 @@ def write_downloads(result: AnonymizationResult, record: dict[str, Any], folder:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for margin, photo in zip(result.margins, result.photos, strict=True):
-        paths.append(save_image(photo, folder / f"photo_m{margin:g}.png"))
+        paths.append(save_image(photo, folder / photo_name(margin)))
     for r in result.faces:
         for name, image in face_files(r).items():
             if folder / name not in paths:
                 paths.append(save_image(image, folder / name))
-    codes = result.save_latents(folder / "wplus.safetensors")
-    params = write_atomic(folder / "run.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    codes = result.save_latents(folder / LATENTS_NAME)
+    params = save_json(folder / RECORD_NAME, record)
     files = [*paths, codes, params]
     return [str(p) for p in [*files, write_zip(folder / ZIP_NAME, files)]]
 

@@ -1,8 +1,10 @@
-"""The engine behind the page: the pipeline, built once per process, and what its failures mean.
+"""The engine behind the page: on which device, the pipeline built once per process, and what its failures mean.
 
-``EngineLoader.get()`` builds it (or waits for the build under way); ``start()`` builds it in a
-background thread so the page is served at once.  Weights that a retry cannot fix make a final
-failure (``load_failure_is_final``); the Hub or the network failing is retried by the next run.
+The device is decided (``decide_device``) and the loader made (``weights_loader``) here only, for
+``start_app`` and ``build_app`` alike (falco.ui.startup, falco.ui.page).  ``EngineLoader.get()`` builds
+the pipeline (or waits for the build under way); ``start()`` builds it in a background thread so the
+page is served at once.  Weights that a retry cannot fix make a final failure (``load_failure_is_final``);
+the Hub or the network failing is retried by the next run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from falco.device import app_device, zerogpu_available
 from falco.errors import FalcoError, HubUnavailableError
 from falco.pipeline import FalcoPipeline
 from falco.ui.messages import LOAD_FAILED_MESSAGE, describe_error
@@ -107,16 +110,26 @@ def load_failure_is_final(err: BaseException) -> bool:
     return isinstance(err, FalcoError) and not isinstance(err, HubUnavailableError)
 
 
-def pipeline_factory(fetch: Callable[[], WeightPaths], device: torch.device | None,
-                     fetched: Future[WeightPaths] | None = None) -> Callable[[], FalcoPipeline]:
-    """Loads the pipeline: ``fetch()`` gives the checked weight files, then the networks are built.  The first
-    load takes the files of ``fetched`` (a fetch started earlier) where given; a later one fetches anew."""
+def decide_device(device: str | torch.device | None) -> torch.device:
+    """The device the app runs on: one already decided stays as it is; a name ("cuda", "cpu", ...) or None (CUDA
+    where there is one, and on ZeroGPU, whose GPU each run is lent) is decided here, once per process."""
+    if isinstance(device, torch.device):
+        return device
+    return app_device(device, zerogpu=zerogpu_available())
+
+
+def weights_loader(fetch: Callable[[], WeightPaths], device: torch.device, fetched: Future[WeightPaths] | None = None,
+                   final: Callable[[BaseException], bool] = lambda err: False,
+                   progress: LoadProgress | None = None) -> EngineLoader:
+    """The app's loader: ``fetch()`` gives the checked weight files, then the networks are built on ``device``.
+    The first load takes the files of ``fetched`` (a fetch started earlier) where given; a later one fetches
+    anew.  ``final`` and ``progress`` are EngineLoader's."""
     earlier = [fetched] if fetched is not None else []
 
     def load() -> FalcoPipeline:
         paths = earlier.pop().result() if earlier else fetch()
         return FalcoPipeline.from_pretrained(paths, device=device)
-    return load
+    return EngineLoader(load, final=final, progress=progress)
 
 
 def in_background(work: Callable[[], Any], name: str) -> Future:

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from falco.config import DLIB_SAME_PERSON_DISTANCE
 from falco.faces import DetectedFace
+from falco.names import anonymized_face_name, face_name, photo_name
 from falco.results import AnonymizationResult, FaceResult, StepEvent
 
 
@@ -94,10 +95,10 @@ METRIC_HEADERS = ["face", "m", "identity cosine (ArcFace)", "recogniser distance
 
 
 def face_files(r: FaceResult) -> dict[str, Image.Image]:
-    """A face result's images by their download file name (faces numbered from 1, as on the page)."""
+    """A face result's images by their download file name: aligned, inversion, fake, anonymized."""
     number = r.face_index + 1
-    return {f"face{number}_aligned.png": r.aligned, f"face{number}_inversion.png": r.inversion,
-            f"face{number}_fake.png": r.fake, f"face{number}_m{r.margin:g}_anonymized.png": r.anonymized}
+    return {face_name(number, "aligned"): r.aligned, face_name(number, "inversion"): r.inversion,
+            face_name(number, "fake"): r.fake, anonymized_face_name(number, r.margin): r.anonymized}
 
 
 def face_gallery(result: AnonymizationResult, compare: bool = False,
@@ -168,14 +169,11 @@ class Comparison:
         faces = []
         for number in sorted({r.face_index + 1 for r in result.faces}):
             rows = [r for r in result.faces if r.face_index + 1 == number]
-            files = {r.margin: face_files(r) for r in rows}
-            aligned = next(name for name in files[rows[0].margin] if name.endswith("_aligned.png"))
-            faces.append(ComparedFace(number, str(folder / aligned),
-                                      {m: str(folder / next(n for n in names if n.endswith("_anonymized.png")))
-                                       for m, names in files.items()},
+            faces.append(ComparedFace(number, str(folder / face_name(number, "aligned")),
+                                      {r.margin: str(folder / anonymized_face_name(number, r.margin)) for r in rows},
                                       {r.margin: r.identity_cosine for r in rows},
                                       {r.margin: r.recognizer_distance for r in rows}))
-        return cls(tuple(result.margins), {m: str(folder / f"photo_m{m:g}.png") for m in result.margins},
+        return cls(tuple(result.margins), {m: str(folder / photo_name(m)) for m in result.margins},
                    tuple(faces), original)
 
     @property

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from falco.config import AppConfig
-from falco.device import app_device, zerogpu_available
+from falco.device import zerogpu_available
 from falco.errors import FalcoError
 from falco.speed import reuse_freed_memory
-from falco.ui.engine import EngineLoader, LoadProgress, in_background, load_failure_is_final, pipeline_factory
+from falco.ui.engine import LoadProgress, decide_device, in_background, load_failure_is_final, weights_loader
 from falco.weights import WeightPaths, fetch_weights, parse_source
 from falco.weights.hub import is_published
 from falco.weights.prepare import PrepareProgress, prepare_weights
@@ -34,7 +34,7 @@ from falco.weights.prepare import PrepareProgress, prepare_weights
 if TYPE_CHECKING:
     import gradio as gr
 
-    from falco.ui.page import FalcoApp
+    from falco.ui.handlers import PageHandlers
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def weights_fetcher(weights: str | None, device: torch.device,
 
 def start_app(weights: str | None = None, device: str | None = None, config: AppConfig = AppConfig(),
               host: str | None = None, port: int | None = None,
-              **launch_kwargs: Any) -> tuple[gr.Blocks, FalcoApp]:
+              **launch_kwargs: Any) -> tuple[gr.Blocks, PageHandlers]:
     """What ``python app.py`` does: choose the device, fetch the weights while Gradio imports, serve the page,
     build the networks.
 
@@ -74,7 +74,7 @@ def start_app(weights: str | None = None, device: str | None = None, config: App
     """
     # This module's imports brought in the pipeline's (open_clip, dlib) in the main thread, so that the fetching
     # thread and Gradio's import below never import the same modules at once.
-    device = app_device(device, zerogpu_available())
+    device = decide_device(device)
     parse_source(weights)   # a folder that does not exist, or a malformed repo id, stops here
     if device.type == "cpu":
         reuse_freed_memory()
@@ -83,7 +83,7 @@ def start_app(weights: str | None = None, device: str | None = None, config: App
     progress = LoadProgress()
     fetch = weights_fetcher(weights, device, progress.report)
     fetched = in_background(fetch, name="falco-fetch")
-    loader = EngineLoader(pipeline_factory(fetch, device, fetched), final=load_failure_is_final, progress=progress)
+    loader = weights_loader(fetch, device, fetched, final=load_failure_is_final, progress=progress)
     log.info("fetching and checking the weights in the background; building the page")
     from falco.ui.page import build_app, launch_app
     demo, app = build_app(device=device, config=config, loader=loader, load_now=False)

@@ -1,39 +1,49 @@
 """The page's Video tab: a clip in, the anonymized clip out beside it; a live webcam on a GPU.
 
-``add_video_tab(app)`` builds the tab inside the page's Blocks (falco.ui.page calls it) over the
-page's FalcoApp: its engine, limits, Gradio cache and upload rules.  A clip's files (previews, the
-result, its record) live in the visitor's session folder and go when the session ends, as the
-upload does (falco.ui.sessions).  Clips are written as H.264 MP4, which browsers play.
+``VideoTab(host).build()`` builds the tab inside the page's Blocks (falco.ui.layout calls it) over
+what it needs of the page (``VideoHost``): its engine, defaults, Gradio cache, upload rule and Stop.
+A clip's files (previews, the result, its record) live in the visitor's session folder and go when
+the session ends, as the upload does (falco.ui.sessions).  Clips are written as H.264 MP4, which browsers play.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import closing
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
-from falco.config import VideoConfig
-from falco.files import write_atomic
+from falco.config import OptimConfig, VideoConfig
+from falco.files import save_json
+from falco.ui.engine import EngineLoader
 from falco.ui.messages import describe_error
 from falco.ui.render import preview_grid, warning
 from falco.ui.sessions import Session, end_session
-from falco.video.anonymize import VideoProgress, VideoResult
+from falco.video.anonymize import VideoProgress, VideoResult, anonymize_video
 from falco.video.live import LiveAnonymizer
-
-if TYPE_CHECKING:
-    from falco.ui.page import FalcoApp
 
 STAGE_LABELS = {"tracking": "Finding and tracking the faces", "identity": "New identity",
                 "rendering": "Rendering the frames"}
 
 
-def clip_limit(app: FalcoApp, config: VideoConfig = VideoConfig()) -> float:
+@dataclass(frozen=True)
+class VideoHost:
+    """What the Video tab needs of the page it sits in (falco.ui.handlers.PageHandlers makes it)."""
+    loader: EngineLoader                   # the engine, built once per process
+    cache: Path                            # Gradio's cache: the session folders go there
+    deletable: Callable[[str], bool]       # whether an upload is one its holders may delete (falco.ui.uploads)
+    stop: Callable[[Session], None]        # the page's Stop: asks the visitor's run to stop
+    video_gpu: Callable | None             # spaces.GPU for a clip's slot on ZeroGPU; None elsewhere
+    default_optim: OptimConfig             # the server's optimisation defaults (lower on a CPU)
+    on_gpu: bool
+
+
+def clip_limit(app: VideoHost, config: VideoConfig = VideoConfig()) -> float:
     return config.app_max_seconds if app.on_gpu else config.app_cpu_max_seconds
 
 
@@ -51,15 +61,16 @@ def video_box(text: str) -> str:
 
 
 class VideoTab:
-    def __init__(self, app: FalcoApp, config: VideoConfig = VideoConfig()):
+    """The Video tab's handlers; ``app`` is what they need of the page."""
+
+    def __init__(self, app: VideoHost, config: VideoConfig = VideoConfig()):
         self.app, self.config = app, config
         # On ZeroGPU only the clip's GPU work holds a GPU (its own, longer slot); loading stays outside.
         self._device_run = app.video_gpu(self._anonymize) if app.video_gpu is not None else self._anonymize
 
     def _anonymize(self, clip: str, out, margin: float, optim, max_seconds: float):
-        yield from self.app.loader.get().anonymize_video(clip, out, margin=margin, optim=optim,
-                                                         codec=self.config.app_video_codec, config=self.config,
-                                                         max_seconds=max_seconds)
+        yield from anonymize_video(self.app.loader.get(), clip, out, margin=margin, optim=optim,
+                                   codec=self.config.app_video_codec, config=self.config, max_seconds=max_seconds)
 
     def run(self, clip: str | None, margin: float, session: Session):
         """Streams the stages' progress and previews, then the clip and its downloads; Stop ends it at the next
@@ -70,11 +81,11 @@ class VideoTab:
         try:
             if not clip:
                 raise gr.Error("Upload a clip first.", print_exception=False)
-            if app._deletable(clip):   # an upload of this session: deleted with it
+            if app.deletable(clip):   # an upload of this session: deleted with it
                 session.hold(clip)
             folder = session.new_folder(app.cache, "video")
             out = folder / "anonymized.mp4"
-            optim = replace(app.default_optim, margin=float(margin))
+            optim = app.default_optim   # m travels on its own (anonymize_video's margin)
             started = time.monotonic()
             app.loader.get()   # wait for the networks here, not inside the GPU slot
             result = None
@@ -91,9 +102,7 @@ class VideoTab:
                 yield {self.progress: video_box("Stopped: nothing was written."), self.session: session}
                 return
             record = folder / "anonymized.json"
-            write_atomic(record, lambda tmp: tmp.write_text(json.dumps(
-                {"video": result.video_record(), "tracks": result.track_records(), "params": result.params},
-                indent=2)))
+            save_json(record, result.record())
             session.drop_others(folder)
             stages["done"] = (1, 1, f"Done in {time.monotonic() - started:.1f} s: {len(result.tracks)} person(s), "
                                     f"{result.info.frames} frames")
@@ -172,9 +181,3 @@ class VideoTab:
                     gr.Markdown("The live webcam mode needs a GPU; this server has none.",
                                 elem_id="falco-webcam-none")
 
-
-def add_video_tab(app: FalcoApp, config: VideoConfig = VideoConfig()) -> VideoTab:
-    """Builds the Video tab where it is called, inside the page's Blocks."""
-    tab = VideoTab(app, config)
-    tab.build()
-    return tab

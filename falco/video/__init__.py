@@ -1,2 +1,3 @@
-"""Clips: tracks of faces, one new identity per person, every frame rendered (``anonymize``); PyAV in and out
-(``io``); the command line's clips (``files``); the webcam (``live``)."""
+"""Clips: tracks of faces and one new identity per person at every m (``anonymize``), every frame rendered, one
+decode for all m (``render``); PyAV in and out (``io``); the command line's clips (``files``); the webcam
+(``live``).  The clip code stands on the engine's public steps (falco.pipeline); the engine knows no clip."""

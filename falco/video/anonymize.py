@@ -3,46 +3,45 @@
     for event in anonymize_video(pipeline, "clip.mp4", "out.mp4", margin=0.0):
         if isinstance(event, VideoProgress): ...        # stage, done/total, an optimisation step's previews
         else: result = event                            # VideoResult, always last
+    anonymize_video(pipeline, "clip.mp4", ["out.m0.mp4", "out.m0.5.mp4"], margins=(0.0, 0.5))   # one clip per m
 
-1. Tracking: faces detected and linked into tracks (falco.video.tracks); a frame where a track's face was
-   missed (a blink, motion blur; a gap of at most ``track_gap`` frames) gets landmarks interpolated between
-   the detections either side, so that it is anonymized too; landmarks smoothed over time
-   (falco.video.smoothing) so that crops and paste-back do not jitter.
-2. Identity: per track, FALCO's optimisation runs once on its key frame; the track's offset is the
-   optimised W+ minus the key frame's inversion, non-zero in the trained rows (3..7) only.
-3. Rendering: per frame and face, align -> e4e -> + the track's offset -> generator -> paste back;
-   faces go through the networks in batches while a thread decodes and aligns the next frames and
-   another pastes and encodes the finished ones.  ``refine_steps`` K > 0 runs K optimisation steps
-   per face, warm-started from the offset code, for quality at K times the cost.
+1. Tracking, once whatever the number of m: faces detected and linked into tracks (falco.video.tracks); a
+   frame where a track's face was missed (a blink, motion blur; a gap of at most ``track_gap`` frames) gets
+   landmarks interpolated between the detections either side, so that it is anonymized too; landmarks
+   smoothed over time (falco.video.smoothing) so that crops and paste-back do not jitter.
+2. Identity: per track, FALCO's optimisation runs once on its key frame, every m in one batch (as a
+   photo's faces run); the track's offset at each m is the optimised W+ minus the key frame's inversion,
+   non-zero in the trained rows (3..7) only.
+3. Rendering, one decode for every m (falco.video.render): per frame and face, align -> e4e -> + the
+   track's offset -> generator -> paste back into that m's clip.  ``refine_steps`` K > 0 runs K
+   optimisation steps per face, warm-started from the offset code, for quality at K times the cost.
 
-The clip is written under a temporary name and renamed at the end: an error, a clip without faces or
-a consumer that stops iterating leaves nothing behind.
+The engine's public steps (falco.pipeline.FalcoPipeline: ``settings``, ``anonymize``, ``invert``,
+``render``, ``fake_w``, ``loss``, ``refine``) do the work; the engine knows nothing of clips.  The clips
+are written under temporary names and renamed at the end: an error, a clip without faces or a consumer
+that stops iterating leaves nothing behind, for any m.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from falco.checks import check_run_settings
-from falco.config import DLIB_SAME_PERSON_DISTANCE, BankConfig, OptimConfig, VideoConfig
+from falco.checks import check_refine_steps
+from falco.config import OptimConfig, VideoConfig
 from falco.errors import FalcoError, NoFaceError
-from falco.faces import AlignedFace, align_face, paste_faces
-from falco.files import save_tensors
-from falco.loss import FalcoLoss
-from falco.optimize import optimize_latents
-from falco.pixels import to_pixels, to_tensor
-from falco.results import AnonymizationResult, FaceResult, StepEvent
-from falco.video.io import Frame, VideoInfo, VideoWriter, probe_video, read_frames
+from falco.pipeline import FalcoPipeline
+from falco.results import AnonymizationResult, FaceResult, LatentsFile, StepEvent, face_record
+from falco.video.io import VideoInfo, probe_video, read_frames
+from falco.video.render import ClipWriters, FrameRenderer, Identity, render_frames
 from falco.video.smoothing import fill_gaps, smooth_track
 from falco.video.tracks import FaceTracker, Track
 
@@ -65,11 +64,11 @@ class VideoProgress:
 
 
 @dataclass(frozen=True)
-class TrackResult:
+class TrackResult(Identity):
+    """A person of the clip at one m: the offset and the key frame's result (``face``, whose ``margin`` is the m)
+    of Identity, and where the person is."""
     track: int                         # counts from 1
     key_frame: int
-    offset: torch.Tensor               # [num_ws, D], added to each frame's inversion; zero outside the trained rows
-    face: FaceResult                   # the key frame's result (aligned, inversion, fake, anonymized, figures)
     landmarks: dict[int, np.ndarray] = field(repr=False)   # smoothed landmarks per frame (photo pixels)
     filled_frames: list[int] = field(default_factory=list)   # frames with no detection, landmarks interpolated
 
@@ -79,25 +78,34 @@ class TrackResult:
         return sorted(self.landmarks)
 
     def record(self) -> dict:
-        f = self.face
+        """The person's entry in a clip's record: where they are, then what a photo's face records."""
         return {"track": self.track, "first_frame": self.frames[0], "last_frame": self.frames[-1],
                 "frames": len(self.frames), "filled_frames": len(self.filled_frames), "key_frame": self.key_frame,
-                "margin": f.margin,
-                "identity_cosine": f.identity_cosine, "recognizer_distance": f.recognizer_distance,
-                "same_person_for_dlib": f.recognizer_distance < DLIB_SAME_PERSON_DISTANCE,
-                "fake_index": f.fake_index, "fake_seed": f.fake_seed}
+                **face_record(self.face)}
 
 
 @dataclass(frozen=True)
-class VideoResult:
-    path: Path                         # the anonymized clip
+class VideoResult(LatentsFile):
+    LATENTS_WHAT: ClassVar[str] = VIDEO_FILE_METADATA
+
+    paths: list[Path]                  # the anonymized clips, one per m
     info: VideoInfo                    # the source's
-    tracks: list[TrackResult]
-    margin: float
+    tracks: list[TrackResult]          # margins x persons, m-major: every person at the first m, then the next
+    margins: tuple[float, ...]
     params: dict
     seconds: dict[str, float]          # per stage
 
+    @property
+    def path(self) -> Path:
+        """The clip at the first m (the only one at one m)."""
+        return self.paths[0]
+
+    @property
+    def persons(self) -> int:
+        return len(self.tracks) // len(self.margins)
+
     def track_records(self) -> list[dict]:
+        """One entry per person and m, in ``tracks``' order; each holds its m."""
         return [t.record() for t in self.tracks]
 
     def video_record(self) -> dict:
@@ -105,19 +113,24 @@ class VideoResult:
         return {"frames": i.frames, "fps": float(i.fps), "width": i.width, "height": i.height,
                 "rotation": i.rotation, "seconds": i.seconds, "video_codec": i.codec, "audio_codec": i.audio_codec}
 
+    def record(self) -> dict:
+        """The clip's record, as the Video tab and the command line write it (the command line adds its own
+        keys: source, status, outputs, settings, seconds)."""
+        return {"video": self.video_record(), "tracks": self.track_records(), "params": self.params}
+
     def latent_tensors(self) -> dict[str, torch.Tensor]:
-        return {"offset": torch.stack([t.offset.float() for t in self.tracks]).contiguous(),
-                "wplus_key": torch.stack([t.face.wplus.float() for t in self.tracks]).contiguous(),
-                "wplus_key_inversion": torch.stack([t.face.wplus_inversion.float() for t in self.tracks]).contiguous(),
-                "track": torch.tensor([t.track for t in self.tracks]),
-                "key_frame": torch.tensor([t.key_frame for t in self.tracks]),
-                "fake_index": torch.tensor([t.face.fake_index for t in self.tracks])}
+        """The persons' codes at the first m (see VIDEO_FILE_METADATA)."""
+        tracks = self.tracks[:self.persons]
+        return {"offset": torch.stack([t.offset.float() for t in tracks]),
+                "wplus_key": torch.stack([t.face.wplus.float() for t in tracks]),
+                "wplus_key_inversion": torch.stack([t.face.wplus_inversion.float() for t in tracks]),
+                "track": torch.tensor([t.track for t in tracks]),
+                "key_frame": torch.tensor([t.key_frame for t in tracks]),
+                "fake_index": torch.tensor([t.face.fake_index for t in tracks])}
 
-    def save_latents(self, path: Path) -> Path:
-        return save_tensors(path, self.latent_tensors(), metadata={"what": VIDEO_FILE_METADATA})
 
-
-def track_faces(pipeline, source: VideoInfo, config: VideoConfig) -> Iterator[VideoProgress | list[Track]]:
+def track_faces(pipeline: FalcoPipeline, source: VideoInfo, config: VideoConfig,
+                ) -> Iterator[VideoProgress | list[Track]]:
     """VideoProgress per frame, then the tracks (gaps filled, landmarks smoothed), persons in order of appearance."""
     tracker = FaceTracker(pipeline.analyzer, pipeline.recognizer, config)
     for frame in read_frames(source.path):
@@ -133,10 +146,11 @@ def track_faces(pipeline, source: VideoInfo, config: VideoConfig) -> Iterator[Vi
     yield tracks
 
 
-def build_identity(pipeline, track: Track, tracks: int, margin: float, optim: OptimConfig,
+def build_identity(pipeline: FalcoPipeline, track: Track, tracks: int, margins: Sequence[float], optim: OptimConfig,
                    fake_k: int) -> Iterator[VideoProgress | AnonymizationResult]:
-    """FALCO's optimisation on the track's key frame: VideoProgress per step, then the key frame's result."""
-    for event in pipeline.anonymize(track.key_photo, faces=[0], margins=(margin,), optim=optim, fake_k=fake_k,
+    """FALCO's optimisation on the track's key frame, every m in one batch: VideoProgress per step, then the key
+    frame's result (its ``faces``: the person at each m, in the order of ``margins``)."""
+    for event in pipeline.anonymize(track.key_photo, faces=[0], margins=margins, optim=optim, fake_k=fake_k,
                                     detections=[track.key_face]):
         if isinstance(event, AnonymizationResult):
             yield event
@@ -151,148 +165,37 @@ def track_offset(face: FaceResult, rows: tuple[int, int]) -> torch.Tensor:
     return offset
 
 
-@dataclass
-class _Item:
-    """One face of one frame on its way through the networks."""
-    frame: int
-    track: int                         # index into the results
-    aligned: AlignedFace
-    anonymized: Image.Image | None = None
-
-
-class FrameRenderer:
-    """Frames in, frames with every tracked face anonymized out: e4e + offset + generator, in batches."""
-
-    def __init__(self, pipeline, results: list[TrackResult], optim: OptimConfig, config: VideoConfig,
-                 refine_steps: int = 0):
-        self.pipeline, self.results, self.optim, self.config = pipeline, results, optim, config
-        self.refine_steps = refine_steps
-        device = pipeline.device
-        self.offsets = torch.stack([r.offset for r in results]).to(device) if results else None
-        self.margins = torch.tensor([r.face.margin for r in results], device=device)
-        self.fake_w = pipeline.bank.w[[r.face.fake_index for r in results]].to(device) if results else None
-        self.loss = FalcoLoss.for_config(pipeline.nets.arcface, pipeline.nets.farl, optim) if refine_steps else None
-
-    def align(self, frame: Frame) -> tuple[Frame, Image.Image, list[_Item]]:
-        photo = Image.fromarray(frame.pixels, "RGB")
-        size = self.config.align_size or self.pipeline.nets.e4e.config["input_size"]
-        items = [_Item(frame.index, t, align_face(photo, r.landmarks[frame.index], size,
-                                                  config=self.pipeline.face_config))
-                 for t, r in enumerate(self.results) if frame.index in r.landmarks]
-        return frame, photo, items
-
-    @torch.no_grad()
-    def codes(self, crops: list[Image.Image], tracks: list[int]) -> torch.Tensor:
-        """Each face's W+: its inversion plus its track's offset (rows 3..7 only)."""
-        return self.pipeline.invert(crops) + self.offsets[tracks]
-
-    def render(self, items: list[_Item]) -> None:
-        """Fills each item's ``anonymized``."""
-        if not items:
-            return
-        crops = [item.aligned.image for item in items]
-        tracks = [item.track for item in items]
-        wplus = self.codes(crops, tracks)
-        if self.refine_steps:
-            wplus = self._refine(crops, tracks, wplus)
-        for item, pixels in zip(items, to_pixels(self.pipeline.render(wplus))):
-            item.anonymized = Image.fromarray(pixels, "RGB")
-
-    def _refine(self, crops: list[Image.Image], tracks: list[int], wplus: torch.Tensor) -> torch.Tensor:
-        start, stop = self.optim.trained_rows
-        optim = replace(self.optim, steps=self.refine_steps, cuda_graph=False)
-        with torch.no_grad():
-            real = self.loss.real_features(to_tensor(crops, self.pipeline.device))
-        stream = optimize_latents(self.pipeline.nets.generator, self.loss, real, wplus, self.fake_w[tracks],
-                                  self.margins[tracks], optim, trained_start=wplus[:, start:stop])
-        with closing(stream):
-            for step in stream:
-                wplus = step.wplus
-        return wplus.detach()
-
-    def paste(self, photo: Image.Image, items: list[_Item]) -> np.ndarray:
-        if not items:
-            return np.asarray(photo)
-        return np.asarray(paste_faces(photo, [(item.aligned, item.anonymized) for item in items],
-                                      self.pipeline.face_config))
-
-
-def _read_ahead(frames: Iterator, work, depth: int) -> Iterator:
-    """``work(frame)`` for each frame, computed up to ``depth`` ahead in a thread, in order."""
-    end = object()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-decode") as pool:
-        def produce():
-            frame = next(frames, end)
-            return end if frame is end else work(frame)
-        pending: deque[Future] = deque(pool.submit(produce) for _ in range(max(depth, 1)))
-        try:
-            while True:
-                value = pending.popleft().result()
-                if value is end:
-                    return
-                pending.append(pool.submit(produce))
-                yield value
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def render_frames(renderer: FrameRenderer, source: VideoInfo, writer: VideoWriter,
-                  config: VideoConfig) -> Iterator[VideoProgress]:
-    """Every frame through the renderer into the writer; VideoProgress after each batch."""
-    done = 0
-    per_pass = config.batch_frames or (2 if renderer.pipeline.device.type == "cpu" else 8)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-encode") as encoder:
-        writing: deque[Future] = deque()
-
-        def flush(batch: list[tuple[Frame, Image.Image, list[_Item]]]) -> None:
-            renderer.render([item for _, _, items in batch for item in items])
-            for frame, photo, items in batch:   # one worker: frames are encoded in order
-                writing.append(encoder.submit(
-                    lambda f=frame, p=photo, i=items: writer.write(f.pts, renderer.paste(p, i))))
-            while len(writing) > config.queue_frames:
-                writing.popleft().result()
-
-        batch, faces = [], 0
-        frames = read_frames(source.path)
-        with closing(frames):
-            for aligned in _read_ahead(frames, renderer.align, config.queue_frames):
-                batch.append(aligned)
-                faces += len(aligned[2])
-                if faces >= per_pass or len(batch) >= config.queue_frames:
-                    flush(batch)
-                    done += len(batch)
-                    batch, faces = [], 0
-                    yield VideoProgress("rendering", done, source.frames)
-            if batch:
-                flush(batch)
-                done += len(batch)
-        while writing:
-            writing.popleft().result()
-    yield VideoProgress("rendering", done, source.frames)
-
-
-def anonymize_video(pipeline, source: str | Path, out_path: str | Path, margin: float | None = None,
-                    optim: OptimConfig | None = None, fake_k: int | None = None, refine_steps: int | None = None,
-                    codec: str | None = None, config: VideoConfig = VideoConfig(),
-                    max_seconds: float | None = None) -> Iterator[VideoProgress | VideoResult]:
-    """VideoProgress events, then one VideoResult; the anonymized clip is at ``out_path`` once it is yielded.
-
-    margin: m in [0, 1] (default ``optim.margin``); refine_steps: per-frame steps (default
-    ``config.refine_steps``); codec: the video encoder (default ``config.video_codec``: the source's);
-    max_seconds: refuse longer clips (default ``config.max_seconds``).  Bad settings and unusable clips
-    are a FalcoError before any work."""
-    optim = optim or OptimConfig()
-    fake_k = BankConfig().k_nearest if fake_k is None else fake_k
-    refine_steps = config.refine_steps if refine_steps is None else refine_steps
-    (margin,) = check_run_settings((optim.margin if margin is None else margin,), optim, fake_k,
-                                   len(pipeline.bank))
-    if refine_steps < 0:
-        raise FalcoError(f"Refine steps must not be negative, not {refine_steps}.")
-    info = probe_video(source, config, max_seconds)
-    out_path = Path(out_path)
-    if out_path.resolve() == info.path.resolve():
+def clip_paths(out_path: str | Path | Sequence[str | Path], margins: tuple[float, ...], source: Path) -> list[Path]:
+    """One output path per m (``out_path``: a path alone for one m), none of them the source nor another's."""
+    paths = [Path(out_path)] if isinstance(out_path, (str, Path)) else [Path(p) for p in out_path]
+    if len(paths) != len(margins):
+        raise ValueError(f"{len(margins)} value(s) of m need as many output paths, not {len(paths)}")
+    resolved = [p.resolve() for p in paths]
+    if source.resolve() in resolved:
         raise FalcoError("The anonymized clip cannot replace its source: give another output name.")
+    if len(set(resolved)) != len(resolved):
+        raise ValueError("each m needs an output path of its own")
+    return paths
+
+
+def anonymize_video(pipeline: FalcoPipeline, source: str | Path, out_path: str | Path | Sequence[str | Path],
+                    margins: Sequence[float] | None = None, optim: OptimConfig | None = None,
+                    fake_k: int | None = None, refine_steps: int | None = None, codec: str | None = None,
+                    config: VideoConfig = VideoConfig(), max_seconds: float | None = None,
+                    margin: float | None = None) -> Iterator[VideoProgress | VideoResult]:
+    """VideoProgress events, then one VideoResult; the anonymized clips are in place once it is yielded.
+
+    margins: the m values in [0, 1], or ``margin``: one m (default, as for a photo: DEFAULT_MARGIN; every default and
+    check is ``FalcoPipeline.settings``'); ``out_path``: one path per m, in their order (a path alone for one m).
+    The clip is tracked once and each person optimised once for every m; each m gets its clip.  refine_steps: per-frame steps (default ``config.refine_steps``); codec: the
+    video encoder (default ``config.video_codec``: the source's); max_seconds: refuse longer clips (default
+    ``config.max_seconds``).  Bad settings and unusable clips are a FalcoError before any work."""
+    if margin is not None and margins is not None:
+        raise ValueError("give margins or margin, not both")
+    run = pipeline.settings((margin,) if margin is not None else margins, optim, fake_k)
+    refine_steps = check_refine_steps(config.refine_steps if refine_steps is None else refine_steps)
+    info = probe_video(source, config, max_seconds)
+    paths = clip_paths(out_path, run.margins, info.path)
     seconds: dict[str, float] = {}
 
     started = time.monotonic()
@@ -307,31 +210,36 @@ def anonymize_video(pipeline, source: str | Path, out_path: str | Path, margin: 
         raise NoFaceError(NO_FACE_IN_CLIP)
 
     started = time.monotonic()
-    results, key_params = [], {}
+    at_m: list[list[TrackResult]] = [[] for _ in run.margins]   # per m, per person
+    key_params: dict = {}
     for track in tracks:
-        for event in build_identity(pipeline, track, len(tracks), margin, optim, fake_k):
+        for event in build_identity(pipeline, track, len(tracks), run.margins, run.optim, run.fake_k):
             if isinstance(event, VideoProgress):
                 yield event
-            else:
-                face, key_params = event.faces[0], event.params
-                results.append(TrackResult(track.number, track.key_frame,
-                                           track_offset(face, optim.trained_rows), face, track.landmarks,
-                                           track.filled))
+                continue
+            key_params = event.params
+            for results, face in zip(at_m, event.faces):
+                results.append(TrackResult(offset=track_offset(face, run.optim.trained_rows), face=face,
+                                           track=track.number, key_frame=track.key_frame,
+                                           landmarks=track.landmarks, filled_frames=track.filled))
         track.key_photo = None   # the frame is no longer needed
+    results = [r for per_person in at_m for r in per_person]
     seconds["identity"] = time.monotonic() - started
 
     started = time.monotonic()
-    renderer = FrameRenderer(pipeline, results, optim, config, refine_steps)
-    writer = VideoWriter(out_path, info, writer_codec(codec, config), config)
-    with writer:
-        yield from render_frames(renderer, info, writer, config)
+    renderer = FrameRenderer(pipeline, results, run.margins, run.optim, config, refine_steps)
+    with ClipWriters(paths, info, writer_codec(codec, config), config) as writers:
+        # Closed before the writers are: a stop lets the frames being encoded finish before the clips go.
+        with closing(render_frames(renderer, info, [t.landmarks for t in tracks], writers, config)) as rendering:
+            for done in rendering:
+                yield VideoProgress("rendering", done, info.frames)
     seconds["rendering"] = time.monotonic() - started
     # What the key frames' runs recorded (optimisation, fake k, bank, weights, device, version), and the video's own.
-    params = {"margin": margin, **{k: key_params[k] for k in ("optim", "fake_k", "bank", "weights", "device",
-                                                              "falco_version")},
+    params = {"margins": list(run.margins), **{k: key_params[k] for k in ("optim", "fake_k", "bank", "weights",
+                                                                          "device", "falco_version")},
               "refine_steps": refine_steps, "video_codec": writer_codec(codec, config),
               "video": {k: v for k, v in asdict(config).items() if k not in ("container_formats", "extensions")}}
-    yield VideoResult(out_path, info, results, margin, params, {k: round(v, 3) for k, v in seconds.items()})
+    yield VideoResult(paths, info, results, run.margins, params, {k: round(v, 3) for k, v in seconds.items()})
 
 
 def writer_codec(codec: str | None, config: VideoConfig) -> str | None:

@@ -1,64 +1,68 @@
 """Clips on the command line: one clip, or every clip of a folder tree, beside falco.batch's photos.
 
-For IN/a/x.mp4 it writes OUT/a/x.mp4 (with several m, x.m0.5.mp4, one per m), x.mp4.latents.safetensors
-(each person track's offset and key-frame codes, for the first m) and, last, x.mp4.json: the record
-(``source``, ``status``, ``outputs``, ``video``, ``tracks``: one entry per person track, ``settings``,
-``params``, ``seconds``; or the ``error``).  Records, resuming, ``--retry-failed`` and accelerate's shares
-follow falco.batch's rules.  This module loads no network or codec until a clip is done: the command
-line imports it before it parses its arguments.
+For IN/a/x.mp4 it writes OUT/a/x.mp4 (with several m, x.m0.5.mp4, one per m: the clip is tracked once and
+each person optimised once for every m), x.mp4.latents.safetensors (each person track's offset and key-frame
+codes, for the first m) and, last, x.mp4.json: the record (``source``, ``status``, ``outputs``, ``video``,
+``tracks``: one entry per person track and m, ``params``, ``settings``, ``seconds``; or the ``error``).
+Records, resuming, ``--retry-failed`` and accelerate's shares follow falco.batch's rules.  This module loads
+no network or codec until a clip is done: the command line imports it before it parses its arguments.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from falco import batch
 from falco.config import OptimConfig, VideoConfig
-from falco.files import write_atomic
+from falco.files import save_json
+
+if TYPE_CHECKING:
+    from falco.pipeline import FalcoPipeline
 
 
 def is_clip(path: Path, config: VideoConfig = VideoConfig()) -> bool:
     return Path(path).is_file() and Path(path).suffix.lower() in config.extensions
 
 
-def anonymize_clip(pipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
-                   fake_k: int, refine_steps: int, settings: dict | None = None, progress: bool = True,
-                   config: VideoConfig = VideoConfig()) -> dict:
-    """One clip, once per m, then its latents and (last) its record; returns the record."""
+def anonymize_clip(pipeline: FalcoPipeline, source: Path, relative: str, out_dir: Path, margins: Sequence[float],
+                   optim: OptimConfig, fake_k: int, refine_steps: int, settings: dict | None = None,
+                   progress: bool = True, config: VideoConfig = VideoConfig()) -> dict:
+    """One clip, tracked once and each person optimised once for every m, a clip per m; then its latents and
+    (last) its record; returns the record."""
+    from falco.video.anonymize import VideoProgress, anonymize_video  # torch and PyAV: once there is a clip to do
+
     started = time.monotonic()
     clips, latents, record = batch.output_paths(out_dir, relative, margins)
     record.parent.mkdir(parents=True, exist_ok=True)
-    results = []
+    result = None
     try:
-        for margin, clip in zip(margins, clips):
-            with tqdm(total=None, unit="frame", desc=f"{relative} m={margin:g}", disable=not progress) as bar:
-                for event in pipeline.anonymize_video(source, clip, margin=margin, optim=optim, fake_k=fake_k,
-                                                      refine_steps=refine_steps, config=config):
-                    if hasattr(event, "stage"):
-                        bar.set_description(f"{relative} m={margin:g}: {event.stage}"
-                                            + (f" person {event.track}/{event.tracks}" if event.track else ""))
-                        bar.total, bar.n = event.total, event.done
-                        bar.refresh()
-                    else:
-                        results.append(event)
-        results[0].save_latents(latents)
+        with tqdm(total=None, unit="frame", desc=relative, disable=not progress) as bar:
+            for event in anonymize_video(pipeline, source, clips, margins=margins, optim=optim, fake_k=fake_k,
+                                         refine_steps=refine_steps, config=config):
+                if isinstance(event, VideoProgress):
+                    bar.set_description(f"{relative}: {event.stage}"
+                                        + (f" person {event.track}/{event.tracks}" if event.track else ""))
+                    bar.total, bar.n = event.total, event.done
+                    bar.refresh()
+                else:
+                    result = event
+        result.save_latents(latents)
     except BaseException:
-        # One m failed (or Ctrl-C) after others were written: no record will list those clips, so they go too,
-        # as a photo's outputs are written only once every m is done.
-        for clip in clips[:len(results)]:
-            clip.unlink(missing_ok=True)
+        # The clips come all at once (every m's, or none); the latents failed after them (or Ctrl-C): no record
+        # will list those clips, so they go too, as a photo's outputs are written only once every m is done.
+        if result is not None:
+            for clip in clips:
+                clip.unlink(missing_ok=True)
         raise
     entry = {"source": relative, "status": "ok",
              "outputs": [p.relative_to(out_dir).as_posix() for p in (*clips, latents)],
-             "video": results[0].video_record(),
-             "tracks": [t for r in results for t in r.track_records()], "settings": settings,
-             "params": results[0].params, "seconds": round(time.monotonic() - started, 3)}
-    write_atomic(record, lambda tmp: tmp.write_text(json.dumps(entry, indent=2)))
+             **result.record(), "settings": settings, "seconds": round(time.monotonic() - started, 3)}
+    save_json(record, entry)
     return entry
 
 
@@ -69,8 +73,8 @@ def video_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, we
             "missed_frames_covered": True}
 
 
-def anonymize_clips(pipeline, in_path: Path, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
-                    fake_k: int, shard: batch.Shard = batch.Shard(0, 1), retry_failed: bool = False,
+def anonymize_clips(pipeline: FalcoPipeline, in_path: Path, out_dir: Path, margins: Sequence[float],
+                    optim: OptimConfig, fake_k: int, shard: batch.Shard = batch.Shard(0, 1), retry_failed: bool = False,
                     progress: bool = True, refine_steps: int = 0, config: VideoConfig = VideoConfig()) -> batch.Summary:
     """``in_path``: one clip, or a folder tree's clips; this process does those of its ``shard`` (accelerate's rank:
     of several processes given one clip, one does it)."""

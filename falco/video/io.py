@@ -158,7 +158,7 @@ class VideoWriter:
             if source.audio_codec is not None:
                 self._open_audio()
         except BaseException:
-            self._abort()
+            self.abort()
             raise
 
     def _add_video(self, codec: str | None, config: VideoConfig):
@@ -226,11 +226,12 @@ class VideoWriter:
                 self._audio_in.close()
             self.tmp.replace(self.path)
         except BaseException:
-            self._abort()
+            self.abort()
             raise
         return self.path
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Closes the file unfinished and deletes it: nothing is left under either name."""
         for container in (self._out, getattr(self, "_audio_in", None)):
             try:
                 if container is not None:
@@ -246,7 +247,7 @@ class VideoWriter:
         if kind is None:
             self.close()
         else:
-            self._abort()
+            self.abort()
 
 
 def _can_encode(codec: str) -> bool:

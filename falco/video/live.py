@@ -2,11 +2,12 @@
 
 The first ``live_build_seconds`` of frames find the persons and each one's key frame, and are shown
 blurred (no face leaves unanonymized); then each person's identity is optimised once
-(``live_steps`` steps) and every later frame is rendered as a clip's frames are (falco.video.anonymize):
-align, e4e, + the person's offset, generator, paste.  A person who first appears later gets their
-identity at once (that frame waits for it).  Landmarks are smoothed online with the One-Euro filter; a
-person missed in a frame (a blink, motion blur) within ``track_gap`` frames of their last detection keeps
-their last landmarks there, so that their face stays covered.
+(``live_steps`` steps) and every later frame is rendered as a clip's frames are (falco.video.render):
+align at the person's current landmarks, e4e, + the person's offset, generator, paste.  A person who
+first appears later gets their identity at once (that frame waits for it).  Landmarks are smoothed
+online with the One-Euro filter; a person missed in a frame (a blink, motion blur) within ``track_gap``
+frames of their last detection keeps their last landmarks there, so that their face stays covered.
+Each frame's landmarks go to the renderer as they are (``shown``); nothing of the identities is rewritten.
 """
 
 from __future__ import annotations
@@ -19,25 +20,29 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from falco.config import OptimConfig, VideoConfig
+from falco.pipeline import FalcoPipeline
 from falco.results import AnonymizationResult
-from falco.video.anonymize import FrameRenderer, TrackResult, build_identity, track_offset
+from falco.video.anonymize import build_identity, track_offset
 from falco.video.io import Frame
+from falco.video.render import FrameRenderer, Identity
 from falco.video.smoothing import OneEuroFilter
 from falco.video.tracks import FaceTracker, Track
 
 
 class LiveAnonymizer:
-    def __init__(self, pipeline, margin: float, optim: OptimConfig | None = None,
+    def __init__(self, pipeline: FalcoPipeline, margin: float, optim: OptimConfig | None = None,
                  config: VideoConfig = VideoConfig()):
         self.pipeline, self.margin, self.config = pipeline, margin, config
-        self.optim = replace(optim or OptimConfig(), steps=config.live_steps, margin=margin)
+        self.optim = replace(optim or OptimConfig(), steps=config.live_steps)
         self.tracker = FaceTracker(pipeline.analyzer, pipeline.recognizer, config)
         self.index = 0
         self.started: float | None = None
-        self.results: dict[int, TrackResult] = {}      # track number -> its identity
+        self.results: dict[int, Identity] = {}         # track number -> its identity
         self.filters: dict[int, OneEuroFilter] = {}
         self.smoothed: dict[int, np.ndarray] = {}       # track number -> its latest smoothed landmarks
+        self.shown: dict[int, np.ndarray] = {}          # track number -> the landmarks anonymized in the last frame
         self.renderer: FrameRenderer | None = None
+        self.numbers: list[int] = []                    # the renderer's persons, as track numbers
         self.times: deque[float] = deque(maxlen=30)
 
     @property
@@ -54,14 +59,15 @@ class LiveAnonymizer:
         """The frame [H, W, 3] uint8 RGB anonymized (blurred while the identities are being built)."""
         now = time.monotonic() if now is None else now
         self.started = now if self.started is None else self.started
-        photo = Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB")
+        pixels = np.ascontiguousarray(pixels[..., :3])
+        photo = Image.fromarray(pixels, "RGB")
         placed = self.tracker.update(self.index, photo)
         index, self.index = self.index, self.index + 1
-        out = self._frame(index, photo, placed, now)
+        out = self._frame(Frame(index, None, pixels), photo, placed, now)
         self.times.append(time.monotonic())
         return out
 
-    def _frame(self, index: int, photo: Image.Image, placed: list, now: float) -> np.ndarray:
+    def _frame(self, frame: Frame, photo: Image.Image, placed: list, now: float) -> np.ndarray:
         # Smoothed while building too: a person missed in the first rendered frame still has landmarks there.
         for track, face in placed:
             smoother = self.filters.setdefault(track.number, OneEuroFilter(
@@ -70,30 +76,27 @@ class LiveAnonymizer:
         if now - self.started < self.config.live_build_seconds:
             return np.asarray(photo.filter(ImageFilter.GaussianBlur(max(photo.size) / 40)))
         # Detected now or missed for at most track_gap frames (a blink): a missed face keeps its last landmarks.
-        shown = [t for t in self.tracker.tracks if index - t.last_frame <= self.config.track_gap]
+        shown = [t for t in self.tracker.tracks if frame.index - t.last_frame <= self.config.track_gap]
         for track in shown:
             if track.number not in self.results:
                 self._build(track)
-        numbers = sorted(self.results)
-        for number, result in self.results.items():
-            result.landmarks.clear()
-        for track in shown:
-            self.results[track.number].landmarks[index] = self.smoothed[track.number]
-        renderer = self._renderer(numbers)
-        frame, photo, items = renderer.align(Frame(index, None, np.asarray(photo)))
-        renderer.render(items)
-        return renderer.paste(photo, items)
+        self.shown = {track.number: self.smoothed[track.number] for track in shown}
+        renderer = self._renderer()
+        aligned = renderer.align(frame, {self.numbers.index(n): points for n, points in self.shown.items()}, photo)
+        renderer.render(aligned.items)
+        return renderer.paste(aligned)[0]
 
     def _build(self, track: Track) -> None:
-        for event in build_identity(self.pipeline, track, len(self.tracker.tracks), self.margin, self.optim, 1):
+        for event in build_identity(self.pipeline, track, len(self.tracker.tracks), (self.margin,), self.optim, 1):
             if isinstance(event, AnonymizationResult):
                 face = event.faces[0]
-                self.results[track.number] = TrackResult(track.number, track.key_frame,
-                                                         track_offset(face, self.optim.trained_rows), face, {})
+                self.results[track.number] = Identity(track_offset(face, self.optim.trained_rows), face)
         track.key_photo = None
         self.renderer = None
 
-    def _renderer(self, numbers: list[int]) -> FrameRenderer:
+    def _renderer(self) -> FrameRenderer:
         if self.renderer is None:
-            self.renderer = FrameRenderer(self.pipeline, [self.results[n] for n in numbers], self.optim, self.config)
+            self.numbers = sorted(self.results)
+            self.renderer = FrameRenderer(self.pipeline, [self.results[n] for n in self.numbers], (self.margin,),
+                                          self.optim, self.config)
         return self.renderer

@@ -1,7 +1,7 @@
 """FALCO weights: fetch and verify a set, make a random one, or publish the official checkpoints.
 
     python -m falco.weights fetch  [--weights REPO[@REV]|FOLDER]
-    python -m falco.weights random --out DIR [--tiny] [--no-judges]
+    python -m falco.weights random --out DIR [--tiny]
     python -m falco.weights prepare [--out DIR] [--bank-size N] [--device D]
     python -m falco.weights publish --repo user/name --e4e ... --arcface ... --farl ... \\
         --landmarks ... --recognition ... --bank ... [--generator ...] [--out DIR --dry-run]
@@ -21,7 +21,7 @@ from falco.weights.hub import check_names, fetch_weights
 from falco.weights.manifest import ARTIFACTS, PROJECT_MANIFEST
 from falco.weights.prepare import PrepareProgress, prepare_weights, prepared_folder
 from falco.weights.publish import publish, upload_weights
-from falco.weights.random_set import make_random_judges, make_random_weights
+from falco.weights.random_set import make_random_weights
 
 OFFICIAL_FILE_ARGS = ("e4e", "arcface", "farl", "landmarks", "recognition")
 
@@ -43,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     rand.add_argument("--tiny", action="store_true", help="tiny architectures (seconds on a CPU)")
     rand.add_argument("--names", nargs="+", choices=list(ARTIFACTS), default=None)
     rand.add_argument("--bank-size", type=int, default=None)
-    rand.add_argument("--no-judges", action="store_true",
-                      help="leave out the random evaluation networks (evaluation/: FaceNet, MTCNN, the FID "
-                           "Inception, the probe's encoder) that python -m falco.evaluate takes from this folder")
 
     prep = sub.add_parser("prepare", help="download the official files, convert them and build the fake bank: "
                                           "the set the app uses when no published one exists")
@@ -87,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {paths[name]}")
         elif args.command == "random":
             make_random_weights(args.out, args.tiny, args.names, args.bank_size, progress=True)
-            if not args.no_judges:
-                make_random_judges(args.out, args.tiny)
             print(f"random {'tiny' if args.tiny else 'full-size'} weights (noise) in {args.out}")
         elif args.command == "prepare":
             print(f"weights prepared in {_prepare(args.out, args.bank_size, args.device)}")

@@ -52,5 +52,5 @@ def write_manifest(folder: Path, repo_id: str | None, note: str) -> Manifest:
     a folder with one is complete)."""
     manifest = describe_folder(folder, repo_id, note=note)
     (folder / MODEL_CARD_NAME).write_text(model_card(manifest))
-    write_atomic(folder / MANIFEST_NAME, manifest.write)
+    manifest.write(folder / MANIFEST_NAME)
     return manifest

@@ -36,8 +36,8 @@ LICENCES: dict[str, Terms] = {
                               "https://github.com/davisking/dlib-models", non_commercial=False),
 }
 
-# The judges of `python -m falco.evaluate` (falco.evaluate.judges): not part of a weight set, so neither the footer
-# nor the model card lists them; README "Evaluation networks" repeats them.
+# The judges the evaluation runs (FaceNet, MTCNN, the FID Inception, the attribute probe): not part of a weight set,
+# so neither the footer nor the model card lists them; README "Evaluation networks" repeats them.
 EVALUATION_LICENCES: dict[str, Terms] = {
     "facenet": Terms("FaceNet InceptionResnetV1 (CASIA-WebFace, VGGFace2)",
                      "timesler/facenet-pytorch, ported from davidsandberg/facenet", "MIT",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from falco.config import DEFAULT_WEIGHTS_REPO
 from falco.errors import WeightsError
+from falco.files import save_json
 from falco.models import NETWORKS  # noqa: F401  (re-exported: the artifacts that are networks)
 
 ARTIFACTS: dict[str, str] = {
@@ -94,18 +95,14 @@ class Manifest:
             raise WeightsError(f"The weights manifest {path} is unreadable ({err}).") from err
         return cls(data.get("repo_id"), data.get("revision"), artifacts, data.get("note", ""))
 
-    def to_json(self) -> str:
-        data = {"format": MANIFEST_FORMAT, "repo_id": self.repo_id, "revision": self.revision,
-                "note": self.note,
-                "artifacts": {name: {"filename": a.filename, "size": a.size, "sha256": a.sha256,
-                                     "description": a.description} for name, a in self.artifacts.items()}}
-        return json.dumps(data, indent=2) + "\n"
-
     def write(self, path: str | Path) -> Path:
+        """The manifest file, written whole or not at all (a folder whose manifest exists is complete)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
-        return path
+        data = {"format": MANIFEST_FORMAT, "repo_id": self.repo_id, "revision": self.revision, "note": self.note,
+                "artifacts": {name: {"filename": a.filename, "size": a.size, "sha256": a.sha256,
+                                     "description": a.description} for name, a in self.artifacts.items()}}
+        return save_json(path, data, final_newline=True)
 
     def artifact(self, name: str, where: str) -> Artifact:
         if name not in self.artifacts:

@@ -1,0 +1,78 @@
+"""Wall time and peak resident memory of a whole command, its child processes included.
+
+    python -m falco.benchmarks.tree_memory -- python -m pytest          # the test suite's figures
+    python -m falco.benchmarks.tree_memory --every 0.1 -- python app.py
+
+The resident set of the command and every process below it is summed and sampled every ``--every``
+seconds (0.25 by default): the peak printed is what the machine had to hold at once, the figure that
+decides whether a 16 GB laptop runs the command beside a browser.  A peak shorter than one interval
+can be missed.  The command's exit status is passed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+
+def tree_resident_bytes(root: psutil.Process) -> int:
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass   # ended between the listing and the reading
+    return total
+
+
+class TreeSampler:
+    """Samples a process tree's resident memory in a thread until stopped; ``peak`` in bytes."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        self.root, self.every, self.peak = psutil.Process(pid), every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="falco-tree-memory", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, tree_resident_bytes(self.root))
+            except psutil.NoSuchProcess:
+                return
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--every", type=float, default=0.25, help="seconds between samples")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to measure after --")
+    started = time.monotonic()
+    process = subprocess.Popen(command)
+    with TreeSampler(process.pid, args.every) as sampler:
+        status = process.wait()
+    seconds = time.monotonic() - started
+    print(f"tree_memory: {' '.join(command)}\n  exit status {status}, wall {seconds:.1f} s "
+          f"({seconds / 60:.2f} min), peak resident memory of the process tree {sampler.peak / 2**30:.2f} GiB "
+          f"(sampled every {args.every} s)", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
