@@ -187,9 +187,10 @@ def anonymize_video(pipeline: FalcoPipeline, source: str | Path, out_path: str |
 
     margins: the m values in [0, 1], or ``margin``: one m (default, as for a photo: DEFAULT_MARGIN; every default and
     check is ``FalcoPipeline.settings``'); ``out_path``: one path per m, in their order (a path alone for one m).
-    The clip is tracked once and each person optimised once for every m; each m gets its clip.  refine_steps: per-frame steps (default ``config.refine_steps``); codec: the
-    video encoder (default ``config.video_codec``: the source's); max_seconds: refuse longer clips (default
-    ``config.max_seconds``).  Bad settings and unusable clips are a FalcoError before any work."""
+    The clip is tracked once and each person optimised once for every m; each m gets its clip.  refine_steps:
+    per-frame steps (default ``config.refine_steps``); codec: the video encoder (default ``config.video_codec``: the
+    source's); max_seconds: refuse longer clips (default ``config.max_seconds``).  Bad settings and unusable clips
+    are a FalcoError before any work."""
     if margin is not None and margins is not None:
         raise ValueError("give margins or margin, not both")
     run = pipeline.settings((margin,) if margin is not None else margins, optim, fake_k)
