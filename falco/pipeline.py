@@ -41,7 +41,7 @@ from falco.models.networks import Networks, load_networks
 from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
 from falco.results import AlignmentCheck, AnonymizationResult, FaceResult, StepEvent
-from falco.speed import reuse_freed_memory
+from falco.allocator import reuse_freed_memory
 from falco.weights import WeightPaths, fetch_weights
 
 
@@ -95,7 +95,7 @@ class FalcoPipeline:
         device = resolve_device(device)   # before the fetch: a missing GPU costs no download
         paths = source if isinstance(source, WeightPaths) else fetch_weights(source, progress=progress)
         if device.type == "cpu":
-            reuse_freed_memory()   # ~2x faster CPU steps; best called first thing in the program (falco.speed)
+            reuse_freed_memory()   # ~2x faster CPU steps; best called first thing in the program (falco.allocator)
         networks = load_networks(paths, device)
         return cls(networks, FakeBank.load(paths.fake_bank), FaceAnalyzer(paths.dlib_landmarks, face_config),
                    FaceRecognizer(paths.dlib_recognition), face_config, paths.source)

@@ -1,7 +1,7 @@
-"""What the browser tests share: Debian's Chromium through Playwright, and one `python app.py` for the session.
+"""What the browser tests share: Debian's Chromium through Playwright, and `python app.py` served to it.
 
-Registered as a pytest plugin by tests/conftest.py, so that the photo and Video tabs' tests (and the evaluation
-report's) use one Chromium and one app process instead of one per module.  Needs Debian's chromium
+Registered as a pytest plugin by tests/conftest.py.  Both fixtures live as long as the module that uses them, so
+that no app process or browser stays resident through the rest of the run.  Needs Debian's chromium
 (apt-get install chromium); Playwright never downloads a browser here.
 """
 
@@ -39,15 +39,15 @@ def open_page(browser, url: str, width: int = 1400, height: int = 1800):
     return page
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gradio_cache(tmp_path_factory) -> Path:
     """GRADIO_TEMP_DIR of the session's app process: its uploads and each visitor's files."""
     return tmp_path_factory.mktemp("gradio-cache")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_url(tiny_weights, tmp_path_factory, gradio_cache):
-    """`python app.py` on the tiny weights, on the CPU, served for the whole session."""
+    """`python app.py` on the tiny weights, on the CPU, served to the module's tests."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     # GRADIO_IS_E2E_TEST: Gradio drops a closed tab's state after 1 s instead of an hour.
@@ -77,9 +77,9 @@ def app_url(tiny_weights, tmp_path_factory, gradio_cache):
         process.wait(30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session (Playwright's sync API allows one per thread at a time)."""
+    """One headless Chromium for the module (Playwright's sync API allows one per thread at a time)."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

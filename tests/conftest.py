@@ -27,6 +27,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True)
+def freed_memory_goes_back():
+    """After each test the freed heap goes back to the system, as the app's does after a job
+    (falco.allocator): with the CPU allocator setting on (any test that loads a pipeline switches it on for the
+    process), the test process would otherwise hold the largest test's peak for the rest of the run."""
+    yield
+    from falco.allocator import release_freed_memory
+    release_freed_memory()
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     """The run's own temporary folder (TMPDIR, tempfile.gettempdir()), removed when the run ends."""

@@ -308,21 +308,39 @@ def test_the_recorded_step_never_touches_the_host(nets, config):
     assert "aten.mul" in host.found and calls.found == ["tensor", "new_tensor"]
 
 
-@pytest.mark.slow
-def test_compiled_steps_equal_eager_steps(nets, problem):
+def test_compiled_steps_equal_eager_steps(nets, problem, monkeypatch):
+    """OptimConfig.compile compiles the step with that mode, and the compiled step takes eager's steps.
+
+    The step is traced by dynamo and split into forward and backward graphs by AOTAutograd, as for any backend; it
+    runs here on the "aot_eager" backend, which executes those graphs with PyTorch's own kernels: what this proves
+    is that the step traces whole and that the loop handles a compiled step's outputs.  Inductor's code generation
+    (minutes of C++ compiling on a CPU for these networks) is PyTorch's to test."""
+    compiled, torch_compile = [], torch.compile
+
+    def compile_on_aot_eager(fn, mode=None, **kwargs):
+        compiled.append((fn, mode))
+        return torch_compile(fn, backend="aot_eager", **kwargs)
+
+    optimize.compiled_step_losses.cache_clear()
+    monkeypatch.setattr(optimize.torch, "compile", compile_on_aot_eager)
     real, wplus_real, w_fake = problem
     loss = FalcoLoss(nets.arcface, nets.farl, 10.0, 0.1)
     features = loss.real_features(real)
-    runs = [list(optimize_latents(nets.generator, loss, features, wplus_real, w_fake, MARGINS,
-                                  OptimConfig(steps=2, compile=mode))) for mode in (None, "default")]
-    for eager, compiled in zip(*runs):
-        torch.testing.assert_close(compiled.terms.total, eager.terms.total, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(compiled.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
+    try:
+        runs = [list(optimize_latents(nets.generator, loss, features, wplus_real, w_fake, MARGINS,
+                                      OptimConfig(steps=2, compile=mode))) for mode in (None, "default")]
+    finally:
+        optimize.compiled_step_losses.cache_clear()   # no later test gets the aot_eager step
+        torch._dynamo.reset()
+    assert compiled == [(optimize.step_losses, "default")]
+    for eager, compiled_step in zip(*runs):
+        torch.testing.assert_close(compiled_step.terms.total, eager.terms.total, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled_step.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
 
 
 HEAP_CHECK = """
 import torch
-from falco.speed import reuse_freed_memory
+from falco.allocator import reuse_freed_memory
 assert reuse_freed_memory()
 block = torch.empty(48 * 2**20 // 4)   # glibc would mmap a block this large, fresh each time, unless told otherwise
 with open("/proc/self/maps") as maps:
@@ -341,6 +359,34 @@ def test_large_blocks_come_from_the_reused_heap():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", HEAP_CHECK], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+RELEASE_CHECK = """
+import torch
+from falco.allocator import release_freed_memory, reuse_freed_memory
+from falco.benchmarks import resident_bytes
+assert reuse_freed_memory()
+block = torch.ones(512 * 2**20, dtype=torch.uint8)   # 512 MiB, touched
+held = resident_bytes()
+del block
+kept = resident_bytes()
+assert release_freed_memory()
+print(held, kept, resident_bytes())
+"""
+
+
+def test_freed_memory_stays_for_reuse_until_it_is_released():
+    # A fresh process, as in test_large_blocks_come_from_the_reused_heap.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", RELEASE_CHECK], cwd=root, capture_output=True, text=True, check=True)
+    held, kept, released = map(int, out.stdout.split())
+    block = 512 * 2**20
+    assert kept > held - block / 4           # freed, but kept in the heap for the next step
+    assert released < kept - block * 3 / 4   # given back to the system
 
 
 def test_resident_memory_reads_the_current_and_peak_sets():

@@ -48,7 +48,7 @@ from falco.models.farl import FaRL, farl_preprocess
 from falco.models.networks import Networks, load_networks
 from falco.models.random_weights import random_network
 from falco.optimize import compose_wplus, optimize_latents, start_wplus, step_losses
-from falco.speed import reuse_freed_memory
+from falco.allocator import reuse_freed_memory
 from falco.weights import fetch_weights
 
 FACE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut_face0_1024.png"
@@ -359,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-exact", action="store_true", help="leave out our exact fp32 loop (only the variants)")
     parser.add_argument("--no-reuse", action="store_true",
-                        help="leave the CPU allocator as it is for our loop too (falco.speed.reuse_freed_memory)")
+                        help="leave the CPU allocator as it is for our loop too (falco.allocator.reuse_freed_memory)")
     parser.add_argument("--full-run", action="store_true",
                         help="also time complete runs of one face, end to end, per variant")
     parser.add_argument("--full-run-steps", type=int, default=FULL_RUN_STEPS, help="steps of a complete run")

@@ -32,7 +32,7 @@ from falco.models.networks import Networks
 from falco.models.random_weights import random_network
 from falco.pipeline import FalcoPipeline
 from falco.pixels import to_tensor
-from falco.speed import reuse_freed_memory
+from falco.allocator import reuse_freed_memory
 from falco.video.anonymize import VideoResult, anonymize_video
 from falco.video.io import read_frames
 from falco.video.synthetic import pan_zoom_frames, write_clip

@@ -3,7 +3,7 @@
 Order matters, for the start-up time and for CPU speed:
 
 1. glibc's allocator is told to reuse freed memory before the loader and Gradio start their
-   threads (``falco.speed``: the CPU steps are ~2x faster in a thread that starts after it);
+   threads (``falco.allocator``: the CPU steps are ~2x faster in a thread that starts after it);
 2. the weights are fetched and their sha256 checked in the background while Gradio is
    imported (seconds of import; hashing and I/O leave the GIL free);
 3. the networks are built once the page is served (building is Python work: run against
@@ -25,7 +25,7 @@ import torch
 from falco.config import AppConfig
 from falco.device import zerogpu_available
 from falco.errors import FalcoError
-from falco.speed import reuse_freed_memory
+from falco.allocator import reuse_freed_memory
 from falco.ui.engine import LoadProgress, decide_device, in_background, load_failure_is_final, weights_loader
 from falco.weights import WeightPaths, fetch_weights, parse_source
 from falco.weights.hub import is_published

@@ -20,8 +20,9 @@ from falco.errors import FalcoError
 from falco.weights.hub import check_names, fetch_weights
 from falco.weights.manifest import ARTIFACTS, PROJECT_MANIFEST
 from falco.weights.prepare import PrepareProgress, prepare_weights, prepared_folder
-from falco.weights.publish import publish, upload_weights
-from falco.weights.random_set import make_random_weights
+
+# random_set and publish import torch where their commands run: fetch (a first download, a CI step, a Space's
+# build) answers without torch's seconds of import.
 
 OFFICIAL_FILE_ARGS = ("e4e", "arcface", "farl", "landmarks", "recognition")
 
@@ -83,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in check_names(args.names):
                 print(f"{name}: {paths[name]}")
         elif args.command == "random":
+            from falco.weights.random_set import make_random_weights
             make_random_weights(args.out, args.tiny, args.names, args.bank_size, progress=True)
             print(f"random {'tiny' if args.tiny else 'full-size'} weights (noise) in {args.out}")
         elif args.command == "prepare":
             print(f"weights prepared in {_prepare(args.out, args.bank_size, args.device)}")
         else:
+            from falco.weights.publish import publish, upload_weights
             folder = args.out
             if args.from_official:
                 # A published set gets the paper's bank whatever the device; its own folder, not the app's cache.

@@ -1,10 +1,12 @@
-"""Process-level settings that make the CPU optimisation loop faster without changing its results.
+"""The process's memory allocator: kept freed memory for the CPU loop's speed, given back after a job.
 
 Each CPU step at 1024x1024 allocates and frees about 10 GB of activations and gradients.
 glibc serves blocks that large with fresh ``mmap`` pages and unmaps them on ``free``, so
 every step the kernel faults in and zeroes them again: 2.6 million page faults, about half
 of a step's time on a 2-core machine (see ``python -m falco.benchmarks.optim``).  Keeping
-freed memory in the heap lets the next step reuse it.
+freed memory in the heap lets the next step reuse it (``reuse_freed_memory``); a long-lived
+process then hands the freed pages back to the system once a job is over
+(``release_freed_memory``), so that its resident memory is what it still uses, not its peak.
 """
 
 from __future__ import annotations
@@ -59,3 +61,16 @@ def reuse_freed_memory() -> bool:
         _reusing = all(libc.mallopt(param, value) == 1 for param, value in
                        ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
         return _reusing
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim); live memory stays where it is.
+
+    Call it when a job is over: with ``reuse_freed_memory`` the heap never shrinks by itself, so a process would
+    otherwise hold its largest job's peak for the rest of its life.  The next job faults its pages in again, which
+    costs one step's page faults, not every step's.  Returns False where it does not apply (not glibc)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
