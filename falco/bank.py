@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from falco.config import BankConfig
 from falco.errors import WeightsError
-from falco.files import save_tensors
 from falco.models.farl import farl_preprocess
+from falco.output_files import save_tensors
 
 BANK_FORMAT = "falco-fake-bank-v1"
 

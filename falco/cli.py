@@ -6,7 +6,7 @@
     accelerate launch -m falco.cli anonymize ...          # one process per GPU, on one or several machines
     falco bank build --out fake_bank.safetensors --n 60000 [--weights SRC] [--device cuda]
 
-Arguments become values here; the work is falco.batch's (folder trees), falco.datasets_io's and falco.bank's.
+Arguments become values here; the work is falco.photo_folders's (folder trees), falco.datasets_io's and falco.bank's.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from falco import batch
+from falco import photo_folders
 from falco.checks import check_batch_size, check_fake_k, check_refine_steps, check_run_settings
 from falco.config import DEFAULT_MARGIN, BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError
-from falco.video import files as clips
+from falco.video import clip_folders
 
 EXIT_IMAGES_FAILED = 3   # the run went through, but some images have a failure record: not 1, which stopped it
-ANONYMIZE_HELP = batch.__doc__.split("\n\n", 1)[1] + f"""
+ANONYMIZE_HELP = photo_folders.__doc__.split("\n\n", 1)[1] + f"""
 Exit status: 0 every image done (in this run or an earlier one); {EXIT_IMAGES_FAILED} the run went through but
 some images failed, in this run or an earlier one (their records say why; --retry-failed runs
 them again); 1 an error stopped the run; 2 a usage error, found before the networks load;
@@ -112,7 +112,7 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             usage.error("give a folder of photos (IN_DIR) or --dataset, one of them")
         if args.streaming and args.dataset is None:
             usage.error("--streaming reads a --dataset as it streams: give --dataset, or leave out --streaming")
-        if args.in_dir is not None and not args.in_dir.is_dir() and not clips.is_clip(args.in_dir):
+        if args.in_dir is not None and not args.in_dir.is_dir() and not clip_folders.is_clip(args.in_dir):
             usage.error(f"{args.in_dir} is neither a folder nor a clip")
         optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
         try:   # before the networks load, so a typo costs no load
@@ -120,7 +120,7 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             check_batch_size(args.batch)
             check_refine_steps(args.refine_steps)
             local = args.in_dir or (Path(args.dataset) if Path(args.dataset).is_dir() else None)
-            created = batch.prepare_out_dir(local, args.out_dir)
+            created = photo_folders.prepare_out_dir(local, args.out_dir)
             if args.dataset is not None:
                 from falco import datasets_io
                 dataset = datasets_io.open_dataset(args.dataset, args.split, args.image_column,
@@ -129,28 +129,28 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             usage.error(str(err))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         from falco.pipeline import FalcoPipeline  # imports torch, open_clip, dlib: after the usage checks
-        state = batch.process_state(args.device)   # accelerate's: this process's rank, device and share
+        state = photo_folders.process_state(args.device)   # accelerate's: this process's rank, device and share
         device = args.device or (state.device if state.device.type == "cuda" else None)
         pipeline = FalcoPipeline.from_pretrained(args.weights, device=device, progress=not args.no_progress)
         check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
-        shard = batch.Shard(state.process_index, state.num_processes)
+        shard = photo_folders.Shard(state.process_index, state.num_processes)
         run = {"margins": margins, "optim": optim, "fake_k": args.fake_k, "retry_failed": args.retry_failed,
                "progress": not args.no_progress, "aligned": args.aligned, "batch_size": args.batch, "shard": shard}
         if args.dataset is not None:
             summary = datasets_io.anonymize_dataset(pipeline, dataset, args.out_dir, **run)
         else:
-            summary = batch.Summary()
+            summary = photo_folders.Summary()
             if args.in_dir.is_dir():
-                summary = batch.anonymize_tree(pipeline, args.in_dir, args.out_dir, **run)
-            summary = summary + clips.anonymize_clips(   # a clip, or the tree's clips
+                summary = photo_folders.anonymize_tree(pipeline, args.in_dir, args.out_dir, **run)
+            summary = summary + clip_folders.anonymize_clips(   # a clip, or the tree's clips
                 pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
                 not args.no_progress, args.refine_steps)
-        summary = batch.merge_summaries(state, summary)   # waits for every process
+        summary = photo_folders.merge_summaries(state, summary)   # waits for every process
         finished = True
         code = EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0
         if not state.is_main_process:
             return code
-        batch.warn_not_aligned(summary)
+        photo_folders.warn_not_aligned(summary)
         line = {"out_dir": str(args.out_dir), **asdict(summary)}
         if args.dataset is not None:
             line.update(datasets_io.write_dataset(pipeline, dataset, args.out_dir, margins, optim, args.fake_k,
@@ -161,13 +161,13 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:
-        when = str(stop) if isinstance(stop, batch.Interrupted) else "interrupted before the first image"
+        when = str(stop) if isinstance(stop, photo_folders.Interrupted) else "interrupted before the first image"
         print(f"{when}; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         if not finished:   # a run that wrote nothing leaves no empty output folder behind
-            batch.remove_empty(created)
+            photo_folders.remove_empty(created)
 
 
 def build_bank(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from falco.batch import Item, Shard, Summary, anonymize_items, read_record, run_settings
 from falco.checks import check_dataset_columns
 from falco.config import CliConfig, OptimConfig
 from falco.errors import FalcoError, InputImageError, first_line
 from falco.names import output_paths
+from falco.photo_folders import Item, Shard, Summary, anonymize_items, read_record, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def open_dataset(name_or_path: str, split: str, image_column: str | None,
 def anonymize_dataset(pipeline, source: SourceDataset, out_dir: Path, margins: Sequence[float], optim: OptimConfig,
                       fake_k: int, shard: Shard = Shard(0, 1), retry_failed: bool = False, progress: bool = True,
                       aligned: bool = False, batch_size: int = 1, config: CliConfig = CliConfig()) -> Summary:
-    """This process's rows, as falco.batch does a folder's photos (into OUT_DIR/items/)."""
+    """This process's rows, as falco.photo_folders does a folder's photos (into OUT_DIR/items/)."""
     rows = streamed_items if source.streaming else dataset_items
     items = rows(source.rows, source.image_column, shard, config.dataset_image_suffix)
     return anonymize_items(pipeline, items, Path(out_dir), margins, optim, fake_k, shard, retry_failed, progress,

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 import falco
+from falco.allocator import reuse_freed_memory
 from falco.bank import FakeBank
 from falco.checks import check_face_picks, check_run_settings
 from falco.config import DEFAULT_MARGIN, BankConfig, FaceConfig, OptimConfig
@@ -41,7 +42,6 @@ from falco.models.networks import Networks, load_networks
 from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
 from falco.results import AlignmentCheck, AnonymizationResult, FaceResult, StepEvent
-from falco.allocator import reuse_freed_memory
 from falco.weights import WeightPaths, fetch_weights
 
 

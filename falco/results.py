@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from falco.config import DLIB_SAME_PERSON_DISTANCE
-from falco.files import save_tensors
+from falco.output_files import save_tensors
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from falco import batch, device
+from falco import device, photo_folders
 from falco.checks import check_face_picks
 from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, NoFaceError, WeightsError
@@ -248,7 +248,8 @@ def test_app_and_cli_write_the_same_record_and_codes(tmp_path):
     result = _result(margins, faces)
     downloads.write_downloads(result, downloads.run_record(result), tmp_path / "app")
     pipeline = SimpleNamespace(anonymize=lambda source, **kwargs: iter([result]))
-    batch.anonymize_one(pipeline, tmp_path / "x.png", "x.png", tmp_path / "cli", margins, OptimConfig(), 1, CliConfig())
+    photo_folders.anonymize_one(pipeline, tmp_path / "x.png", "x.png", tmp_path / "cli", margins, OptimConfig(), 1,
+                                CliConfig())
 
     app_record = json.loads((tmp_path / "app" / "run.json").read_text())
     cli_record = json.loads((tmp_path / "cli" / "x.png.json").read_text())

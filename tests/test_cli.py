@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from falco.batch import Shard, anonymize_tree, list_images
 from falco.cli import main
 from falco.config import CliConfig, OptimConfig
 from falco.errors import FalcoError
-from falco.files import write_atomic
+from falco.output_files import write_atomic
+from falco.photo_folders import Shard, anonymize_tree, list_images
 
 QUICK = OptimConfig(steps=1)
 
@@ -257,7 +257,7 @@ def test_a_rerun_with_other_settings_redoes_the_images_and_replaces_their_output
 def test_a_record_from_when_the_optimisation_settings_held_m_still_stands():
     """Records written before m left OptimConfig keep an ``optim.margin`` that no run used: they stand (skipped);
     any other difference still has the input done again."""
-    from falco.batch import Summary, run_settings, still_good
+    from falco.photo_folders import Summary, run_settings, still_good
     settings = run_settings((0.5,), QUICK, 1, "weights")
     assert "margin" not in settings["optim"]
     old = {"status": "ok", "settings": {**settings, "optim": {**settings["optim"], "margin": 0.0}}}
@@ -338,7 +338,7 @@ def test_ctrl_c_during_the_start_up_ends_the_command_with_one_line(tree, tmp_pat
     import builtins
     import logging
 
-    from falco import batch, cli
+    from falco import cli, photo_folders
     from falco.pipeline import FalcoPipeline
     if step == "import":
         real_import = builtins.__import__
@@ -349,7 +349,7 @@ def test_ctrl_c_during_the_start_up_ends_the_command_with_one_line(tree, tmp_pat
             return real_import(name, *args, **kwargs)
         monkeypatch.setattr(builtins, "__import__", importing)
     else:
-        target = {"checks": (cli, "check_run_settings"), "out_dir": (batch, "prepare_out_dir"),
+        target = {"checks": (cli, "check_run_settings"), "out_dir": (photo_folders, "prepare_out_dir"),
                   "logging": (logging, "basicConfig"), "loading": (FalcoPipeline, "from_pretrained")}[step]
         monkeypatch.setattr(*target, Stopping())
     before = signal.getsignal(signal.SIGTERM)

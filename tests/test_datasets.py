@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from falco.batch import anonymize_tree
 from falco.cli import SHARD_GONE, main
 from falco.config import FaceConfig, OptimConfig
 from falco.datasets_io import ADDED_COLUMNS
 from falco.errors import NoFaceError
 from falco.faces import align_face
+from falco.photo_folders import anonymize_tree
 
 QUICK = OptimConfig(steps=2)
 WORKTREE = Path(__file__).resolve().parents[1]

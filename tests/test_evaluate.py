@@ -105,7 +105,7 @@ def test_two_folders_pair_by_relative_path(tmp_path, face):
 
 
 def test_cli_output_folder_gives_each_m(tmp_path, face):
-    """A ``falco anonymize`` output folder, laid out by falco.batch: a record per photo, an image per m."""
+    """A ``falco anonymize`` output folder, laid out by falco.photo_folders: a record per photo, an image per m."""
     from falco.names import output_paths
     originals = make_tree(tmp_path / "o", {"a/x.png": face, "y.png": face, "z.png": face})
     out = tmp_path / "out"

@@ -1,11 +1,10 @@
-"""How output files are written (falco.files) and named (falco.names)."""
+"""How output files are written (falco.output_files) and named (falco.names)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from falco.files import save_json
 from falco.names import (
     LATENTS_NAME,
     RECORD_NAME,
@@ -15,6 +14,7 @@ from falco.names import (
     output_paths,
     photo_name,
 )
+from falco.output_files import save_json
 
 
 def test_save_json_keeps_each_files_format(tmp_path):

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from falco.batch import Shard
 from falco.cli import main
 from falco.config import OptimConfig
 from falco.datasets_io import added_features, anonymize_dataset, dataset_items, open_dataset, write_dataset
 from falco.errors import FalcoError, NoFaceError
+from falco.photo_folders import Shard
 from tests.test_datasets import crops, no_networks, original_bytes  # noqa: F401  (fixtures)
 
 LABELS = ["ann", "bob", "none"]

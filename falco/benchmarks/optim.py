@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from falco.allocator import reuse_freed_memory
 from falco.benchmarks import resident_bytes
 from falco.config import OptimConfig
 from falco.loss import FalcoLoss, LossTerms
@@ -48,7 +49,6 @@ from falco.models.farl import FaRL, farl_preprocess
 from falco.models.networks import Networks, load_networks
 from falco.models.random_weights import random_network
 from falco.optimize import compose_wplus, optimize_latents, start_wplus, step_losses
-from falco.allocator import reuse_freed_memory
 from falco.weights import fetch_weights
 
 FACE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "align" / "astronaut_face0_1024.png"

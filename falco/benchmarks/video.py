@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from falco.allocator import reuse_freed_memory
 from falco.bank import FakeBank
 from falco.benchmarks.optim import sync
 from falco.config import FaceConfig, OptimConfig, VideoConfig
@@ -32,7 +33,6 @@ from falco.models.networks import Networks
 from falco.models.random_weights import random_network
 from falco.pipeline import FalcoPipeline
 from falco.pixels import to_tensor
-from falco.allocator import reuse_freed_memory
 from falco.video.anonymize import VideoResult, anonymize_video
 from falco.video.io import read_frames
 from falco.video.synthetic import pan_zoom_frames, write_clip

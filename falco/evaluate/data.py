@@ -21,11 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from falco.batch import list_images, read_record
 from falco.config import CliConfig
 from falco.errors import FalcoError, first_line
 from falco.faces.io import load_photo
 from falco.names import output_paths
+from falco.photo_folders import list_images, read_record
 
 # CelebA's 40 binary attributes, as its annotation file names them: found among a dataset's columns (any case)
 # when no --attribute-columns are given.
@@ -134,7 +134,7 @@ def _mirror(anonymized: Path, files: Sequence[str], margin: float | None) -> tup
 
 
 def _cli_output(out_dir: Path, files: Sequence[str]) -> tuple[list[Anonymized], dict]:
-    """The images a ``falco anonymize`` run recorded as done, with their m (falco.batch's naming)."""
+    """The images a ``falco anonymize`` run recorded as done, with their m (falco.photo_folders's naming)."""
     paired, skipped = [], {}
     for relative in files:
         record = read_record(out_dir / (relative + ".json"))

@@ -20,8 +20,8 @@ import torch
 from falco.evaluate import judges
 from falco.evaluate.facenet import CASIA_CLASSES, VGGFACE2_CLASSES, InceptionResnetV1
 from falco.evaluate.mtcnn import NETS as MTCNN_NETS
-from falco.files import save_json, save_tensors, write_atomic
 from falco.models.random_weights import seeded_state_dict
+from falco.output_files import save_json, save_tensors, write_atomic
 
 # The judges' tiny variants: same module names, fewer and narrower units, few classes.  MTCNN's networks are
 # small already and the FID Inception is torch-fidelity's fixed architecture: both keep their real size.

@@ -16,7 +16,7 @@ from PIL import Image
 
 from falco.config import PAPER_CELEBAHQ, EvaluationConfig, PaperFigures
 from falco.evaluate.data import EvaluationSet
-from falco.files import save_json, write_atomic
+from falco.output_files import save_json, write_atomic
 
 METRICS_NAME, REPORT_NAME = "metrics.json", "report.html"
 # The identity judges' headings.  ArcFace is starred: the loss optimised its cosine, so it is no independent judge.

@@ -32,12 +32,12 @@ import torch.nn as nn
 from safetensors import safe_open
 
 from falco.errors import WeightsError
-from falco.files import save_tensors
 from falco.models import NETWORKS
 from falco.models.arcface import ArcFace
 from falco.models.e4e import Encoder4Editing
 from falco.models.farl import FaRL
 from falco.models.stylegan2 import Generator
+from falco.output_files import save_tensors
 
 FORMAT = "falco-network-v1"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")

@@ -6,8 +6,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from falco.files import save_image, save_json, write_atomic
 from falco.names import LATENTS_NAME, RECORD_NAME, ZIP_NAME, photo_name
+from falco.output_files import save_image, save_json, write_atomic
 from falco.results import AnonymizationResult
 from falco.ui.render import face_files
 

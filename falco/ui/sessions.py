@@ -20,7 +20,7 @@ from PIL import Image
 
 from falco.errors import FalcoError
 from falco.faces import DetectedFace, load_photo
-from falco.files import save_image
+from falco.output_files import save_image
 from falco.ui.messages import PHOTO_GONE
 from falco.ui.render import Comparison
 

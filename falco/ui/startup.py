@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from falco.allocator import reuse_freed_memory
 from falco.config import AppConfig
 from falco.device import zerogpu_available
 from falco.errors import FalcoError
-from falco.allocator import reuse_freed_memory
 from falco.ui.engine import LoadProgress, decide_device, in_background, load_failure_is_final, weights_loader
 from falco.weights import WeightPaths, fetch_weights, parse_source
 from falco.weights.hub import is_published

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from falco.config import OptimConfig, VideoConfig
-from falco.files import save_json
+from falco.output_files import save_json
 from falco.ui.engine import EngineLoader
 from falco.ui.messages import describe_error
 from falco.ui.render import preview_grid, warning

@@ -8,7 +8,7 @@
 The writer keeps every frame's timestamp (same frame rate, frame count and timing, variable rates
 included) and copies the audio packets as they are, interleaved by time; only an audio codec that the
 output container cannot hold is re-encoded (to the container's default).  It writes beside the final
-name and renames on success (falco.files.write_atomic's rule), so a failure leaves nothing half-written.
+name and renames on success (falco.output_files.write_atomic's rule), so a failure leaves nothing half-written.
 
 Phone clips store their frames sideways with a rotation in the display matrix (a portrait iPhone clip: 1920x1080
 turned -90 degrees).  Frames are read as players show them (turned upright), so that dlib sees upright faces, and

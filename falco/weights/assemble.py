@@ -10,8 +10,8 @@ from pathlib import Path
 from falco.bank import build_bank
 from falco.config import BankConfig
 from falco.errors import WeightsError, first_line
-from falco.files import write_atomic
 from falco.models import io
+from falco.output_files import write_atomic
 from falco.weights.manifest import ARTIFACTS, HASH_CHUNK, MANIFEST_NAME, MODEL_CARD_NAME, Manifest, describe_folder
 from falco.weights.model_card import model_card
 

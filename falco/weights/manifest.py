@@ -20,8 +20,8 @@ from pathlib import Path
 
 from falco.config import DEFAULT_WEIGHTS_REPO
 from falco.errors import WeightsError
-from falco.files import save_json
 from falco.models import NETWORKS  # noqa: F401  (re-exported: the artifacts that are networks)
+from falco.output_files import save_json
 
 ARTIFACTS: dict[str, str] = {
     "generator": "generator.safetensors",

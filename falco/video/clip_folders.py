@@ -1,10 +1,10 @@
-"""Clips on the command line: one clip, or every clip of a folder tree, beside falco.batch's photos.
+"""Clips on the command line: one clip, or every clip of a folder tree, beside falco.photo_folders's photos.
 
 For IN/a/x.mp4 it writes OUT/a/x.mp4 (with several m, x.m0.5.mp4, one per m: the clip is tracked once and
 each person optimised once for every m), x.mp4.latents.safetensors (each person track's offset and key-frame
 codes, for the first m) and, last, x.mp4.json: the record (``source``, ``status``, ``outputs``, ``video``,
 ``tracks``: one entry per person track and m, ``params``, ``settings``, ``seconds``; or the ``error``).
-Records, resuming, ``--retry-failed`` and accelerate's shares follow falco.batch's rules.  This module loads
+Records, resuming, ``--retry-failed`` and accelerate's shares follow falco.photo_folders's rules.  This module loads
 no network or codec until a clip is done: the command line imports it before it parses its arguments.
 """
 
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from falco import batch
+from falco import photo_folders
 from falco.config import OptimConfig, VideoConfig
-from falco.files import save_json
+from falco.output_files import save_json
 
 if TYPE_CHECKING:
     from falco.pipeline import FalcoPipeline
@@ -37,7 +37,7 @@ def anonymize_clip(pipeline: FalcoPipeline, source: Path, relative: str, out_dir
     from falco.video.anonymize import VideoProgress, anonymize_video  # torch and PyAV: once there is a clip to do
 
     started = time.monotonic()
-    clips, latents, record = batch.output_paths(out_dir, relative, margins)
+    clips, latents, record = photo_folders.output_paths(out_dir, relative, margins)
     record.parent.mkdir(parents=True, exist_ok=True)
     result = None
     try:
@@ -69,13 +69,14 @@ def anonymize_clip(pipeline: FalcoPipeline, source: Path, relative: str, out_dir
 def video_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str, refine_steps: int) -> dict:
     # missed_frames_covered: records from before frames with a missed detection were anonymized (they showed the
     # original face) lack it, so those clips are done again rather than skipped.
-    return {**batch.run_settings(margins, optim, fake_k, weights), "refine_steps": refine_steps,
+    return {**photo_folders.run_settings(margins, optim, fake_k, weights), "refine_steps": refine_steps,
             "missed_frames_covered": True}
 
 
 def anonymize_clips(pipeline: FalcoPipeline, in_path: Path, out_dir: Path, margins: Sequence[float],
-                    optim: OptimConfig, fake_k: int, shard: batch.Shard = batch.Shard(0, 1), retry_failed: bool = False,
-                    progress: bool = True, refine_steps: int = 0, config: VideoConfig = VideoConfig()) -> batch.Summary:
+                    optim: OptimConfig, fake_k: int, shard: photo_folders.Shard = photo_folders.Shard(0, 1),
+                    retry_failed: bool = False, progress: bool = True, refine_steps: int = 0,
+                    config: VideoConfig = VideoConfig()) -> photo_folders.Summary:
     """``in_path``: one clip, or a folder tree's clips; this process does those of its ``shard`` (accelerate's rank:
     of several processes given one clip, one does it)."""
     in_path, out_dir = Path(in_path), Path(out_dir)
@@ -84,17 +85,18 @@ def anonymize_clips(pipeline: FalcoPipeline, in_path: Path, out_dir: Path, margi
         root, files = in_path.parent, [in_path.name] if shard.holds(in_path.name) else []
     else:
         root = in_path
-        files = [f for f in batch.list_images(in_path, config.extensions, exclude=out_dir.resolve()) if shard.holds(f)]
-    summary = batch.Summary(total=len(files))
+        files = [f for f in photo_folders.list_images(in_path, config.extensions, exclude=out_dir.resolve())
+                 if shard.holds(f)]
+    summary = photo_folders.Summary(total=len(files))
     try:
         for relative in files:
-            earlier = batch.read_record(batch.output_paths(out_dir, relative, margins)[2])
-            if batch.still_good(earlier, settings, retry_failed, summary, relative):
+            earlier = photo_folders.read_record(photo_folders.output_paths(out_dir, relative, margins)[2])
+            if photo_folders.still_good(earlier, settings, retry_failed, summary, relative):
                 continue
             # As a photo: one bad clip is recorded and the run goes on; a rerun with other m deletes x.m0.5.mp4.
-            batch.run_one(out_dir, relative, settings, earlier, summary, lambda: anonymize_clip(
+            photo_folders.run_one(out_dir, relative, settings, earlier, summary, lambda: anonymize_clip(
                 pipeline, root / relative, relative, out_dir, margins, optim, fake_k, refine_steps, settings,
                 progress, config))
     except KeyboardInterrupt as stop:
-        raise batch.Interrupted(summary) from stop
+        raise photo_folders.Interrupted(summary) from stop
     return summary

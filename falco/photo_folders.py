@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from falco.config import BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError, WeightsError
-from falco.files import save_image, save_json
 from falco.names import output_paths
+from falco.output_files import save_image, save_json
 
 log = logging.getLogger(__name__)
 
