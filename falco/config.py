@@ -117,6 +117,11 @@ class BankConfig:
     render_batch: int = 8              # images rendered per generator call while building
 
 
+# PNG files written (downloads, outputs, dataset rows): zlib level 3 writes a 1024 px face in about a third of the
+# default level 6's time (0.17 s against 0.47 s on one core) for files about 12% larger; a run writes a dozen.
+PNG_COMPRESS_LEVEL = 3
+
+
 # --- Batch command line ----------------------------------------------------------------
 @dataclass(frozen=True)
 class CliConfig:

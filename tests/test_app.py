@@ -24,6 +24,9 @@ from safetensors.torch import load_file
 from falco.config import AppConfig, OptimConfig
 from falco.ui import engine, messages, page, render, sessions
 
+# A served app, subprocesses of `python app.py` and whole runs: out of the quick loop (README "Tests").
+pytestmark = pytest.mark.slow
+
 # Few steps, a preview at each: enough to see streaming, quick on a CPU.
 TEST_CONFIG = AppConfig(cpu_optim=OptimConfig(steps=3, preview_every=1, loss_on_skip256=True))
 API_DEFAULTS = dict(lr=0.01, lambda_id=10.0, lambda_attr=0.1, seed=0, another_fake=False)
@@ -582,7 +585,6 @@ print(json.dumps({"gradio_before_loading": order, "status": status, "device": st
 """
 
 
-@pytest.mark.slow
 def test_start_app_loads_before_importing_gradio(tiny_weights):
     """What app.py runs, in a fresh process: the load starts before Gradio's import, the page serves, the
     networks load."""

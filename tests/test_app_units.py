@@ -348,6 +348,7 @@ def test_cpu_notice_and_defaults(monkeypatch):
     assert "Running on CPU" in app.status_text()
 
 
+@pytest.mark.slow
 def test_margin_plot_draws_each_face_against_m_with_dlibs_threshold():
     result = _result([0.0, 0.5, 1.0], faces=(0, 2))
     cosine_axes, distance_axes = render.margin_plot(result).axes

@@ -31,6 +31,7 @@ def test_layout_matches_official_checkpoint(fixtures_dir):
     assert ours == expected
 
 
+@pytest.mark.slow
 def test_golden_embedding(fixtures_dir):
     golden = load_file(fixtures_dir / "golden" / "arcface_ir_se50.safetensors")
     model = seeded_model()

@@ -73,6 +73,7 @@ def umask_022():
     os.umask(old)
 
 
+@pytest.mark.slow
 def test_command_line_writes_a_mirror_tree_and_records_failures(tree, tmp_path, tiny_weights, capsys, umask_022):
     out = tmp_path / "out"
     code = main(["anonymize", str(tree), str(out), "--weights", str(tiny_weights), "--steps", "2",
@@ -135,6 +136,7 @@ def test_a_fake_k_beyond_the_bank_stops_before_the_first_image(tree, tmp_path, t
     assert not list((tmp_path / "out").rglob("*.json"))
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_where_it_stopped(tree, tmp_path, tiny_pipeline):
     out = tmp_path / "out"
     first = Interrupting(tiny_pipeline, interrupt_on="astronaut.JPG")
@@ -228,6 +230,7 @@ def test_an_output_folder_that_goes_away_stops_the_run_with_a_clear_message(tree
     assert vandal.calls == ["astronaut.png", "blank.png"]
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_settings_redoes_the_images_and_replaces_their_outputs(tree, tmp_path, tiny_pipeline):
     out = tmp_path / "out"
     photo = out / "a" / "astronaut.png"
@@ -267,6 +270,7 @@ def test_a_record_from_when_the_optimisation_settings_held_m_still_stands():
     assert not still_good(other, settings, False, summary, "y.png") and summary.redone == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_ends_the_command_with_one_line(tree, tmp_path, tiny_pipeline, monkeypatch, capsys,
                                                           signal_number):
@@ -291,6 +295,7 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_gif_is_anonymized_as_its_first_frame_like_the_app_does(tmp_path, tiny_pipeline, astronaut):
     root = tmp_path / "in"
     root.mkdir()

@@ -44,6 +44,7 @@ def last(stream):
     return event
 
 
+@pytest.mark.slow
 def test_an_aligned_input_is_anonymized_as_a_crop_of_its_own_size(tiny_pipeline, crops, monkeypatch):
     scanned = []
     detect = tiny_pipeline.analyzer.detect
@@ -68,6 +69,7 @@ def test_an_aligned_input_is_anonymized_as_a_crop_of_its_own_size(tiny_pipeline,
     assert blank.face_records()[0]["recognizer_distance"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_batch", [None, 64])
 def test_a_batch_of_photos_gets_the_results_of_one_photo_at_a_time(tiny_pipeline, astronaut, max_batch):
     from dataclasses import replace
@@ -92,6 +94,7 @@ def test_a_batch_of_photos_gets_the_results_of_one_photo_at_a_time(tiny_pipeline
                 assert a.identity_cosine == pytest.approx(b.identity_cosine, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_command_line_runs_aligned_crops_in_batches_and_counts_the_unaligned(tmp_path, tiny_weights, crops,
                                                                                    capsys, caplog):
     folder = tmp_path / "in"
@@ -141,6 +144,7 @@ def original_bytes(dataset, column="image"):
     return [cell["bytes"] for cell in dataset.cast_column(column, ImageFeature(decode=False))[column]]
 
 
+@pytest.mark.slow
 def test_a_dataset_becomes_a_dataset_with_every_column_kept(tmp_path, tiny_weights, crops, capsys, monkeypatch):
     import datasets
     source = make_dataset(tmp_path, crops)
@@ -181,6 +185,7 @@ def test_a_dataset_becomes_a_dataset_with_every_column_kept(tmp_path, tiny_weigh
                                                         "state.json"]   # nothing written beside the input
 
 
+@pytest.mark.slow
 def test_a_failed_row_keeps_its_columns_and_says_why(tmp_path, tiny_weights, crops, capsys):
     import datasets
     source = make_dataset(tmp_path, crops)
@@ -228,6 +233,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_write_what_one_process_writes(tmp_path, tiny_weights, crops):
     import datasets
     source = make_dataset(tmp_path, crops)

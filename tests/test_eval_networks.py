@@ -115,6 +115,7 @@ def test_mtcnn_detect_orders_largest_first_and_handles_blank_and_mixed_sizes():
     assert found[2].shape == (0, 5)   # smaller than the 20 px minimum face: no pyramid level at all
 
 
+@pytest.mark.slow
 def test_fid_layout_is_torch_fidelity_extractor(tmp_path):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     state = seeded_state_dict(judges.fid_layout(), prefix="fid.")
@@ -169,6 +170,7 @@ def test_public_sources_go_through_the_official_fetcher_with_strict_checks(tmp_p
     assert pinned == {"facenet_vgg", "pnet", "rnet", "onet", "fid_inception"}
 
 
+@pytest.mark.slow
 def test_random_judges_load_in_eval_mode(tiny_weights_with_judges, astronaut):
     loaded = judges.load_judges(str(tiny_weights_with_judges), device="cpu")
     assert set(loaded.facenet) == {"casia", "vgg"}
@@ -247,6 +249,7 @@ class Payload:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.slow
 def test_the_fid_inception_file_is_read_weights_only(tmp_path):
     """torch-fidelity reads its file with weights_only=False; the evaluation makes that read weights-only."""
     import pickle

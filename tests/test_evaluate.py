@@ -64,6 +64,7 @@ def test_held_out_split_is_a_seeded_partition():
     assert split_held_out(["a"], 0.5, seed=0) == ({"a"}, set())
 
 
+@pytest.mark.slow
 def test_probe_accuracy_by_hand():
     train_x = np.array([[0.0], [1.0], [2.0], [3.0]])
     # Attribute 0 separates at 1.5 (symmetric data: the fitted boundary sits there); attribute 1 is always 1.
@@ -220,6 +221,7 @@ def evaluator(tiny_weights_with_judges):
                                      progress=False)
 
 
+@pytest.mark.slow
 def test_identical_folders_by_hand(tmp_path, face, evaluator):
     """Anonymized images equal to their originals: every judge's nearest original is the image's own source
     (cosine 1), the landmarks match exactly, FID is 0, the probe does as well on them as on the originals; a photo
@@ -242,6 +244,7 @@ def test_identical_folders_by_hand(tmp_path, face, evaluator):
     assert row["attribute_accuracy"] == figures["original"]["attribute_accuracy"]
 
 
+@pytest.mark.slow
 def test_aligned_crops_are_judged_whole(tmp_path, face, evaluator):
     """--aligned: a photo whose face dlib misses still gets FaceNet's and ArcFace's verdicts (not dlib's)."""
     blank = Image.new("RGB", (256, 256), (90, 90, 90))
@@ -264,6 +267,7 @@ def test_usage_errors_exit_2_and_bad_input_exits_1(tmp_path, capsys):
     assert not out.exists()                                       # nothing written for a run that did not start
 
 
+@pytest.mark.slow
 def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights_with_judges):
     """The whole run as a user types it: falco anonymize at two m, then falco.evaluate on its output folder."""
     photos = make_tree(tmp_path / "photos", {"a/x.png": face, "y.png": ImageOps.mirror(face)})
@@ -290,6 +294,7 @@ def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights_with_ju
     assert (report / "report.html").read_text().count("data:image/jpeg;base64,") == 2 * 3
 
 
+@pytest.mark.slow
 def test_dataset_evaluation_with_identity_labels(tmp_path, face, evaluator):
     """A dataset: identity labels decide re-identification; each m gets its rows; the failed row is left out."""
     data = load_evaluation_set(anonymized_dataset(face, tmp_path / "ds"), labels=Labels(identity_column="label"))

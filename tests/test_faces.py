@@ -155,6 +155,7 @@ def assert_detections_equal_reference(faces, reference):
         np.testing.assert_array_equal(face.landmarks, reference[face.rect])
 
 
+@pytest.mark.slow
 def test_detection_on_a_1080p_photo_equals_the_reference_scan(analyzer, photo):
     # Offsets not multiples of 8, one face cut by the right border.
     big = photo_with_faces(photo, (1920, 1080), [(333, 211, 1.0), (1019, 517, 0.75), (1641, 405, 0.7)])
@@ -166,6 +167,7 @@ def test_detection_on_a_1080p_photo_equals_the_reference_scan(analyzer, photo):
     assert not {face.rect for face in bounded if face.usable} & set(reference)
 
 
+@pytest.mark.slow
 def test_detection_on_a_4k_photo_equals_the_reference_scan(analyzer, photo):
     big = photo_with_faces(photo, (3840, 2160), [(1333, 711, 2.0), (3001, 1117, 1.3), (101, 1805, 0.9)], seed=1)
     faces = analyzer.detect(big)
@@ -197,6 +199,7 @@ def test_cnn_detector_finds_the_face(photo, golden):
 
 
 # --- alignment ---------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("oversample", [None, 4])  # adaptive (default) and FFHQ's fixed 4096
 def test_alignment_of_golden_landmarks_reproduces_golden(photo, golden, golden_aligned, oversample):
     aligned = align_face(photo, golden_landmarks(golden), config=FaceConfig(transform_oversample=oversample))

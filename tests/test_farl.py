@@ -55,6 +55,7 @@ def test_quickgelu_and_frozen():
     assert not model.training
 
 
+@pytest.mark.slow
 def test_golden_tokens_and_embedding(farl_golden_model, fixtures_dir):
     golden = load_file(fixtures_dir / "golden" / "farl_vit_b16.safetensors")
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """How output files are written (falco.output_files) and named (falco.names)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,26 @@ from falco.names import (
     output_paths,
     photo_name,
 )
-from falco.output_files import save_json
+from falco.output_files import current_umask, save_json, save_tensors
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_save_tensors_writes_the_tensors_with_the_umasks_permissions(tmp_path, umask):
+    import torch
+    from safetensors import safe_open
+
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor([3])}
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        path = save_tensors(tmp_path / "codes.safetensors", tensors, metadata={"what": "test"})
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.safetensors"]   # no temporary file left
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"what": "test"}
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
 
 
 def test_save_json_keeps_each_files_format(tmp_path):

@@ -16,6 +16,9 @@ from falco.weights import official, prepare
 from falco.weights.official import Source
 from tests.fake_hub import FakeHub
 
+# A served app, subprocesses of `python app.py` and whole runs: out of the quick loop (README "Tests").
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(official_files):

@@ -248,6 +248,7 @@ def assert_file_holds(path: Path, expected: dict[str, torch.Tensor], extras: dic
         assert stored[key].dtype == value.dtype and torch.equal(stored[key], value), key
 
 
+@pytest.mark.slow
 def test_generator_from_official_stylegan2_file(fixtures_dir, tmp_path):
     g_ema = official_tensors(fixtures_dir, "stylegan2-ffhq-config-f", "g_ema.")
     mean_w = torch.randn(512)

@@ -190,6 +190,7 @@ def float64_nets(nets):
     return copies[0], FalcoLoss(copies[1], copies[2], lambda_id=10.0, lambda_attr=0.1, deterministic=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_batch", [None, 2, 3], ids=["cpu-default-1-per-pass", "passes-of-2", "one-pass"])
 def test_a_batch_of_margins_equals_single_runs(float64_nets, problem, max_batch):
     # What the code guarantees: each item's steps depend on its own latents only, so a batch takes the steps of

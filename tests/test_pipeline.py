@@ -110,6 +110,7 @@ def test_pasted_photo_keeps_every_pixel_outside_the_face(result, tiny_pipeline, 
         assert (pasted[~outside] != original[~outside]).any(axis=-1).mean() > 0.1
 
 
+@pytest.mark.slow
 def test_a_batch_of_margins_equals_single_runs(tiny_pipeline, astronaut, result):
     for batched in result.faces:
         single = list(tiny_pipeline.anonymize(astronaut, margins=(batched.margin,), optim=OPTIM))[-1].faces[0]
@@ -119,6 +120,7 @@ def test_a_batch_of_margins_equals_single_runs(tiny_pipeline, astronaut, result)
         assert diff.max() <= 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_faces_batch_together(tiny_pipeline, astronaut):
     optim = OptimConfig(steps=2, seed=5)
     # The patch counts as a face here, so that two faces share the batch.
@@ -200,6 +202,7 @@ def test_one_door_for_a_runs_settings(tiny_pipeline, result):
     assert "margin" not in result.params["optim"] and result.params["margins"] == list(MARGINS)
 
 
+@pytest.mark.slow
 def test_the_engine_imports_nothing_of_clips():
     import subprocess
     import sys

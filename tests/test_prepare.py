@@ -62,6 +62,7 @@ def prepared(official_files, tmp_path_factory):
     return out, events
 
 
+@pytest.mark.slow
 def test_prepared_set_is_fetched_and_loaded_like_a_published_one(prepared, official_files):
     from falco.pipeline import FalcoPipeline
     out, _ = prepared
@@ -95,6 +96,7 @@ def test_second_call_returns_the_set_without_fetching(prepared, monkeypatch):
     assert run_prepare({}, out, fake, monkeypatch) == out and fake.calls == []
 
 
+@pytest.mark.slow
 def test_interrupted_prepare_leaves_no_set_and_resumes_without_refetching(official_files, tmp_path, monkeypatch):
     out = tmp_path / "set"
     first = FakeOfficial(official_files, fail_on_call=3)
@@ -111,12 +113,14 @@ def test_interrupted_prepare_leaves_no_set_and_resumes_without_refetching(offici
     assert find_prepared(out) == out and not partial.exists()
 
 
+@pytest.mark.slow
 def test_a_source_failing_its_conversion_is_dropped_for_the_next(official_files, tmp_path, monkeypatch):
     fake = FakeOfficial(official_files, bad_first_source={"farl": official_files["arcface"]})
     out = run_prepare(official_files, tmp_path / "set", fake, monkeypatch)
     assert io.load_farl(out / ARTIFACTS["farl"]).config["width"] == TINY_CONFIGS["farl"]["width"]
 
 
+@pytest.mark.slow
 def test_damaged_set_is_not_reported(prepared, tmp_path):
     copy = shutil.copytree(prepared[0], tmp_path / "set")
     assert find_prepared(copy) == copy

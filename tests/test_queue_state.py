@@ -46,6 +46,7 @@ def queued(demo) -> int:
     return len(demo._queue.event_ids_to_events)
 
 
+@pytest.mark.slow
 def test_places_in_line_and_the_calls_of_a_session(line):
     demo, url = line
     GATE.clear()

@@ -92,6 +92,7 @@ def test_fast_step_computes_the_plain_losses_and_gradient(nets, problem, config)
     assert reference.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_fast_loop_takes_the_plain_loops_steps(nets, problem):
     real, wplus_real, w_fake = problem
     config = OptimConfig(steps=3, lr_milestones=())
@@ -174,6 +175,7 @@ def refused_recording(monkeypatch):
     return monkeypatch
 
 
+@pytest.mark.slow
 def test_a_step_that_cannot_be_recorded_runs_eagerly(nets, problem, refused_recording, caplog):
     steps = cuda_graph.MIN_STEPS_TO_RECORD
     eager = run_steps(nets, problem, OptimConfig(steps=steps, cuda_graph=False))
@@ -281,6 +283,7 @@ class HostCalls(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [OptimConfig(), OptimConfig(loss_on_skip256=True), OptimConfig(channels_last=True),
                                     OptimConfig(deterministic=False)],
                          ids=["exact", "skip256", "channels_last", "interpolate"])
@@ -308,6 +311,7 @@ def test_the_recorded_step_never_touches_the_host(nets, config):
     assert "aten.mul" in host.found and calls.found == ["tensor", "new_tensor"]
 
 
+@pytest.mark.slow
 def test_compiled_steps_equal_eager_steps(nets, problem, monkeypatch):
     """OptimConfig.compile compiles the step with that mode, and the compiled step takes eager's steps.
 
@@ -349,6 +353,7 @@ print(int(start, 16) <= block.data_ptr() < int(end, 16))
 """
 
 
+@pytest.mark.slow
 def test_large_blocks_come_from_the_reused_heap():
     # A fresh process: in a long-lived one the heap may be unable to grow in place (another
     # mapping in the way), and glibc then serves even the main heap from elsewhere.
@@ -375,6 +380,7 @@ print(held, kept, resident_bytes())
 """
 
 
+@pytest.mark.slow
 def test_freed_memory_stays_for_reuse_until_it_is_released():
     # A fresh process, as in test_large_blocks_come_from_the_reused_heap.
     import subprocess
@@ -396,6 +402,7 @@ def test_resident_memory_reads_the_current_and_peak_sets():
     del held
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_loops_and_prints_the_ratio(nets, capsys):
     device = torch.device("cpu")
     problem = bench.make_problem(nets, device)

@@ -197,6 +197,7 @@ def test_weights_found_bad_before_the_page_is_served_stop_start_app(tmp_path, mo
     assert served_pages == []
 
 
+@pytest.mark.slow
 def test_weights_found_bad_while_building_close_the_page(tmp_path, tiny_weights, served_pages):
     for path in tiny_weights.iterdir():   # no manifest, so only building finds the damaged file
         if path.name != MANIFEST_NAME:
@@ -220,6 +221,7 @@ def test_the_hub_failing_keeps_the_page_up(monkeypatch, online, served_pages):
     assert messages.LOAD_FAILED_MESSAGE in app.status_text()
 
 
+@pytest.mark.slow
 def test_app_stops_in_one_line_on_a_weights_folder_that_does_not_exist(tmp_path):
     done = run_app("--weights", str(tmp_path / "nope"))
     assert done.returncode == 1 and done.stdout == ""
@@ -251,6 +253,7 @@ class HeldPreparation:
         return self.folder
 
 
+@pytest.mark.slow
 def test_a_first_start_serves_the_page_says_what_it_prepares_then_becomes_usable(monkeypatch, tiny_weights,
                                                                                  served_pages):
     preparing = HeldPreparation(tiny_weights)

@@ -40,6 +40,7 @@ def saved_as(kind, tmp_path, crops):  # noqa: F811  (the fixture's value, passed
     return folder
 
 
+@pytest.mark.slow
 def test_a_streamed_dataset_resumes_and_gives_the_map_style_dataset(tmp_path, tiny_weights, crops, capsys,  # noqa: F811
                                                                      monkeypatch):
     import datasets

@@ -156,6 +156,7 @@ def test_a_rotated_clip_is_read_upright(frames, tmp_path, rotation):
     assert len(read) == len(upright) and all(np.array_equal(a, b) for a, b in zip(read, upright))
 
 
+@pytest.mark.slow
 def test_a_phone_clip_is_anonymized_upright(tiny_pipeline, frames, tmp_path):
     """A portrait phone clip (stored sideways, rotation -90): the face is found, and the output shows as the input."""
     upright = portrait(frames[:4])
@@ -206,6 +207,7 @@ def test_a_clip_over_the_limit(tiny_pipeline, clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_stopping_midway_leaves_nothing(tiny_pipeline, clip, tmp_path):
     events = anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", optim=OPTIM)
     for event in events:
@@ -215,6 +217,7 @@ def test_stopping_midway_leaves_nothing(tiny_pipeline, clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_person_who_returns_rejoins_their_track(tiny_pipeline, frames):
     blank = np.full_like(frames[0], 90)
     clip_frames = [frames[0], frames[1], blank, blank, frames[4], frames[5]]
@@ -272,6 +275,7 @@ def test_fill_gaps_interpolates_between_the_detections_either_side():
     assert np.array_equal(fill_gaps(landmarks, max_gap=5)[6], np.full((2, 2), 6.0))
 
 
+@pytest.mark.slow
 def test_a_frame_where_the_face_is_missed_is_anonymized_all_the_same(tiny_pipeline, frames, tmp_path, monkeypatch):
     """A blink: no detection in one middle frame; that frame still gets the new face, not the original one."""
     missed = 2
@@ -296,6 +300,7 @@ def counting(counts: Counter, name: str, work):
     return counted
 
 
+@pytest.mark.slow
 def test_a_clip_at_two_m_is_tracked_once_and_each_person_optimised_once(tiny_pipeline, frames, tmp_path,
                                                                          monkeypatch):
     """Two m: one decode and one detection per frame to track, one optimisation for both m, one decode to render
@@ -336,6 +341,7 @@ def test_one_output_path_per_m(tiny_pipeline, clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_one_clip_and_clips_in_a_tree(tiny_weights, clip, tmp_path, capsys):
     out = tmp_path / "out"
     common = ["--weights", str(tiny_weights), "--device", "cpu", "--steps", "1", "--no-progress"]
@@ -359,6 +365,7 @@ def test_cli_one_clip_and_clips_in_a_tree(tiny_weights, clip, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 1
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_m_deletes_the_clips_it_does_not_write(tiny_weights, frames, tmp_path):
     clip = write_clip(tmp_path / "clip.mkv", frames[:2], fps=FPS, audio_hz=None)
     out = tmp_path / "out"
@@ -375,6 +382,7 @@ def test_a_rerun_with_other_m_deletes_the_clips_it_does_not_write(tiny_weights, 
     assert sorted(p.name for p in out.iterdir()) == ["clip.mkv", "clip.mkv.json", "clip.mkv.latents.safetensors"]
 
 
+@pytest.mark.slow
 def test_a_clip_whose_second_m_fails_leaves_no_clip_of_the_first(tiny_weights, frames, tmp_path, monkeypatch):
     clip = write_clip(tmp_path / "clip.mkv", frames[:2], fps=FPS, audio_hz=None)
     out = tmp_path / "out"
@@ -394,6 +402,7 @@ def test_a_clip_whose_second_m_fails_leaves_no_clip_of_the_first(tiny_weights, f
     assert sorted(p.name for p in out.iterdir()) == ["clip.mkv.json"]   # the m = 0 clip, listed nowhere, went too
 
 
+@pytest.mark.slow
 def test_a_clip_done_before_missed_frames_were_covered_is_done_again(tiny_weights, frames, tmp_path, capsys):
     clip = write_clip(tmp_path / "clip.mkv", frames[:2], fps=FPS, audio_hz=None)
     out = tmp_path / "out"
@@ -419,6 +428,7 @@ def test_cli_refuses_a_file_that_is_no_clip(tmp_path, capsys):
     assert stop.value.code == 2 and "neither a folder nor a clip" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
     from falco.video.live import LiveAnonymizer
     live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))
@@ -431,6 +441,7 @@ def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
     assert np.array_equal(out[outside], frames[1][outside]) and not np.array_equal(out, frames[1])
 
 
+@pytest.mark.slow
 def test_stop_ends_a_clip_run_of_the_video_tab_with_nothing_written(tiny_pipeline, frames, tmp_path):
     from falco.ui import engine, page, sessions
     demo, app = page.build_app(loader=engine.EngineLoader(lambda: tiny_pipeline), device="cpu", load_now=False)
@@ -463,6 +474,7 @@ def test_the_webcam_handler_keeps_one_live_session(tiny_pipeline, frames):
     assert tab.stream(None, 0.0, live) == (None, "", live)
 
 
+@pytest.mark.slow
 def test_live_webcam_covers_a_face_missed_in_one_frame(tiny_pipeline, frames, monkeypatch):
     from falco.video.live import LiveAnonymizer
     live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))
@@ -478,6 +490,7 @@ def test_live_webcam_covers_a_face_missed_in_one_frame(tiny_pipeline, frames, mo
     assert np.array_equal(out[outside], frames[2][outside]) and not np.array_equal(out[~outside], frames[2][~outside])
 
 
+@pytest.mark.slow
 def test_live_webcam_covers_a_face_missed_in_the_first_frame_after_building(tiny_pipeline, frames, monkeypatch):
     from falco.video.live import LiveAnonymizer
     live = LiveAnonymizer(tiny_pipeline, margin=0.0, optim=OPTIM, config=replace(VideoConfig(), live_steps=1))

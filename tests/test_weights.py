@@ -92,6 +92,7 @@ def pinned_manifest(tiny_folder: Path, path: Path) -> Path:
     return replace(manifest, repo_id=REPO, revision=COMMIT).write(path)
 
 
+@pytest.mark.slow
 def test_first_download_then_cache_hit(hub, tiny_folder, tmp_path):
     manifest = Manifest.load(tiny_folder / MANIFEST_NAME)
     paths = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
@@ -108,6 +109,7 @@ def test_first_download_then_cache_hit(hub, tiny_folder, tmp_path):
     assert len(hub.gets()) == gets_before, "a cached file was transferred again"
 
 
+@pytest.mark.slow
 def test_pinned_manifest_downloads_at_its_revision_and_then_needs_no_request(hub, tiny_folder, tmp_path):
     pinned = pinned_manifest(tiny_folder, tmp_path / "pinned.json")
     paths = fetched_paths(fetch(hub.endpoint, tmp_path / "hf", "--weights", REPO, "--manifest", str(pinned)))
@@ -120,6 +122,7 @@ def test_pinned_manifest_downloads_at_its_revision_and_then_needs_no_request(hub
     assert len(hub.requests) == count
 
 
+@pytest.mark.slow
 def test_corrupted_download_is_detected_and_removed(hub, tiny_folder, tmp_path):
     expected = Manifest.load(tiny_folder / MANIFEST_NAME).artifacts["arcface"].sha256
     hub.fail[f"{REPO}/arcface.safetensors"] = "corrupt"
@@ -156,6 +159,7 @@ def test_unreachable_endpoint_is_reported(tmp_path):
     assert "Cannot reach" in error and closed in error
 
 
+@pytest.mark.slow
 def test_offline_mode_is_served_from_the_cache(hub, tmp_path):
     paths = fetched_paths(fetch(hub.endpoint, tmp_path, "--weights", REPO))
     count = len(hub.requests)
@@ -268,6 +272,7 @@ def test_project_manifest_lists_every_artifact():
         assert manifest.pins(ARTIFACTS)
 
 
+@pytest.mark.slow
 def test_complete_tiny_set_loads(tiny_weights):
     import dlib
     import torch

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from falco import photo_folders
 from falco.config import OptimConfig, VideoConfig
+from falco.names import output_paths
 from falco.output_files import save_json
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def anonymize_clip(pipeline: FalcoPipeline, source: Path, relative: str, out_dir
     from falco.video.anonymize import VideoProgress, anonymize_video  # torch and PyAV: once there is a clip to do
 
     started = time.monotonic()
-    clips, latents, record = photo_folders.output_paths(out_dir, relative, margins)
+    clips, latents, record = output_paths(out_dir, relative, margins)
     record.parent.mkdir(parents=True, exist_ok=True)
     result = None
     try:
@@ -90,7 +91,7 @@ def anonymize_clips(pipeline: FalcoPipeline, in_path: Path, out_dir: Path, margi
     summary = photo_folders.Summary(total=len(files))
     try:
         for relative in files:
-            earlier = photo_folders.read_record(photo_folders.output_paths(out_dir, relative, margins)[2])
+            earlier = photo_folders.read_record(output_paths(out_dir, relative, margins)[2])
             if photo_folders.still_good(earlier, settings, retry_failed, summary, relative):
                 continue
             # As a photo: one bad clip is recorded and the run goes on; a rerun with other m deletes x.m0.5.mp4.
