@@ -144,6 +144,7 @@ def test_api_anonymizes_with_several_margins(client, astronaut, tiny_pipeline):
     assert not np.array_equal(np.asarray(Image.open(photo)), np.asarray(Image.open(astronaut).convert("RGB")))
     assert [(f["face"], f["margin"]) for f in record["faces"]] == [(1, 0.0), (1, 1.0)]
     assert record["params"]["optim"]["steps"] == 2 and record["params"]["margins"] == [0.0, 1.0]
+    assert "margin" not in record["params"]["optim"]   # m has one carrier: the run's margins, one per result
     assert record["params"]["weights"] == f"local folder {Path(tiny_pipeline.source).name}"   # no server path
     captions = [item["caption"] for item in gallery]
     assert captions[:3] == ["Face 1: original", "Face 1: e4e inversion", "Face 1: fake neighbour"]

@@ -7,21 +7,13 @@ from safetensors.torch import load_file
 from torchvision.transforms import Resize
 
 from falco.models.arcface import ArcFace, identity_preprocess
-from falco.models.random_weights import seeded_state_dict
+from tests.model_helpers import assert_golden, dtype_shape, seeded_on_meta
 
 SMALL = dict(widths=[16, 16, 32, 32], units=[1, 2, 1, 1], input_size=32, embedding_dim=24)
 
 
-def dtype_shape(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}".replace(" ", "")
-
-
 def seeded_model(**config) -> ArcFace:
-    # Built on the meta device: the seeded weights replace the default init, which would cost seconds.
-    with torch.device("meta"):
-        model = ArcFace(**config)
-    model.load_state_dict(seeded_state_dict(model.state_dict(), prefix=""), strict=True, assign=True)
-    return model
+    return seeded_on_meta(ArcFace, **config)
 
 
 def test_layout_matches_official_checkpoint(fixtures_dir):
@@ -37,9 +29,7 @@ def test_golden_embedding(fixtures_dir):
     model = seeded_model()
     with torch.no_grad():
         ours = model(golden["x"])
-    tol = 1e-3 * golden["embedding"].abs().max().item() + 1e-6
-    err = (ours - golden["embedding"]).abs().max().item()
-    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g}"
+    assert_golden(ours, golden["embedding"])
 
 
 def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:

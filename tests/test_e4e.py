@@ -5,22 +5,14 @@ import torch
 from safetensors.torch import load_file
 
 from falco.models.e4e import COARSE_END, MIDDLE_END, Encoder4Editing
-from falco.models.random_weights import seeded_state_dict
+from tests.model_helpers import assert_golden, dtype_shape, seeded_on_meta
 
 PREFIX = "encoder."
 SMALL = dict(n_styles=10, style_dim=32, widths=[16, 16, 32, 32], units=[1, 2, 2, 1], input_size=64)
 
 
-def dtype_shape(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}".replace(" ", "")
-
-
 def seeded_model(**config) -> Encoder4Editing:
-    # Built on the meta device: the seeded weights replace the default init, which would cost seconds.
-    with torch.device("meta"):
-        model = Encoder4Editing(**config)
-    model.load_state_dict(seeded_state_dict(model.state_dict(), prefix=PREFIX), strict=True, assign=True)
-    return model
+    return seeded_on_meta(Encoder4Editing, PREFIX, **config)
 
 
 def test_layout_matches_official_encoder(fixtures_dir):
@@ -37,9 +29,7 @@ def test_golden_codes(fixtures_dir):
     model = seeded_model()
     with torch.no_grad():
         ours = model(golden["x"])
-    tol = 1e-3 * golden["codes"].abs().max().item() + 1e-6
-    err = (ours - golden["codes"]).abs().max().item()
-    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g}"
+    assert_golden(ours, golden["codes"])
 
 
 def test_small_config_runs_frozen_and_rebuilds_from_config():

@@ -16,6 +16,7 @@ from falco.evaluate import judges
 from falco.evaluate.facenet import CASIA_CLASSES, VGGFACE2_CLASSES, InceptionResnetV1
 from falco.evaluate.mtcnn import MTCNN, NETS
 from falco.models.random_weights import seeded_state_dict
+from tests.model_helpers import dtype_shape, seeded
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,6 @@ def golden(fixtures_dir):
 @pytest.fixture(scope="module")
 def layouts(fixtures_dir):
     return json.loads((fixtures_dir / "golden_eval" / "layouts.json").read_text())
-
-
-def dtype_shape(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}".replace(" ", "")
-
-
-def seeded(module: torch.nn.Module, prefix: str = "") -> torch.nn.Module:
-    module.load_state_dict(seeded_state_dict(module.state_dict(), prefix=prefix), strict=True)
-    return module.eval()
 
 
 def seeded_mtcnn(**options) -> MTCNN:

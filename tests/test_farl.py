@@ -8,18 +8,9 @@ from safetensors.torch import load_file
 
 from falco.models.farl import CLIP_MEAN, CLIP_STD, FaRL, farl_preprocess
 from falco.models.random_weights import seeded_state_dict
+from tests.model_helpers import assert_golden, dtype_shape
 
 SMALL = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, embed_dim=16)
-
-
-def assert_close(ours, golden):
-    tol = 1e-3 * golden.abs().max().item() + 1e-6
-    err = (ours - golden).abs().max().item()
-    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g}"
-
-
-def dtype_shape(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}".replace(" ", "")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +53,9 @@ def test_golden_tokens_and_embedding(farl_golden_model, fixtures_dir):
         tokens = farl_golden_model.tokens(golden["x"])
         embedding = farl_golden_model.embed(golden["x"])
     assert tokens.shape == (2, 197, 768)
-    assert_close(tokens, golden["tokens"])
-    assert_close(embedding, golden["embedding"])
-    assert_close(farl_golden_model.embed_tokens(tokens), golden["embedding"])
+    assert_golden(tokens, golden["tokens"])
+    assert_golden(embedding, golden["embedding"])
+    assert_golden(farl_golden_model.embed_tokens(tokens), golden["embedding"])
 
 
 def test_small_config_rebuilds_and_runs():

@@ -8,27 +8,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils.checkpoint import checkpoint
 
-from falco.models.random_weights import seeded_state_dict
 from falco.models.stylegan2 import Generator
+from tests.model_helpers import assert_golden, layout, seeded
 
 TINY = dict(size=64, style_dim=64, n_mlp=2, channels={4: 64, 8: 64, 16: 32, 32: 32, 64: 16})
-
-
-def layout(state_dict) -> dict[str, str]:
-    return {k: f"{str(v.dtype).removeprefix('torch.')}[{','.join(map(str, v.shape))}]"
-            for k, v in state_dict.items()}
-
-
-def seeded(model: Generator) -> Generator:
-    model.load_state_dict(seeded_state_dict(model.state_dict(), prefix="g_ema."), strict=True)
-    return model
-
-
-def assert_golden(ours: torch.Tensor, golden: torch.Tensor, rel: float = 1e-3, floor: float = 1e-6):
-    """README tolerance: |ours - golden| <= rel * max|golden| + floor."""
-    assert ours.shape == golden.shape
-    err, scale = (ours - golden).abs().max().item(), golden.abs().max().item()
-    assert err <= rel * scale + floor, f"max error {err:.3g} vs max |golden| {scale:.3g}"
 
 
 def recompute_in_backward(model: Generator) -> None:
@@ -68,7 +51,7 @@ def check_golden(model: Generator, golden: dict[str, torch.Tensor], R: torch.Ten
 
 @pytest.fixture(scope="module")
 def tiny() -> Generator:
-    return seeded(Generator(**TINY))
+    return seeded(Generator(**TINY), "g_ema.")
 
 
 def test_full_size_layout_matches_official_checkpoints(fixtures_dir):
@@ -98,7 +81,7 @@ def test_ffhq1024_golden(fixtures_dir):
     # noise (measured against float64) in the golden gradients and in ours alike.
     golden = load_file(fixtures_dir / "golden/stylegan2_ffhq1024.safetensors")
     R = torch.randn((2, 3, 1024, 1024), generator=torch.Generator().manual_seed(zlib.crc32(b"shared-v1:input:R")))
-    check_golden(seeded(Generator()), golden, R, {
+    check_golden(seeded(Generator(), "g_ema."), golden, R, {
         "image_pool64": lambda x: F.adaptive_avg_pool2d(x, 64),
         "image_crop": lambda x: x[:, :, 480:544, 480:544],
     }, grad_rel=3e-3, per_sample=True)
