@@ -342,6 +342,18 @@ def test_compiled_steps_equal_eager_steps(nets, problem, monkeypatch):
         torch.testing.assert_close(compiled_step.wplus, eager.wplus, atol=1e-4, rtol=0)   # Adam: see above
 
 
+def in_a_fresh_process(code: str) -> str:
+    """What ``code`` prints, run by a new Python: in a long-lived process the heap may be unable to grow in place
+    (another mapping in the way), and glibc then serves even the main heap from elsewhere."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 HEAP_CHECK = """
 import torch
 from falco.allocator import reuse_freed_memory
@@ -355,15 +367,7 @@ print(int(start, 16) <= block.data_ptr() < int(end, 16))
 
 @pytest.mark.slow
 def test_large_blocks_come_from_the_reused_heap():
-    # A fresh process: in a long-lived one the heap may be unable to grow in place (another
-    # mapping in the way), and glibc then serves even the main heap from elsewhere.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", HEAP_CHECK], cwd=root, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert in_a_fresh_process(HEAP_CHECK) == "True"
 
 
 RELEASE_CHECK = """
@@ -382,14 +386,7 @@ print(held, kept, resident_bytes())
 
 @pytest.mark.slow
 def test_freed_memory_stays_for_reuse_until_it_is_released():
-    # A fresh process, as in test_large_blocks_come_from_the_reused_heap.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", RELEASE_CHECK], cwd=root, capture_output=True, text=True, check=True)
-    held, kept, released = map(int, out.stdout.split())
+    held, kept, released = map(int, in_a_fresh_process(RELEASE_CHECK).split())
     block = 512 * 2**20
     assert kept > held - block / 4           # freed, but kept in the heap for the next step
     assert released < kept - block * 3 / 4   # given back to the system
