@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from torchvision.transforms import Resize
 
 from falco.models.arcface import ArcFace, identity_preprocess
-from tests.model_helpers import assert_golden, dtype_shape, seeded_on_meta
+from tests.model_helpers import assert_golden, layout, seeded_on_meta
 
 SMALL = dict(widths=[16, 16, 32, 32], units=[1, 2, 1, 1], input_size=32, embedding_dim=24)
 
@@ -19,7 +19,7 @@ def seeded_model(**config) -> ArcFace:
 def test_layout_matches_official_checkpoint(fixtures_dir):
     expected = json.loads((fixtures_dir / "checkpoints" / "model_ir_se50.json").read_text())["keys"]
     with torch.device("meta"):
-        ours = {k: dtype_shape(v) for k, v in ArcFace().state_dict().items()}
+        ours = layout(ArcFace().state_dict())
     assert ours == expected
 
 

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from falco.models.e4e import COARSE_END, MIDDLE_END, Encoder4Editing
-from tests.model_helpers import assert_golden, dtype_shape, seeded_on_meta
+from tests.model_helpers import assert_golden, layout, seeded_on_meta
 
 PREFIX = "encoder."
 SMALL = dict(n_styles=10, style_dim=32, widths=[16, 16, 32, 32], units=[1, 2, 2, 1], input_size=64)
@@ -16,10 +16,10 @@ def seeded_model(**config) -> Encoder4Editing:
 
 
 def test_layout_matches_official_encoder(fixtures_dir):
-    layout = json.loads((fixtures_dir / "checkpoints" / "e4e_ffhq_encode.json").read_text())["keys"]
-    expected = {k.removeprefix(PREFIX): v for k, v in layout.items() if k.startswith(PREFIX)}
+    official = json.loads((fixtures_dir / "checkpoints" / "e4e_ffhq_encode.json").read_text())["keys"]
+    expected = {k.removeprefix(PREFIX): v for k, v in official.items() if k.startswith(PREFIX)}
     with torch.device("meta"):
-        ours = {k: dtype_shape(v) for k, v in Encoder4Editing().state_dict().items()}
+        ours = layout(Encoder4Editing().state_dict())
     assert ours == expected
 
 

@@ -16,7 +16,7 @@ from falco.evaluate import judges
 from falco.evaluate.facenet import CASIA_CLASSES, VGGFACE2_CLASSES, InceptionResnetV1
 from falco.evaluate.mtcnn import MTCNN, NETS
 from falco.models.random_weights import seeded_state_dict
-from tests.model_helpers import dtype_shape, seeded
+from tests.model_helpers import layout, seeded
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,14 @@ def seeded_mtcnn(**options) -> MTCNN:
 @pytest.mark.parametrize("name, classes", [("facenet_casia", CASIA_CLASSES), ("facenet_vggface2", VGGFACE2_CLASSES)])
 def test_facenet_layout_is_the_released_files(layouts, name, classes):
     with torch.device("meta"):
-        ours = {k: dtype_shape(v) for k, v in InceptionResnetV1(num_classes=classes).state_dict().items()}
+        ours = layout(InceptionResnetV1(num_classes=classes).state_dict())
     assert ours == layouts[name]
 
 
 @pytest.mark.parametrize("name", list(NETS))
 def test_mtcnn_layouts_and_pins_are_the_shipped_files(layouts, name):
     with torch.device("meta"):
-        ours = {k: dtype_shape(v) for k, v in NETS[name]().state_dict().items()}
+        ours = layout(NETS[name]().state_dict())
     assert ours == layouts[name]
     pins = {s.sha256 for s in judges.EVALUATION_FILES[name].sources}
     assert pins == {layouts[f"{name}_sha256"]}

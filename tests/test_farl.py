@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from falco.models.farl import CLIP_MEAN, CLIP_STD, FaRL, farl_preprocess
 from falco.models.random_weights import seeded_state_dict
-from tests.model_helpers import assert_golden, dtype_shape
+from tests.model_helpers import assert_golden, layout
 
 SMALL = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, embed_dim=16)
 
@@ -32,9 +32,9 @@ def test_default_config_is_open_clip_vit_b16_quickgelu():
 
 
 def test_layout_matches_official_visual_keys(fixtures_dir):
-    layout = json.loads((fixtures_dir / "checkpoints" / "farl_vit_b16.json").read_text())["keys"]
-    expected = {k: v for k, v in layout.items() if k.startswith("visual.")}
-    ours = {k: dtype_shape(v) for k, v in FaRL().state_dict().items()}
+    official = json.loads((fixtures_dir / "checkpoints" / "farl_vit_b16.json").read_text())["keys"]
+    expected = {k: v for k, v in official.items() if k.startswith("visual.")}
+    ours = layout(FaRL().state_dict())
     assert ours == expected
 
 
