@@ -1,12 +1,15 @@
-"""The process's memory allocator: kept freed memory for the CPU loop's speed, given back after a job.
+"""The process's memory allocator: freed memory kept for the CPU loops' speed, and given back after each loop.
 
 Each CPU step at 1024x1024 allocates and frees about 10 GB of activations and gradients.
 glibc serves blocks that large with fresh ``mmap`` pages and unmaps them on ``free``, so
 every step the kernel faults in and zeroes them again: 2.6 million page faults, about half
-of a step's time on a 2-core machine (see ``python -m falco.benchmarks.optim``).  Keeping
-freed memory in the heap lets the next step reuse it (``reuse_freed_memory``); a long-lived
-process then hands the freed pages back to the system once a job is over
-(``release_freed_memory``), so that its resident memory is what it still uses, not its peak.
+of a step's time on a 2-core machine (see ``python -m falco.benchmarks.optim``).  Inside a
+loop that allocates the same blocks every iteration (``reusing``: the optimisation's steps,
+a bank's fakes, a clip's frames) freed memory stays in the heap for the next iteration.  When
+the last such loop ends, glibc's own policy is back and the free pages go to the system, so a
+long-lived process holds what it still uses, not its largest loop's peak; the one-off work
+between loops (a run's final 1024 px images) then takes fresh pages and gives them back on
+``free`` instead of piling on a heap full of holes.
 """
 
 from __future__ import annotations
@@ -14,16 +17,22 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-# mallopt(3) parameters (glibc's malloc.h)
+# mallopt(3) parameters (glibc's malloc.h) and glibc's defaults
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 TRIM_THRESHOLD = 2**31 - 1   # largest value mallopt takes: freed memory stays in the heap
+DEFAULT_TRIM_THRESHOLD = DEFAULT_MMAP_THRESHOLD = 128 * 1024
+DEFAULT_MMAP_MAX = 65536
 
 _lock = threading.Lock()
 _libc: ctypes.CDLL | None = None
-_reusing = False
+_enabled = False
+_loops = 0   # loops running inside ``reusing``
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -41,34 +50,65 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def reuse_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the OS; process-wide.
+    """Let loops keep freed memory for reuse (``reusing``); process-wide, for CPU work.
 
-    Large blocks come from the heap instead of ``mmap``, one heap serves every thread,
-    and the heap is never trimmed.  The process then keeps its peak heap size (an optimisation
-    run's working set) instead of paying page faults on every step.  Threads that allocated
-    before the call keep their own heaps (arenas), and later threads may be given those: call
-    it first thing in the program, before any other thread starts (measured: a worker thread
-    gets the full 2.5x on the generator's step only then).  Idempotent; returns False where it
-    does not apply (not glibc).
+    Puts every thread on one heap (arena): a thread's own arena could not hold a large block
+    without ``mmap``.  Threads that allocated before the call keep their own arenas, and later
+    threads may be given those: call it first thing in the program, before any other thread
+    starts (measured: a worker thread gets the full 2.5x on the generator's step only then).
+    Idempotent; returns False where it does not apply (not glibc).
     """
-    global _reusing
+    global _enabled
     with _lock:
-        if _reusing:
-            return True
-        libc = _glibc()
-        if libc is None:
-            return False
-        _reusing = all(libc.mallopt(param, value) == 1 for param, value in
-                       ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
-        return _reusing
+        if not _enabled:
+            libc = _glibc()
+            _enabled = libc is not None and libc.mallopt(M_ARENA_MAX, 1) == 1
+        return _enabled
+
+
+@contextmanager
+def reusing() -> Iterator[None]:
+    """Around a loop whose iterations allocate and free the same large blocks: inside, freed memory stays in the
+    heap (no ``mmap`` for large blocks, no trimming); when the last loop inside ``reusing`` ends, in any thread,
+    glibc's policy is back and the heap's free pages go to the system.  Does nothing unless
+    ``reuse_freed_memory`` was called."""
+    global _loops
+    with _lock:
+        active = _enabled
+        if active:
+            _loops += 1
+            if _loops == 1:
+                _set_policy(mmap_max=0, trim_threshold=TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        if active:
+            with _lock:
+                _loops -= 1
+                if _loops == 0:
+                    # glibc's starting values, the mmap threshold too: glibc raises it as large blocks are freed
+                    # (up to 32 MiB), and blocks under it would stay in the heap's holes
+                    _set_policy(mmap_max=DEFAULT_MMAP_MAX, trim_threshold=DEFAULT_TRIM_THRESHOLD)
+                    _glibc().mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+                    release_freed_memory()
+
+
+def reusing_now() -> bool:
+    """Whether freed memory stays in the heap at present (a loop inside ``reusing`` runs)."""
+    return _loops > 0
+
+
+def _set_policy(mmap_max: int, trim_threshold: int) -> None:
+    libc = _glibc()
+    libc.mallopt(M_MMAP_MAX, mmap_max)
+    libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
 
 
 def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the system (glibc's malloc_trim); live memory stays where it is.
 
-    Call it when a job is over: with ``reuse_freed_memory`` the heap never shrinks by itself, so a process would
-    otherwise hold its largest job's peak for the rest of its life.  The next job faults its pages in again, which
-    costs one step's page faults, not every step's.  Returns False where it does not apply (not glibc)."""
+    ``reusing`` calls it when its last loop ends; the next loop faults its pages in again, which costs one
+    step's page faults, not every step's.  Returns False where it does not apply (not glibc)."""
     libc = _glibc()
     if libc is None:
         return False

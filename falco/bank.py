@@ -25,7 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from falco import allocator
 from falco.config import BankConfig
+from falco.device import render_batch as device_render_batch
 from falco.errors import WeightsError
 from falco.models.farl import farl_preprocess
 from falco.output_files import save_tensors
@@ -88,17 +90,20 @@ def pair_nearest(query: torch.Tensor, embeddings: torch.Tensor, k: int = 1, seed
 
 @torch.no_grad()
 def sample_rows(generator, mean_w: torch.Tensor, farl, seeds: torch.Tensor, psi: float,
-                render_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w [n, D], embeddings [n, E]) for the given row seeds, on the networks' device."""
+                render_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w [n, D], embeddings [n, E]) for the given row seeds, on the networks' device; ``render_batch`` images
+    per generator call (None: the device's, falco.device.render_batch)."""
     device = mean_w.device
+    render_batch = render_batch or device_render_batch(device)
     style_dim = mean_w.shape[-1]
     z = torch.stack([torch.randn(style_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     ws, embs = [], []
-    for zb in z.to(device).split(render_batch):
-        w = generator.truncate(generator.mapping(zb), psi, mean_w)
-        image = generator(w[:, None].expand(-1, generator.num_ws, -1))
-        ws.append(w)
-        embs.append(F.normalize(farl.embed(farl_preprocess(image, farl.config["image_size"])), dim=-1))
+    with allocator.reusing():   # each fake reuses the last one's memory
+        for zb in z.to(device).split(render_batch):
+            w = generator.truncate(generator.mapping(zb), psi, mean_w)
+            image = generator(w[:, None].expand(-1, generator.num_ws, -1))
+            ws.append(w)
+            embs.append(F.normalize(farl.embed(farl_preprocess(image, farl.config["image_size"])), dim=-1))
     return torch.cat(ws).float(), torch.cat(embs).float()
 
 

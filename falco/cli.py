@@ -86,7 +86,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--psi", type=float, default=bank.truncation_psi)
     build.add_argument("--seed", type=int, default=bank.seed)
     build.add_argument("--chunk", type=int, default=bank.chunk_rows, help="rows per resumable part")
-    build.add_argument("--batch", type=int, default=bank.render_batch, help="images per generator call")
+    build.add_argument("--batch", type=int, default=bank.render_batch,
+                       help="images per generator call (default: 1 on the CPU, 8 on a GPU)")
     build.add_argument("--weights", default=None, help="Hub repo id or local folder of the networks")
     build.add_argument("--device", default=None)
     build.add_argument("--no-progress", action="store_true")
@@ -173,6 +174,8 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
 def build_bank(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
     if args.n < 1:
         usage.error("--n must be at least 1")
+    if args.batch is not None and args.batch < 1:
+        usage.error("--batch must be at least 1")
     from falco import bank
     from falco.device import resolve_device
     from falco.models.networks import load_networks

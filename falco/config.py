@@ -102,19 +102,29 @@ class OptimConfig:
     max_batch: int | None = None
 
 
+# --- Rendering and memory ------------------------------------------------------------
+# Images per generator call outside the optimisation (inversions, fakes, results, a bank's fakes, a clip's frames).
+# On the CPU one 1024 px image's activations raise the peak by about 0.9 GiB, two by 2.0, five by about 5.5
+# (python -m falco.benchmarks.memory), and a batch saves no time there, so the CPU renders one at a time.
+CPU_RENDER_BATCH = 1
+GPU_RENDER_BATCH = 8
+
+
 # --- Fake bank ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class BankConfig:
     truncation_psi: float = 0.7
     size: int = 60_000                 # the paper's bank size
-    # A set prepared on a CPU gets this many fakes, the first rows of the full bank: a fake took 8-12 s on the
-    # 2-core development CPU, so a first start spends 5-8 minutes on them (README "First start").  A GPU
+    # A set prepared on a CPU gets this many fakes, the first rows of the full bank: a fake took 5.5-6.5 s on the
+    # 2-core development CPU at best and 10-12 s while other jobs shared its cores (full-size networks), so a
+    # first start spends about 4 minutes on them, up to 8 on a shared machine (README "First start").  A GPU
     # builds `size`.
     cpu_size: int = 40
     seed: int = 0
     k_nearest: int = 1                 # >1: draw the fake among the k nearest ("another fake")
     chunk_rows: int = 256              # rows per resumable part file while building
-    render_batch: int = 8              # images rendered per generator call while building
+    cpu_chunk_rows: int = 8            # ... on a CPU, where a fake takes seconds (a part every minute or so)
+    render_batch: int | None = None    # images per generator call while building; None: the device's (above)
 
 
 # PNG files written (downloads, outputs, dataset rows): zlib level 3 writes a 1024 px face in about a third of the
@@ -221,8 +231,7 @@ class VideoConfig:
     smooth_min_cutoff: float = 1.0
     smooth_beta: float = 0.05
     smooth_d_cutoff: float = 1.0
-    # Faces per e4e + generator pass when rendering; None: 2 on the CPU (4 full-size faces at once peaked at
-    # 12.5 GB with the identity run before them), 8 elsewhere.
+    # Faces per e4e + generator pass when rendering; None: the device's render batch (CPU_RENDER_BATCH above).
     batch_frames: int | None = None
     # Side of each frame's aligned crop; None: e4e's input (256), aligned straight to it (antialiased) instead of
     # to 1024 and resized, which cost more than e4e itself per frame on a CPU.

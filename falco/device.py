@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from falco.config import CPU_RENDER_BATCH, GPU_RENDER_BATCH
 from falco.errors import FalcoError
 
 # Set by ZeroGPU Spaces (the `spaces` package reads the same variable).
@@ -53,3 +54,8 @@ def app_device(device: str | None, zerogpu: bool) -> torch.device:
     """The device the app's runs use: the one asked for, else CUDA on ZeroGPU (whose GPU each run is lent, so
     none is visible yet), else ``resolve_device``'s default."""
     return resolve_device(device or ("cuda" if zerogpu else None), present=not zerogpu)
+
+
+def render_batch(device: torch.device) -> int:
+    """Images per generator call outside the optimisation on ``device`` (falco.config's CPU_RENDER_BATCH)."""
+    return CPU_RENDER_BATCH if device.type == "cpu" else GPU_RENDER_BATCH

@@ -29,7 +29,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from falco import cuda_graph
+from falco import allocator, cuda_graph
 from falco.config import OptimConfig
 from falco.loss import FalcoLoss, LossTerms, RealFeatures
 from falco.models.stylegan2 import full_precision
@@ -154,23 +154,24 @@ def optimize_latents(generator: nn.Module, loss: FalcoLoss, real: RealFeatures, 
     record = (config.cuda_graph and not config.compile and config.steps >= cuda_graph.MIN_STEPS_TO_RECORD
               and cuda_graph.can_record(wplus_real.device))
     captured = None
-    for step in range(1, config.steps + 1):
-        # Grad mode is thread state: enable it around the work only, never across the yield.
-        lr = optimizer.param_groups[0]["lr"]
-        with torch.enable_grad(), deterministic_cudnn(config.deterministic):
-            if record and captured is None:
-                captured = cuda_graph.record_step(forward_backward, trained)
-                record = captured is not None
-            if captured is not None:
-                image, terms = captured()   # also writes trained.grad
-            else:
-                if config.compile:
-                    torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs: the last step's outputs are free
-                optimizer.zero_grad(set_to_none=True)
-                image, terms = forward_backward()
-            optimizer.step()
-            scheduler.step()
-        if captured is not None:   # a recording writes the next step's outputs in the same memory
-            image, terms = image.clone(), terms.map(torch.Tensor.clone)
-        yield OptimStep(step, config.steps, lr, terms, image,
-                        compose_wplus(wplus_real, trained.detach(), config.trained_rows))
+    with allocator.reusing():   # the steps reuse each other's freed memory; it goes back after the last one
+        for step in range(1, config.steps + 1):
+            # Grad mode is thread state: enable it around the work only, never across the yield.
+            lr = optimizer.param_groups[0]["lr"]
+            with torch.enable_grad(), deterministic_cudnn(config.deterministic):
+                if record and captured is None:
+                    captured = cuda_graph.record_step(forward_backward, trained)
+                    record = captured is not None
+                if captured is not None:
+                    image, terms = captured()   # also writes trained.grad
+                else:
+                    if config.compile:
+                        torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs: the last step's outputs are free
+                    optimizer.zero_grad(set_to_none=True)
+                    image, terms = forward_backward()
+                optimizer.step()
+                scheduler.step()
+            if captured is not None:   # a recording writes the next step's outputs in the same memory
+                image, terms = image.clone(), terms.map(torch.Tensor.clone)
+            yield OptimStep(step, config.steps, lr, terms, image,
+                            compose_wplus(wplus_real, trained.detach(), config.trained_rows))

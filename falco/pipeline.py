@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 
 import falco
-from falco.allocator import reuse_freed_memory
+from falco import allocator
 from falco.bank import FakeBank
 from falco.checks import check_face_picks, check_run_settings
 from falco.config import DEFAULT_MARGIN, BankConfig, FaceConfig, OptimConfig
-from falco.device import resolve_device
+from falco.device import render_batch, resolve_device
 from falco.errors import WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
 from falco.faces.align import alignment_offset, crop_square, photo_to_quad
@@ -64,8 +64,6 @@ class _Prepared:
     fake_rows: torch.Tensor             # [F] bank rows
     w_fake: torch.Tensor                # [F, D]
     fake_k: int
-    inversions: list[Image.Image]
-    fakes: list[Image.Image]
     alignment: AlignmentCheck | None    # aligned inputs: the photo is the one face
 
 
@@ -95,7 +93,7 @@ class FalcoPipeline:
         device = resolve_device(device)   # before the fetch: a missing GPU costs no download
         paths = source if isinstance(source, WeightPaths) else fetch_weights(source, progress=progress)
         if device.type == "cpu":
-            reuse_freed_memory()   # ~2x faster CPU steps; best called first thing in the program (falco.allocator)
+            allocator.reuse_freed_memory()   # ~2x faster CPU steps; best called first thing (falco.allocator)
         networks = load_networks(paths, device)
         return cls(networks, FakeBank.load(paths.fake_bank), FaceAnalyzer(paths.dlib_landmarks, face_config),
                    FaceRecognizer(paths.dlib_recognition), face_config, paths.source)
@@ -116,7 +114,9 @@ class FalcoPipeline:
 
     @torch.no_grad()
     def render(self, wplus: torch.Tensor) -> torch.Tensor:
-        return self.nets.generator(wplus)
+        """Images [B, 3, size, size] in [-1, 1] of W+ codes [B, num_ws, D], ``render_batch`` at a time (on the CPU one:
+        a 1024 px image's activations take about 0.9 GiB there)."""
+        return torch.cat([self.nets.generator(part) for part in wplus.split(render_batch(self.device))])
 
     @property
     def inversion_size(self) -> int:
@@ -234,8 +234,10 @@ class FalcoPipeline:
                                 step.terms.identity_cosine.tolist())
         # Each photo's items are rendered and judged as in a run of its own (same shapes, same rounding).
         ends = torch.tensor([len(p.chosen) * len(margins) for p in prepared]).cumsum(0).tolist()
-        yield [self._result(p, margins, wplus[end - len(p.chosen) * len(margins):end], loss, optim)
-               for p, end in zip(prepared, ends)]
+        results = [self._result(p, margins, wplus[end - len(p.chosen) * len(margins):end], loss, optim)
+                   for p, end in zip(prepared, ends)]
+        allocator.release_freed_memory()   # what the results' rendering freed, in the heap's holes (falco.allocator)
+        yield results
 
     @torch.no_grad()
     def _prepare(self, photo: PhotoSource, faces: Sequence[int] | None, detections: list[DetectedFace] | None,
@@ -255,13 +257,9 @@ class FalcoPipeline:
         wplus_inversion = self.invert(crops)
         # The pairing embedding comes from the tokens the attribute loss needs anyway.
         fake_rows = self.bank.nearest(self.nets.farl.embed_tokens(real.tokens).cpu(), k=fake_k, seed=seed)
-        w_fake = self.fake_w(fake_rows)
-        g = self.nets.generator
-        shown = self.render(torch.cat([wplus_inversion, w_fake[:, None].expand(-1, g.num_ws, -1)]))
-        size = self.face_config.aligned_size
-        return _Prepared(photo, chosen, crops_of, real, wplus_inversion, fake_rows, w_fake, fake_k,
-                         [to_image(x, size) for x in shown[:len(chosen)]],
-                         [to_image(x, size) for x in shown[len(chosen):]], alignment)
+        # The inversions and fakes are rendered with the results: the first step (and preview) comes sooner.
+        return _Prepared(photo, chosen, crops_of, real, wplus_inversion, fake_rows, self.fake_w(fake_rows), fake_k,
+                         alignment)
 
     def _aligned_input(self, photo: Image.Image) -> tuple[AlignedFace, AlignmentCheck]:
         """The photo as its own aligned face, and whether it looks aligned: dlib's landmarks on a small copy
@@ -285,18 +283,22 @@ class FalcoPipeline:
     def _result(self, prepared: _Prepared, margins: tuple[float, ...], wplus: torch.Tensor, loss: FalcoLoss,
                 optim: OptimConfig) -> AnonymizationResult:
         """The result of one photo from its items' W+ [faces x margins, num_ws, D]."""
-        face_of = torch.arange(len(prepared.chosen), device=self.device).repeat_interleave(len(margins))
-        final = self.render(wplus)
+        faces, size = len(prepared.chosen), self.face_config.aligned_size
+        face_of = torch.arange(faces, device=self.device).repeat_interleave(len(margins))
+        w_fake = prepared.w_fake[:, None].expand(-1, self.nets.generator.num_ws, -1)
+        shown = self.render(torch.cat([prepared.wplus_inversion, w_fake, wplus]))
+        inversions, fakes = ([to_image(x, size) for x in part] for part in (shown[:faces], shown[faces:2 * faces]))
+        final = shown[2 * faces:]
         cosine = (loss.identity_embedding(final) * prepared.real.identity[face_of]).sum(-1).tolist()
         results = []
-        for i, (f, m) in enumerate(zip(face_of.tolist(), margins * len(prepared.chosen))):
+        for i, (f, m) in enumerate(zip(face_of.tolist(), margins * faces)):
             aligned, row = prepared.aligned[f], int(prepared.fake_rows[f])
-            anonymized = to_image(final[i], self.face_config.aligned_size)
+            anonymized = to_image(final[i], size)
             distance = (math.nan if aligned.landmarks is None
                         else self.recognizer.distance(aligned.image, anonymized, aligned.landmarks))
             results.append(FaceResult(
-                face_index=prepared.chosen[f], margin=m, aligned=aligned.image, inversion=prepared.inversions[f],
-                fake=prepared.fakes[f], anonymized=anonymized, wplus=wplus[i].cpu(),
+                face_index=prepared.chosen[f], margin=m, aligned=aligned.image, inversion=inversions[f],
+                fake=fakes[f], anonymized=anonymized, wplus=wplus[i].cpu(),
                 wplus_inversion=prepared.wplus_inversion[f].cpu(), fake_index=row,
                 fake_seed=int(self.bank.seeds[row]), identity_cosine=float(cosine[i]),
                 recognizer_distance=distance))

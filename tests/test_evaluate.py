@@ -268,14 +268,16 @@ def test_usage_errors_exit_2_and_bad_input_exits_1(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights_with_judges):
-    """The whole run as a user types it: falco anonymize at two m, then falco.evaluate on its output folder."""
+def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights_with_judges, capsys):
+    """The whole run as a user types it: falco anonymize at two m (its command line's main, in this process, as
+    test_cli runs it; test_datasets starts `python -m falco.cli`), then `python -m falco.evaluate` on its output
+    folder."""
+    from falco import cli
     photos = make_tree(tmp_path / "photos", {"a/x.png": face, "y.png": ImageOps.mirror(face)})
     out, report = tmp_path / "anonymized", tmp_path / "report"
-    run = subprocess.run([sys.executable, "-m", "falco.cli", "anonymize", str(photos), str(out), "--weights",
-                          str(tiny_weights_with_judges), "--device", "cpu", "--steps", "1", "--margin", "0", "0.5",
-                          "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
+    code = cli.main(["anonymize", str(photos), str(out), "--weights", str(tiny_weights_with_judges), "--device", "cpu",
+                     "--steps", "1", "--margin", "0", "0.5", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
     run = subprocess.run([sys.executable, "-m", "falco.evaluate", str(photos), str(out), "--weights",
                           str(tiny_weights_with_judges), "--device", "cpu", "--out", str(report),
                           "--fid-features", "64", "--no-progress"],

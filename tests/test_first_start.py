@@ -1,20 +1,24 @@
 """A first start end to end, offline: the official files (tiny networks in the official containers, dlib's real
 models) come from a local server that answers like the Hub and like GitHub's release downloads.  A dead source,
 bytes other than the pinned ones and a file of the wrong layout each give way to the next source; the app
-prepares the set, serves, anonymizes; a second start uses the prepared set without the network."""
+prepares the set, serves, anonymizes; a second start uses the prepared set without the network.  The banner
+reads forward and the prepared set records the source that served each file."""
 
 import functools
 from dataclasses import replace
 
 import pytest
+import torch
 from gradio_client import Client, handle_file
 
 from falco.config import PREPARED_WEIGHTS_ENV, WEIGHTS_REPO_ENV
 from falco.models.random_weights import TINY_CONFIGS
 from falco.ui import startup
-from falco.weights import official, prepare
+from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, official, prepare
+from falco.weights.manifest import MODEL_CARD_NAME, sha256_file
 from falco.weights.official import Source
-from tests.fake_hub import FakeHub
+from tests.fake_hub import COMMIT, FakeHub
+from tests.test_prepare import assert_banner_reads_forward
 
 # A served app, subprocesses of `python app.py` and whole runs: out of the quick loop (README "Tests").
 pytestmark = pytest.mark.slow
@@ -83,3 +87,38 @@ def test_a_first_start_prepares_serves_anonymizes_and_the_second_needs_no_networ
     finally:
         demo.close()
     assert len(server.requests) == asked   # the second start asked the network nothing
+
+
+def test_a_first_start_banner_reads_forward_and_the_set_names_each_source(
+        server, official_sources, official_files, tmp_path, monkeypatch):
+    """The preparation the app runs (its banner texts as the page gets them), against sources that fail first."""
+    monkeypatch.delenv(WEIGHTS_REPO_ENV, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv(PREPARED_WEIGHTS_ENV, str(tmp_path / "prepared"))
+    events, banner = [], []
+
+    def preparing(progress, **kwargs):
+        return prepare.prepare_weights(configs=TINY_CONFIGS, bank_size=8, **kwargs,
+                                       progress=lambda event: (events.append(event), progress(event)))
+    monkeypatch.setattr(startup, "prepare_weights", preparing)
+    paths = startup.weights_fetcher(None, torch.device("cpu"), banner.append)()
+    assert paths.source == str(tmp_path / "prepared") and all(paths[name].is_file() for name in ARTIFACTS)
+    assert_banner_reads_forward(events)
+    assert banner == [event.describe() for event in events] + [None]   # None: the banner is taken down
+
+    folder = tmp_path / "prepared"
+    manifest = Manifest.load(folder / MANIFEST_NAME)
+    assert manifest.built.by == prepare.FIRST_START and prepare.FIRST_START in manifest.note
+    assert prepare.PREPARE_COMMAND not in manifest.note
+    # ArcFace's first source held a file of another layout, e4e's first two were gone and other bytes.
+    arcface, e4e = manifest.sources["arcface"], manifest.sources["e4e"]
+    assert (arcface.kind, arcface.location, arcface.revision) == ("hub", "good/arcface:model_ir_se50.pth", COMMIT)
+    assert (e4e.location, e4e.revision, e4e.artifacts) == ("good/e4e:e4e_ffhq_encode.pt", COMMIT, ("generator", "e4e"))
+    assert (e4e.size, e4e.sha256) == (official_files["e4e"].stat().st_size,
+                                      sha256_file(official_files["e4e"]))
+    assert manifest.sources["farl"].location == server.url("/files/FaRL.pth")
+    card = (folder / MODEL_CARD_NAME).read_text()
+    arcface_line = next(line for line in card.splitlines() if line.startswith(f"- `{ARTIFACTS['arcface']}`"))
+    assert f"Source: the Hub repo `good/arcface`, file `model_ir_se50.pth` at revision `{COMMIT}`" in arcface_line
+    assert "wrong-layout" not in card and f"by {prepare.FIRST_START} (falco " in card

@@ -231,6 +231,29 @@ def test_hub_progress_ends_at_one(hub, tmp_path):
     assert all(f is None or 0 <= f <= 1 for f in fractions)
 
 
+def test_a_download_reports_its_end_before_the_callers_check(hub, tmp_path):
+    """The check converts the file: a download report after it would step the first-start banner back."""
+    hub.repos["live/mirror"] = {"w.pth": PAYLOAD}
+    fractions, at_check = [], []
+    fetch_official("e4e", tmp_path, check=lambda path, source: at_check.extend(fractions),
+                   progress=fractions.append, sources=(Source("hub", "live/mirror:w.pth", sha256=SHA),))
+    assert at_check and at_check[-1] == 1.0 and fractions == at_check
+
+
+def test_the_revision_that_served_a_hub_file_is_known(hub, tmp_path):
+    from tests.fake_hub import COMMIT
+    hub.repos["live/mirror"] = {"w.pth": PAYLOAD}
+    hub.urls["/files/w.pth"] = PAYLOAD
+    unpinned, pinned = Source("hub", "live/mirror:w.pth"), Source("hub", "live/mirror:w.pth", revision=COMMIT)
+    by_url = Source("url", hub.url("/files/w.pth"))
+    for source in (unpinned, pinned, by_url):
+        fetch_official("e4e", tmp_path, sources=(source,))
+    assert official.served_revision(tmp_path, "e4e", unpinned) == COMMIT   # "main" when asked, recorded as served
+    assert official.served_revision(tmp_path, "e4e", pinned) == COMMIT
+    assert official.served_revision(tmp_path, "e4e", by_url) is None
+    assert official.served_revision(tmp_path / "nothing-here", "e4e", unpinned) is None
+
+
 def test_the_catalogue_has_every_file_with_at_least_two_sources_and_their_terms():
     assert set(OFFICIAL_FILES) == {"e4e", "arcface", "farl", "dlib_landmarks", "dlib_recognition"}
     for name, entry in OFFICIAL_FILES.items():

@@ -1,5 +1,7 @@
 """A weight set prepared from the official checkpoints: tiny official-layout files stand in for the downloads."""
 
+import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -12,9 +14,32 @@ from falco.models import io
 from falco.models.random_weights import TINY_CONFIGS
 from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, fetch_weights, official
 from falco.weights import prepare as prepare_module
-from falco.weights.prepare import PrepareProgress, bank_size_for, find_prepared, prepare_weights
+from falco.weights.manifest import MODEL_CARD_NAME
+from falco.weights.prepare import (
+    ITEMS,
+    PREPARE_COMMAND,
+    PUBLISH_COMMAND,
+    STAGES,
+    PrepareProgress,
+    bank_size_for,
+    find_prepared,
+    forward_only,
+    prepare_weights,
+)
 
 BANK_SIZE = 4
+REPEATED_WORDS = re.compile(r"\b(\w+(?: \w+)*) \1\b", re.IGNORECASE)   # "fake bank fake bank", "the the"
+
+
+def assert_banner_reads_forward(events: list[PrepareProgress]) -> None:
+    """Banner texts in stage order (each item downloaded then converted, the bank, the check), never a step back,
+    no word repeated."""
+    assert [e.order for e in events] == sorted(e.order for e in events)   # stages in order, a fraction may restart
+    for event in events:
+        assert not REPEATED_WORDS.search(event.describe()), event.describe()
+    stages = list(dict.fromkeys((e.stage, e.item) for e in events))
+    assert stages == [(stage, item) for item in ITEMS for stage in STAGES[:2]] + [
+        ("building", "the fake bank"), ("checking", "the weights")]
 
 
 class FakeOfficial:
@@ -78,16 +103,63 @@ def test_prepared_set_is_fetched_and_loaded_like_a_published_one(prepared, offic
 
 def test_progress_arrives_in_order_and_reads_as_a_sentence(prepared):
     _, events = prepared
-    stages = [(e.stage, e.item) for e in events]
-    order = list(dict.fromkeys(stages))
-    items = ("e4e", "ArcFace", "FaRL", "dlib models")
-    assert order == [(stage, item) for item in items for stage in ("downloading", "converting")] + [
-        ("building the fake bank", "fake bank"), ("checking", "the weights")]
-    assert events[1].describe() == "Preparing the models on first start: downloading e4e (1 of 4), 50%"
-    dlib = [e.fraction for e in events if e.item == "dlib models" and e.stage == "downloading"]
-    assert dlib == [None, 0.25, 0.5, None, 0.75, 1.0]   # two files, one item
-    bank = [e.fraction for e in events if e.stage == "building the fake bank"]
-    assert bank == [0.0, 1.0] and events[-1].describe() == "Preparing the models on first start: checking the weights"
+    assert_banner_reads_forward(events)
+    assert events[1].describe() == "Preparing the models on first start: downloading e4e (1 of 5), 50%"
+    dlib = [e.fraction for e in events if e.item == "dlib's recognition model" and e.stage == "downloading"]
+    assert dlib == [None, 0.5, 1.0]
+    bank = [e for e in events if e.stage == "building"]
+    assert [e.fraction for e in bank] == [0.0, 1.0]
+    assert bank[0].describe() == "Preparing the models on first start: building the fake bank, 0%"
+    assert events[-1].describe() == "Preparing the models on first start: checking the weights"
+
+
+def test_every_banner_text_reads_without_a_repeated_word():
+    steps = [PrepareProgress(stage, item, index, len(ITEMS), fraction)
+             for index, item in enumerate(ITEMS, 1) for stage in STAGES[:2] for fraction in (None, 0.5)]
+    steps += [PrepareProgress("building", "the fake bank", 1, 1, 0.5),
+              PrepareProgress("checking", "the weights", 1, 1, None)]
+    for step in steps:
+        assert not REPEATED_WORDS.search(step.describe()), step.describe()
+    assert REPEATED_WORDS.search("building the fake bank fake bank, 0%")   # the pattern finds what it is for
+
+
+def test_the_banner_never_steps_back():
+    shown: list[PrepareProgress] = []
+    report = forward_only(shown.append)
+    sequence = [PrepareProgress("downloading", "e4e", 1, 5, None), PrepareProgress("downloading", "e4e", 1, 5, 0.5),
+                PrepareProgress("downloading", "e4e", 1, 5, 0.1),    # its next source, after a failed download
+                PrepareProgress("converting", "e4e", 1, 5, None),
+                PrepareProgress("downloading", "e4e", 1, 5, 1.0),    # the download's last report, late
+                PrepareProgress("downloading", "ArcFace", 2, 5, 0.3),
+                PrepareProgress("converting", "ArcFace", 2, 5, None),
+                PrepareProgress("downloading", "ArcFace", 2, 5, 0.1),   # its next source, after a failed conversion
+                PrepareProgress("converting", "ArcFace", 2, 5, None),
+                PrepareProgress("building", "the fake bank", 1, 1, 0.0),
+                PrepareProgress("checking", "the weights", 1, 1, None)]
+    for event in sequence:
+        report(event)
+    assert [(e.stage, e.item, e.fraction) for e in shown] == [
+        ("downloading", "e4e", None), ("downloading", "e4e", 0.5), ("downloading", "e4e", 0.1),
+        ("converting", "e4e", None),
+        ("downloading", "ArcFace", 0.3), ("converting", "ArcFace", None), ("converting", "ArcFace", None),
+        ("building", "the fake bank", 0.0), ("checking", "the weights", None)]
+
+
+def test_the_manifest_and_card_record_each_source_and_what_built_the_set(prepared, official_files):
+    out, _ = prepared
+    manifest = Manifest.load(out / MANIFEST_NAME)
+    assert manifest.built.by == PREPARE_COMMAND and manifest.built.device == "cpu"
+    assert manifest.built.bank_size == BANK_SIZE and PREPARE_COMMAND in manifest.note
+    assert set(manifest.sources) == set(ITEMS.values())
+    e4e = manifest.sources["e4e"]
+    assert (e4e.kind, e4e.location) == ("url", f"file://{official_files['e4e']}")
+    assert e4e.artifacts == ("generator", "e4e") and manifest.origin_of("generator") == e4e
+    assert (e4e.size, e4e.sha256) == (official_files["e4e"].stat().st_size,
+                                      hashlib.sha256(official_files["e4e"].read_bytes()).hexdigest())
+    assert manifest.sources["dlib_landmarks"].kind == "package"
+    card = (out / MODEL_CARD_NAME).read_text()
+    assert f"by {PREPARE_COMMAND} (falco " in card and f"`file://{official_files['e4e']}`" in card
+    assert not (out / prepare_module.SOURCES_RECORD).exists()   # in the manifest now
 
 
 def test_second_call_returns_the_set_without_fetching(prepared, monkeypatch):
@@ -111,6 +183,8 @@ def test_interrupted_prepare_leaves_no_set_and_resumes_without_refetching(offici
     assert run_prepare(official_files, out, second, monkeypatch) == out
     assert second.calls == ["farl", "dlib_landmarks", "dlib_recognition"]
     assert find_prepared(out) == out and not partial.exists()
+    # The files converted before the interruption keep the origins recorded then.
+    assert set(Manifest.load(out / MANIFEST_NAME).sources) == set(ITEMS.values())
 
 
 @pytest.mark.slow
@@ -118,6 +192,12 @@ def test_a_source_failing_its_conversion_is_dropped_for_the_next(official_files,
     fake = FakeOfficial(official_files, bad_first_source={"farl": official_files["arcface"]})
     out = run_prepare(official_files, tmp_path / "set", fake, monkeypatch)
     assert io.load_farl(out / ARTIFACTS["farl"]).config["width"] == TINY_CONFIGS["farl"]["width"]
+    # The source that served it is the one recorded, in the manifest and on the card's FaRL line.
+    served = f"file://{official_files['farl']}"
+    assert Manifest.load(out / MANIFEST_NAME).sources["farl"].location == served
+    farl_line = next(line for line in (out / MODEL_CARD_NAME).read_text().splitlines()
+                     if line.startswith(f"- `{ARTIFACTS['farl']}`"))
+    assert served in farl_line and str(official_files["arcface"]) not in farl_line
 
 
 @pytest.mark.slow
@@ -159,8 +239,8 @@ def test_command_line_prepares_and_publishes_from_official(monkeypatch, tmp_path
     from falco.weights import __main__ as cli
     asked = []
 
-    def fake_prepare(out, bank_size, device, progress):
-        asked.append((out, bank_size, device))
+    def fake_prepare(out, bank_size, device, progress, built_by):
+        asked.append((out, bank_size, device, built_by))
         for fraction in (None, 0.01, 0.05, 0.12, 0.5, 1.0):
             progress(PrepareProgress("downloading", "e4e", 1, 4, fraction))
         return tmp_path if out is None else out
@@ -171,7 +251,7 @@ def test_command_line_prepares_and_publishes_from_official(monkeypatch, tmp_path
     assert out == f"weights prepared in {tmp_path}\n"
     assert [line.rsplit(" ", 1)[-1] for line in err.splitlines()] == ["4)", "0%", "10%", "50%", "100%"]
     assert cli.main(["publish", "--repo", "you/name", "--from-official", "--dry-run", "--out", str(tmp_path)]) == 0
-    assert asked == [(None, 8, "cpu"), (tmp_path, BankConfig().size, None)]
+    assert asked == [(None, 8, "cpu", PREPARE_COMMAND), (tmp_path, BankConfig().size, None, PUBLISH_COMMAND)]
     assert capsys.readouterr().out == f"Hub folder written to {tmp_path} (not uploaded)\n"
 
 

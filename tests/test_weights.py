@@ -7,6 +7,7 @@ dir: the real huggingface_hub code path, configured the way a user configures it
 """
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -34,7 +35,8 @@ from falco.weights import (
     parse_source,
 )
 from falco.weights.assemble import copy_dlib_model
-from falco.weights.manifest import PROJECT_MANIFEST
+from falco.weights.manifest import PROJECT_MANIFEST, Build, Origin
+from falco.weights.model_card import model_card
 from falco.weights.publish import upload_weights
 from falco.weights.random_set import make_random_weights
 from tests.fake_hub import COMMIT, REPO, FakeHub
@@ -262,6 +264,20 @@ def test_source_defaults_to_config_and_env(monkeypatch):
     assert parse_source(None).repo_id == DEFAULT_WEIGHTS_REPO
     monkeypatch.setenv(WEIGHTS_REPO_ENV, "someone/their-weights@abc")
     assert (parse_source(None).repo_id, parse_source(None).revision) == ("someone/their-weights", "abc")
+
+
+def test_a_manifest_keeps_each_files_source_and_what_built_it_and_reads_without_them(tmp_path):
+    plain = replace(Manifest.unpublished(), note="hashes of a folder")
+    plain.write(tmp_path / "plain.json")
+    assert not {"sources", "built"} & set(json.loads((tmp_path / "plain.json").read_text()))   # bytes as before
+    assert Manifest.load(tmp_path / "plain.json") == plain and plain.origin_of("farl") is None
+    farl = Origin("hub", "someone/farl-clip:model.safetensors", COMMIT, "transformers-clip", 12, "a" * 64, ("farl",))
+    recorded = replace(plain, sources={"farl": farl}, built=Build("the app's first start", "0.1.0", "cpu", 40))
+    assert Manifest.load(recorded.write(tmp_path / "recorded.json")) == recorded
+    assert recorded.origin_of("farl") == farl and recorded.origin_of("arcface") is None
+    assert farl.describe() == (f"the Hub repo `someone/farl-clip`, file `model.safetensors` at revision `{COMMIT}` "
+                               f"(the weights in transformers' CLIP layout), 12 bytes, sha256 `{'a' * 64}`")
+    assert "the app's first start (falco 0.1.0; the fake bank of 40 fakes built on cpu)" in model_card(recorded)
 
 
 def test_project_manifest_lists_every_artifact():

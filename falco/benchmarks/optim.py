@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
           f"in {time.perf_counter() - t:.1f} s")
 
     timings: list[Timing] = []
-    # The baseline first: our loop turns on allocator reuse for the rest of the process.
+    # The baseline first: from here on our loops reuse freed memory (falco.allocator.reusing).
     if not args.no_baseline:
         for batch in batches:
             loop = baseline(nets, problem, batch, OptimConfig())

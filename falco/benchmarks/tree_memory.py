@@ -35,16 +35,24 @@ class TreeSampler:
 
     def __init__(self, pid: int, every: float = 0.25):
         self.root, self.every, self.peak = psutil.Process(pid), every, 0
+        self.now = self.phase_peak = 0   # the last reading; the peak of the current phase
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="falco-tree-memory", daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, tree_resident_bytes(self.root))
+                self.now = tree_resident_bytes(self.root)
             except psutil.NoSuchProcess:
                 return
+            self.peak, self.phase_peak = max(self.peak, self.now), max(self.phase_peak, self.now)
             self._stop.wait(self.every)
+
+    def phase(self) -> int:
+        """The peak since the sampling began or the last ``phase()``; a new phase begins with the current reading."""
+        peak = max(self.phase_peak, self.now)
+        self.phase_peak = self.now
+        return peak
 
     def __enter__(self) -> TreeSampler:
         self._thread.start()

@@ -5,7 +5,8 @@
 writes DIR/evaluation/, the folder falco.evaluate.judges loads instead of the public files when a run's
 ``--weights`` is DIR: with a random weight set in DIR (``python -m falco.weights random``), anonymize then
 evaluate runs end to end, offline, on noise.  Networks get the reference seeding rule
-(falco.models.random_weights).
+(falco.models.random_weights); MTCNN's face logits are then shifted so that its cascade runs on few windows
+(MTCNN_FACE_LOGIT).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ TINY_FACENET = dict(width_divisor=8, repeats=[1, 1, 1], embedding_dim=64)
 TINY_FACENET_CLASSES = {"facenet_casia": 16, "facenet_vgg": 12}
 TINY_PROBE = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
               "text_cfg": {"context_length": 77, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+# Added to the face logit of each MTCNN stage (the bias of its face / not-face layer).  Seeded alone, P-Net passes
+# about a tenth of all windows over its threshold (hundreds per photo, each cropped and run through R-Net), and
+# R-Net almost none of them, so O-Net never ran.  With these, P-Net passes about one window in a hundred, and
+# R-Net and O-Net each about half of what reaches them: every stage of the cascade runs, on few windows.
+MTCNN_FACE_LOGIT = {"pnet": ("conv4_1.bias", -0.4), "rnet": ("dense5_1.bias", 1.3), "onet": ("dense6_1.bias", 0.3)}
 
 
 def make_random_judges(out_dir: str | Path, tiny: bool) -> Path:
@@ -46,7 +52,10 @@ def make_random_judges(out_dir: str | Path, tiny: bool) -> Path:
     for name, cls in MTCNN_NETS.items():
         with torch.device("meta"):
             layout = cls().state_dict()
-        _save_state(folder / files[name].filename, seeded_state_dict(layout, prefix=f"{name}."))
+        state = seeded_state_dict(layout, prefix=f"{name}.")
+        key, shift = MTCNN_FACE_LOGIT[name]
+        state[key][1] += shift   # [not face, face]
+        _save_state(folder / files[name].filename, state)
     _save_state(folder / files["fid_inception"].filename,
                 seeded_state_dict(judges.fid_layout(), prefix="fid_inception."))
     import open_clip

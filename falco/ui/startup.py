@@ -29,7 +29,7 @@ from falco.errors import FalcoError
 from falco.ui.engine import LoadProgress, decide_device, in_background, load_failure_is_final, weights_loader
 from falco.weights import WeightPaths, fetch_weights, parse_source
 from falco.weights.hub import is_published
-from falco.weights.prepare import PrepareProgress, prepare_weights
+from falco.weights.prepare import FIRST_START, PrepareProgress, prepare_weights
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -52,7 +52,8 @@ def weights_fetcher(weights: str | None, device: torch.device,
             report(step.describe())
         try:
             # ZeroGPU lends a GPU to each run only, so there the bank is built on the CPU (its smaller size).
-            folder = prepare_weights(device=torch.device("cpu") if zerogpu_available() else device, progress=follow)
+            folder = prepare_weights(device=torch.device("cpu") if zerogpu_available() else device, progress=follow,
+                                     built_by=FIRST_START)
         finally:
             report(None)
         return fetch_weights(str(folder))

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from falco import allocator
 from falco.config import OptimConfig, VideoConfig
+from falco.device import render_batch
 from falco.faces import AlignedFace, align_face, paste_into
 from falco.pipeline import FalcoPipeline
 from falco.pixels import to_pixels
@@ -173,7 +175,7 @@ def render_frames(renderer: FrameRenderer, source: VideoInfo, landmarks: Sequenc
     """Every frame through the renderer into the writers (one per m); the number of frames done after each batch.
     ``landmarks``: per person (the renderer's order), their landmarks per frame index."""
     done = 0
-    per_pass = config.batch_frames or (2 if renderer.pipeline.device.type == "cpu" else 8)
+    per_pass = config.batch_frames or render_batch(renderer.pipeline.device)
 
     def align(frame: Frame) -> RenderFrame:
         return renderer.align(frame, {p: points[frame.index] for p, points in enumerate(landmarks)
@@ -192,7 +194,7 @@ def render_frames(renderer: FrameRenderer, source: VideoInfo, landmarks: Sequenc
 
         batch, faces = [], 0
         frames = read_frames(source.path)
-        with closing(frames):
+        with allocator.reusing(), closing(frames):   # each frame reuses the last one's memory
             for aligned in _read_ahead(frames, align, config.queue_frames):
                 batch.append(aligned)
                 faces += len(aligned.items)

@@ -19,7 +19,7 @@ from falco.config import DEFAULT_WEIGHTS_REPO, WEIGHTS_REPO_ENV, BankConfig
 from falco.errors import FalcoError
 from falco.weights.hub import check_names, fetch_weights
 from falco.weights.manifest import ARTIFACTS, PROJECT_MANIFEST
-from falco.weights.prepare import PrepareProgress, prepare_weights, prepared_folder
+from falco.weights.prepare import PREPARE_COMMAND, PUBLISH_COMMAND, PrepareProgress, prepare_weights, prepared_folder
 
 # random_set and publish import torch where their commands run: fetch (a first download, a CI step, a Space's
 # build) answers without torch's seconds of import.
@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             make_random_weights(args.out, args.tiny, args.names, args.bank_size, progress=True)
             print(f"random {'tiny' if args.tiny else 'full-size'} weights (noise) in {args.out}")
         elif args.command == "prepare":
-            print(f"weights prepared in {_prepare(args.out, args.bank_size, args.device)}")
+            print(f"weights prepared in {_prepare(args.out, args.bank_size, args.device, PREPARE_COMMAND)}")
         else:
             from falco.weights.publish import publish, upload_weights
             folder = args.out
             if args.from_official:
                 # A published set gets the paper's bank whatever the device; its own folder, not the app's cache.
                 folder = _prepare(folder or prepared_folder().with_name("published-weights"),
-                                  args.bank_size or BankConfig().size, args.device)
+                                  args.bank_size or BankConfig().size, args.device, PUBLISH_COMMAND)
                 manifest = None if args.dry_run else upload_weights(folder, args.repo, args.private, args.manifest)
             else:
                 missing = [f"--{name}" for name in OFFICIAL_FILE_ARGS if getattr(args, name) is None]
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _prepare(out: Path | None, bank_size: int | None, device: str | None) -> Path:
+def _prepare(out: Path | None, bank_size: int | None, device: str | None, built_by: str) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # the bank's size and time estimate
     shown: list[str] = []
 
@@ -131,7 +131,7 @@ def _prepare(out: Path | None, bank_size: int | None, device: str | None) -> Pat
             shown.append(line)
             print(line, file=sys.stderr, flush=True)
 
-    return prepare_weights(out, bank_size, device, progress=show)
+    return prepare_weights(out, bank_size, device, progress=show, built_by=built_by)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bz2
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from falco.bank import build_bank
@@ -12,7 +13,16 @@ from falco.config import BankConfig
 from falco.errors import WeightsError, first_line
 from falco.models import io
 from falco.output_files import write_atomic
-from falco.weights.manifest import ARTIFACTS, HASH_CHUNK, MANIFEST_NAME, MODEL_CARD_NAME, Manifest, describe_folder
+from falco.weights.manifest import (
+    ARTIFACTS,
+    HASH_CHUNK,
+    MANIFEST_NAME,
+    MODEL_CARD_NAME,
+    Build,
+    Manifest,
+    Origin,
+    describe_folder,
+)
 from falco.weights.model_card import model_card
 
 
@@ -47,10 +57,12 @@ def build_bank_from_folder(folder: Path, n: int, device: str, config: BankConfig
                progress=rows_done is None, rows_done=rows_done)
 
 
-def write_manifest(folder: Path, repo_id: str | None, note: str) -> Manifest:
+def write_manifest(folder: Path, repo_id: str | None, note: str, sources: Mapping[str, Origin] | None = None,
+                   built: Build | None = None) -> Manifest:
     """Hash every artifact of ``folder``; the model card, then the manifest, are written (the manifest last:
-    a folder with one is complete)."""
-    manifest = describe_folder(folder, repo_id, note=note)
+    a folder with one is complete).  ``sources``: the origin of each official file, ``built``: what built the
+    set, where known; both go into the manifest and the card."""
+    manifest = replace(describe_folder(folder, repo_id, note=note), sources=dict(sources or {}), built=built)
     (folder / MODEL_CARD_NAME).write_text(model_card(manifest))
     manifest.write(folder / MANIFEST_NAME)
     return manifest

@@ -3,7 +3,8 @@
 The Hub layout is one file per artifact (names in ``ARTIFACTS``) plus ``manifest.json``
 (filename, size and sha256 of each) and a model card.  ``weights/manifest.json`` in this
 project pins the default repo: its revision (a commit hash) and hashes come from the
-publishing command.
+publishing command.  A set made from the official checkpoints also records the source that
+served each official file and what built the set (optional fields: older manifests lack them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from falco.config import DEFAULT_WEIGHTS_REPO
@@ -64,6 +65,48 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The source that served an official file of a set (falco.weights.official.Source), and the bytes it served."""
+    kind: str                    # "hub", "url" or "package"
+    location: str                # "owner/name:path/in/repo" | "https://..." | "package:path/in/package"
+    revision: str | None         # the Hub commit it came from, where known
+    layout: str                  # "official" or "transformers-clip"
+    size: int
+    sha256: str
+    artifacts: tuple[str, ...]   # the artifacts converted from it
+
+    def describe(self) -> str:
+        """Where the file came from, in words (the model card and the log)."""
+        where, _, path = self.location.partition(":")
+        if self.kind == "hub":
+            text = f"the Hub repo `{where}`, file `{path}`"
+            text += f" at revision `{self.revision}`" if self.revision else ""
+        elif self.kind == "package":
+            text = f"the installed PyPI package `{where}`, file `{path}`"
+        else:
+            text = f"`{self.location}`"
+        layout = " (the weights in transformers' CLIP layout)" if self.layout == "transformers-clip" else ""
+        return f"{text}{layout}, {self.size} bytes, sha256 `{self.sha256}`"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Origin:
+        return cls(**{**data, "artifacts": tuple(data["artifacts"])})
+
+
+@dataclass(frozen=True)
+class Build:
+    """What built a set from the official checkpoints: the app's first start or a command, and where."""
+    by: str                      # "the app's first start", "`python -m falco.weights prepare`", ...
+    falco_version: str
+    device: str | None           # where the fake bank was built (None: a bank was given)
+    bank_size: int | None
+
+    def describe(self) -> str:
+        bank = f"; the fake bank of {self.bank_size} fakes built on {self.device}" if self.bank_size else ""
+        return f"{self.by} (falco {self.falco_version}{bank})"
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Where the weights live and which bytes they are.
 
@@ -74,6 +117,8 @@ class Manifest:
     revision: str | None
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     note: str = ""
+    sources: dict[str, Origin] = field(default_factory=dict)   # official file name -> its origin
+    built: Build | None = None
 
     @classmethod
     def unpublished(cls, repo_id: str | None = DEFAULT_WEIGHTS_REPO) -> Manifest:
@@ -91,9 +136,11 @@ class Manifest:
                 raise ValueError(f"format is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
             artifacts = {name: Artifact(name, a["filename"], a.get("size"), a.get("sha256"), a.get("description", ""))
                          for name, a in data["artifacts"].items()}
+            sources = {name: Origin.from_dict(o) for name, o in (data.get("sources") or {}).items()}
+            built = Build(**data["built"]) if data.get("built") else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise WeightsError(f"The weights manifest {path} is unreadable ({err}).") from err
-        return cls(data.get("repo_id"), data.get("revision"), artifacts, data.get("note", ""))
+        return cls(data.get("repo_id"), data.get("revision"), artifacts, data.get("note", ""), sources, built)
 
     def write(self, path: str | Path) -> Path:
         """The manifest file, written whole or not at all (a folder whose manifest exists is complete)."""
@@ -102,7 +149,15 @@ class Manifest:
         data = {"format": MANIFEST_FORMAT, "repo_id": self.repo_id, "revision": self.revision, "note": self.note,
                 "artifacts": {name: {"filename": a.filename, "size": a.size, "sha256": a.sha256,
                                      "description": a.description} for name, a in self.artifacts.items()}}
+        if self.sources:   # only where known: a manifest without them keeps its bytes
+            data["sources"] = {name: asdict(o) for name, o in self.sources.items()}
+        if self.built:
+            data["built"] = asdict(self.built)
         return save_json(path, data, final_newline=True)
+
+    def origin_of(self, artifact: str) -> Origin | None:
+        """The origin of the official file that ``artifact`` was converted from, where recorded."""
+        return next((o for o in self.sources.values() if artifact in o.artifacts), None)
 
     def artifact(self, name: str, where: str) -> Artifact:
         if name not in self.artifacts:

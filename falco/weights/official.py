@@ -183,6 +183,19 @@ def fetch_file(entry: OfficialFile, folder: Path, check: Check | None = None, pr
     raise (HubUnavailableError if for_now else WeightsError)(message)
 
 
+def served_revision(folder: Path, name: str, source: Source) -> str | None:
+    """The Hub commit a file fetched into ``folder`` came from: the source's pinned revision, else the one
+    hf_hub_download recorded beside the file; None for other sources or where unknown."""
+    if source.kind != "hub" or source.revision:
+        return source.revision
+    try:   # huggingface_hub's record of a download into a local_dir (a private module: read where it exists)
+        from huggingface_hub._local_folder import read_download_metadata
+        metadata = read_download_metadata(_source_dir(Path(folder), name, source), source.location.split(":", 1)[1])
+    except (ImportError, OSError, ValueError):
+        return None
+    return getattr(metadata, "commit_hash", None)
+
+
 def _verified(path: Path, source: Source, folder: Path, name: str, check: Check | None, report: Progress) -> Path:
     """``path`` if it passes the source's pins and the caller's check; else its file is deleted (never an
     installed package's) and WeightsError says why."""
@@ -192,13 +205,13 @@ def _verified(path: Path, source: Source, folder: Path, name: str, check: Check 
             raise WeightsError(f"{actual_size} bytes, expected {source.size}")
         if source.sha256 is not None and (actual := sha256_file(path)) != source.sha256:
             raise WeightsError(f"sha256 {actual} does not match the pinned {source.sha256}")
+        report(1.0)   # the download is done and verified: before the caller's check, which is its next step
         if check is not None:
             check(path, source)
     except WeightsError:
         if source.kind != "package":
             shutil.rmtree(_source_dir(folder, name, source), ignore_errors=True)
         raise
-    report(1.0)
     return path
 
 

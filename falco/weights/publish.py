@@ -12,12 +12,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from falco import __version__
 from falco.bank import FakeBank, made_by
 from falco.config import BankConfig
 from falco.errors import WeightsError, first_line
 from falco.models import io
 from falco.weights.assemble import build_bank_from_folder, check_dlib_model, copy_dlib_model, write_manifest
-from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, NETWORKS, PROJECT_MANIFEST, Manifest, verify_file
+from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, NETWORKS, PROJECT_MANIFEST, Build, Manifest, verify_file
+from falco.weights.prepare import PUBLISH_COMMAND
 
 PUBLISHED_NOTE = "Hashes of this folder; the pinned revision is recorded in the FALCO project's weights/manifest.json."
 
@@ -77,7 +79,8 @@ def build_hub_folder(folder: str | Path, repo_id: str, *, e4e: str | Path, arcfa
         _check_bank(Path(bank), folder / ARTIFACTS["generator"], folder / ARTIFACTS["farl"])
         shutil.copyfile(bank, folder / ARTIFACTS["fake_bank"])
 
-    return write_manifest(folder, repo_id, PUBLISHED_NOTE)
+    built = Build(PUBLISH_COMMAND, __version__, *((None, None) if bank else (device, bank_size or BankConfig().size)))
+    return write_manifest(folder, repo_id, PUBLISHED_NOTE, built=built)
 
 
 def upload_weights(folder: str | Path, repo_id: str, private: bool = False,
