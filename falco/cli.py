@@ -176,7 +176,7 @@ def build_bank(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
         usage.error("--n must be at least 1")
     if args.batch is not None and args.batch < 1:
         usage.error("--batch must be at least 1")
-    from falco import bank
+    from falco import allocator, bank
     from falco.device import resolve_device
     from falco.models.networks import load_networks
     from falco.weights import fetch_weights
@@ -185,6 +185,8 @@ def build_bank(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
                         render_batch=args.batch)
     try:
         device = resolve_device(args.device)
+        if device.type == "cpu":
+            allocator.reuse_freed_memory()   # each fake reuses the last one's memory (falco.allocator)
         paths = fetch_weights(args.weights, names=("generator", "farl"), progress=not args.no_progress)
         nets = load_networks(paths, device, names=("generator", "farl"))
         built = bank.build_bank(args.out, args.n, nets.generator, nets.mean_w, nets.farl, config,

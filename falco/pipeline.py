@@ -255,6 +255,9 @@ class FalcoPipeline:
         crops = [a.image for a in crops_of]
         real = loss.real_features(to_tensor(crops, self.device))
         wplus_inversion = self.invert(crops)
+        # e4e (1 GB) runs once a photo: its weights, mapped from their file, go back to the page cache until the
+        # next inversion instead of staying in the process through the steps (falco.allocator).
+        allocator.page_out_mapped(self.nets.e4e.parameters())
         # The pairing embedding comes from the tokens the attribute loss needs anyway.
         fake_rows = self.bank.nearest(self.nets.farl.embed_tokens(real.tokens).cpu(), k=fake_k, seed=seed)
         # The inversions and fakes are rendered with the results: the first step (and preview) comes sooner.

@@ -19,9 +19,9 @@ atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
 
 # PyTorch on one thread, here and in the subprocesses the tests start (set before torch is imported; a value the
 # environment gives is kept).  The tiny networks' operations are too small to share between cores: a second thread
-# only adds its synchronisation, which on a CPU that other jobs share made a tiny pipeline run several times slower.
-# Tests of full-size networks take every core (the ``all_cores`` fixture).
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# only adds its synchronisation, which on a CPU that other jobs share made a tiny pipeline run 3 to 15 times slower
+# (and the full-size goldens slower too).  On two idle cores the other core is left to the subprocesses that tests
+# start (app.py, the command lines, accelerate's processes).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402  (after the temp folder is set: see above)
@@ -42,17 +42,6 @@ def freed_memory_goes_back():
     yield
     from falco.allocator import release_freed_memory
     release_freed_memory()
-
-
-@pytest.fixture
-def all_cores():
-    """PyTorch's threads on every core of the machine for one test of full-size networks, then back to the
-    suite's one (above)."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(CORES)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

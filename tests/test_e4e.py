@@ -24,7 +24,7 @@ def test_layout_matches_official_encoder(fixtures_dir):
 
 
 @pytest.mark.slow
-def test_golden_codes(fixtures_dir, all_cores):
+def test_golden_codes(fixtures_dir):
     golden = load_file(fixtures_dir / "golden" / "e4e_encoder.safetensors")
     model = seeded_model()
     with torch.no_grad():

@@ -439,3 +439,18 @@ def test_an_optimisation_reuses_freed_memory_and_gives_it_back_when_it_ends(tiny
     assert not allocator.reusing_now()
     # given back once the steps ended (and once more after the results), never while they ran
     assert calls and not any(calls)
+
+
+def test_weights_mapped_from_their_file_go_back_to_the_page_cache_and_read_the_same(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from falco import allocator
+    save_file({"weight": torch.randn(4 * 2**20 // 4)}, tmp_path / "w.safetensors")   # 4 MiB
+    mapped = load_file(tmp_path / "w.safetensors")["weight"]
+    before = mapped.clone()   # anonymous memory: left alone
+    assert allocator.page_out_mapped([before]) == 0
+    handed_back = allocator.page_out_mapped([mapped])
+    if handed_back == 0:
+        pytest.skip("this kernel does not take MADV_PAGEOUT (Linux 5.4+)")
+    assert 0 < handed_back <= mapped.numel() * 4
+    assert torch.equal(mapped, before)   # read again from the file

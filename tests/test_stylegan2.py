@@ -76,7 +76,7 @@ def test_tiny_golden(tiny, fixtures_dir):
 
 
 @pytest.mark.slow
-def test_ffhq1024_golden(fixtures_dir, all_cores):
+def test_ffhq1024_golden(fixtures_dir):
     # grad_rel 3e-3: mean(image * R) sums 6M random-signed terms, so float32 leaves ~5e-4 relative
     # noise (measured against float64) in the golden gradients and in ours alike.
     golden = load_file(fixtures_dir / "golden/stylegan2_ffhq1024.safetensors")
