@@ -118,6 +118,13 @@ class FalcoPipeline:
         a 1024 px image's activations take about 0.9 GiB there)."""
         return torch.cat([self.nets.generator(part) for part in wplus.split(render_batch(self.device))])
 
+    def page_out(self, *networks: str) -> None:
+        """Hand these networks' weights ("e4e", "generator", "arcface", "farl") back to the page cache until their next
+        use, where they are mapped from their files (CPU): the process then holds the networks it runs, not every
+        network it ever ran; the next use reads them again from memory, a fraction of a second for e4e's 1 GB
+        (falco.allocator.page_out_mapped)."""
+        allocator.page_out_mapped([p for name in networks for p in getattr(self.nets, name).parameters()])
+
     @property
     def inversion_size(self) -> int:
         """The side of the aligned crops e4e takes (a smaller crop is resized up to it)."""
@@ -255,9 +262,7 @@ class FalcoPipeline:
         crops = [a.image for a in crops_of]
         real = loss.real_features(to_tensor(crops, self.device))
         wplus_inversion = self.invert(crops)
-        # e4e (1 GB) runs once a photo: its weights, mapped from their file, go back to the page cache until the
-        # next inversion instead of staying in the process through the steps (falco.allocator).
-        allocator.page_out_mapped(self.nets.e4e.parameters())
+        self.page_out("e4e")   # 1 GB that runs once a photo: not held through the steps
         # The pairing embedding comes from the tokens the attribute loss needs anyway.
         fake_rows = self.bank.nearest(self.nets.farl.embed_tokens(real.tokens).cpu(), k=fake_k, seed=seed)
         # The inversions and fakes are rendered with the results: the first step (and preview) comes sooner.

@@ -228,6 +228,8 @@ def anonymize_video(pipeline: FalcoPipeline, source: str | Path, out_path: str |
     seconds["identity"] = time.monotonic() - started
 
     started = time.monotonic()
+    if not refine_steps:
+        pipeline.page_out("arcface", "farl")   # the frames need e4e and the generator only
     renderer = FrameRenderer(pipeline, results, run.margins, run.optim, config, refine_steps)
     with ClipWriters(paths, info, writer_codec(codec, config), config) as writers:
         # Closed before the writers are: a stop lets the frames being encoded finish before the clips go.
