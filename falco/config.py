@@ -115,10 +115,9 @@ GPU_RENDER_BATCH = 8
 class BankConfig:
     truncation_psi: float = 0.7
     size: int = 60_000                 # the paper's bank size
-    # A set prepared on a CPU gets this many fakes, the first rows of the full bank: a fake took 5.5-6.5 s on the
-    # 2-core development CPU at best and 10-12 s while other jobs shared its cores (full-size networks), so a
-    # first start spends about 4 minutes on them, up to 8 on a shared machine (README "First start").  A GPU
-    # builds `size`.
+    # A set prepared on a CPU gets this many fakes, the first rows of the full bank: a fake took about 4 s on the
+    # 2-core development CPU and 10-12 s while other jobs shared its cores (full-size networks), so a first start
+    # spends about 3 minutes on them, up to 8 on a shared machine (README "First start").  A GPU builds `size`.
     cpu_size: int = 40
     seed: int = 0
     k_nearest: int = 1                 # >1: draw the fake among the k nearest ("another fake")

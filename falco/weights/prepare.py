@@ -38,9 +38,10 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "arcface": ("arcface",), "farl": ("farl",),
     "dlib_landmarks": ("dlib_landmarks",), "dlib_recognition": ("dlib_recognition",),
 }
-# Full-size generator + FaRL on the 2-core development CPU: 5.5-6.5 s a fake at best, 10-12 s with other jobs on
-# its cores (README "First start"); for the estimate the log gives.
-CPU_SECONDS_PER_FAKE = 6.0
+# Full-size generator + FaRL on the 2-core development CPU, one fake per call, freed memory reused: about 4 s a fake
+# (`falco.cli bank build --n 12`: 49 s, loading included), 10-12 s with other jobs on its cores (README "First
+# start"); for the estimate the log gives.
+CPU_SECONDS_PER_FAKE = 4.0
 # What built a set (its manifest's `built`, the note and the model card say it).
 FIRST_START = "the app's first start"
 PREPARE_COMMAND = "`python -m falco.weights prepare`"
