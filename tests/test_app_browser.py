@@ -192,7 +192,7 @@ def test_a_first_start_shows_what_it_prepares_then_the_page_becomes_usable(brows
 
     def preparing(device=None, progress=None, **kwargs):
         for fraction in (0.2, 0.48):
-            progress(prepare.PrepareProgress("downloading", "e4e", 2, 4, fraction))
+            progress(prepare.PrepareProgress("downloading", "ArcFace", 2, 5, fraction))
         assert go.wait(300)
         return tiny_weights
 
@@ -203,7 +203,7 @@ def test_a_first_start_shows_what_it_prepares_then_the_page_becomes_usable(brows
     try:
         page = open_page(browser, demo.local_url)
         status = page.locator("#falco-status")
-        status.get_by_text("Preparing the models on first start: downloading e4e (2 of 4), 48%").wait_for()
+        status.get_by_text("Preparing the models on first start: downloading ArcFace (2 of 5), 48%").wait_for()
         status.locator(".falco-dot.falco-loading").wait_for()   # drawn by CSS: no emoji font needed
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "first-start.png"))

@@ -247,7 +247,7 @@ class HeldPreparation:
 
     def __call__(self, device=None, progress=None, **kwargs):
         self.calls += 1
-        progress(prepare.PrepareProgress("downloading", "e4e", 2, 4, 0.48))
+        progress(prepare.PrepareProgress("downloading", "ArcFace", 2, 5, 0.48))
         self.reported.set()
         assert self.go.wait(60)
         return self.folder
@@ -263,7 +263,7 @@ def test_a_first_start_serves_the_page_says_what_it_prepares_then_becomes_usable
     assert preparing.reported.wait(60)
     with urllib.request.urlopen(demo.local_url, timeout=30) as served:
         assert served.status == 200   # the page is up while the weights are prepared
-    line = "Preparing the models on first start: downloading e4e (2 of 4), 48%"
+    line = "Preparing the models on first start: downloading ArcFace (2 of 5), 48%"
     assert app.loader.status() == ("loading", line) and line in app.status_text()
     preparing.go.set()
     assert app.loader.get().source == str(tiny_weights)   # usable by itself, from the prepared folder
