@@ -148,3 +148,13 @@ def test_build_command_matches_the_published_bank(tmp_path, tiny_weights, capsys
     assert len(built) == 5 and torch.equal(built.seeds, published.seeds[:5])
     torch.testing.assert_close(built.w, published.w[:5])
     torch.testing.assert_close(built.embeddings, published.embeddings[:5])
+
+
+@pytest.mark.parametrize("flag, value", [("--n", "0"), ("--batch", "0"), ("--batch", "-2")])
+def test_bank_build_refuses_counts_below_one_before_any_work(flag, value, tmp_path, capsys):
+    from falco.cli import main
+    with pytest.raises(SystemExit) as usage:
+        main(["bank", "build", "--out", str(tmp_path / "bank.safetensors"), flag, value,
+              "--weights", str(tmp_path / "no-such-weights")])   # never read: the check comes first
+    assert usage.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
