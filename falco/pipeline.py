@@ -242,7 +242,7 @@ class FalcoPipeline:
                                 step.terms.identity_cosine.tolist())
         # Each photo's items are rendered and judged as in a run of its own (same shapes, same rounding).
         ends = torch.tensor([len(p.chosen) * len(margins) for p in prepared]).cumsum(0).tolist()
-        with allocator.reusing():
+        with allocator.reusing():   # a stage of its own: the steps' memory went back when they ended
             results = [self._result(p, margins, wplus[end - len(p.chosen) * len(margins):end], loss, optim)
                        for p, end in zip(prepared, ends)]
         yield results
