@@ -91,8 +91,8 @@ def reusing() -> Iterator[None]:
                 if _loops == 0:
                     # glibc's starting values, the mmap threshold too: glibc raises it as large blocks are freed
                     # (up to 32 MiB), and blocks under it would stay in the heap's holes
-                    _set_policy(mmap_max=DEFAULT_MMAP_MAX, trim_threshold=DEFAULT_TRIM_THRESHOLD)
-                    _glibc().mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+                    _set_policy(mmap_max=DEFAULT_MMAP_MAX, trim_threshold=DEFAULT_TRIM_THRESHOLD,
+                                mmap_threshold=DEFAULT_MMAP_THRESHOLD)
                     release_freed_memory()
 
 
@@ -101,10 +101,12 @@ def reusing_now() -> bool:
     return _loops > 0
 
 
-def _set_policy(mmap_max: int, trim_threshold: int) -> None:
+def _set_policy(mmap_max: int, trim_threshold: int, mmap_threshold: int | None = None) -> None:
     libc = _glibc()
-    libc.mallopt(M_MMAP_MAX, mmap_max)
-    libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    settings = ((M_MMAP_MAX, mmap_max), (M_TRIM_THRESHOLD, trim_threshold), (M_MMAP_THRESHOLD, mmap_threshold))
+    for param, value in settings:
+        if value is not None:
+            libc.mallopt(param, value)
 
 
 def release_freed_memory() -> bool:

@@ -46,11 +46,14 @@ class Figure:
     bytes: int
     target_gib: float | None = None
     note: str = ""
+    seconds: float | None = None   # how long the job took, where it is a job of its own
 
     def row(self) -> str:
         target = "" if self.target_gib is None else f"{self.target_gib:g}"
         verdict = "" if self.target_gib is None else ("within" if self.bytes <= self.target_gib * GIB else "OVER")
-        return f"| {self.job} | {self.what} | {self.bytes / GIB:.2f} | {target} | {verdict} | {self.note} |"
+        note = "; ".join(part for part in (f"{self.seconds:.0f} s" if self.seconds is not None else "", self.note)
+                         if part)
+        return f"| {self.job} | {self.what} | {self.bytes / GIB:.2f} | {target} | {verdict} | {note} |"
 
 
 def anonymous_bytes(pid: int) -> int:
@@ -73,7 +76,7 @@ def measured(job: str, what: str, command: list[str], target: float | None, env:
         status = process.wait()
     if status != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit status {status}")
-    return Figure(job, what, sampler.peak, target, f"{time.monotonic() - started:.0f} s")
+    return Figure(job, what, sampler.peak, target, seconds=time.monotonic() - started)
 
 
 # --- The app ---------------------------------------------------------------------------------------------------
@@ -106,7 +109,7 @@ def app_figures(weights: str) -> list[Figure]:
                                          ("Compare m (five m, 2 steps)", "0,0.25,0.5,0.75,1", 2)):
                 started = time.monotonic()
                 client.predict(photo, "all", margins, steps, 0.01, 10.0, 0.1, 0, False, api_name="/anonymize")
-                figures.append(Figure("app", what, sampler.phase(), 4.0, f"{time.monotonic() - started:.0f} s"))
+                figures.append(Figure("app", what, sampler.phase(), 4.0, seconds=time.monotonic() - started))
             ended = time.monotonic()
             for after in (1, 3, 5, 20):
                 time.sleep(max(ended + after - time.monotonic(), 0))
@@ -124,8 +127,7 @@ def bank_figures(weights: str, folder: Path, n: int = 12) -> list[Figure]:
     figure = measured("bank", f"falco bank build --n {n}",
                       [sys.executable, "-m", "falco.cli", "bank", "build", "--out", str(folder / "bank.safetensors"),
                        "--n", str(n), "--weights", weights, "--device", "cpu", "--no-progress"], 4.0)
-    seconds = float(figure.note.split()[0])
-    figure.note += f" ({seconds / n:.1f} s a fake, loading included)"
+    figure.note = f"{figure.seconds / n:.1f} s a fake, loading included"
     return [figure]
 
 

@@ -26,6 +26,7 @@ from falco.allocator import reuse_freed_memory
 from falco.bank import FakeBank
 from falco.benchmarks.optim import sync
 from falco.config import FaceConfig, OptimConfig, VideoConfig
+from falco.device import render_batch
 from falco.faces import FaceAnalyzer, align_face, ffhq_quad
 from falco.faces.recognize import FaceRecognizer
 from falco.models import io
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}")
     for name in args.sets:
         run(name == "tiny", device, args.frames, tuple(args.size), args.steps,
-            args.batch or VideoConfig().batch_frames or (2 if device.type == "cpu" else 8), args.refine_steps)
+            args.batch or VideoConfig().batch_frames or render_batch(device), args.refine_steps)
 
 
 if __name__ == "__main__":
