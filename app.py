@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
+    from falco.weights.storage import keep_on_persistent_storage
+    keep_on_persistent_storage()   # before anything imports huggingface_hub, which reads HF_HOME once
     from falco.errors import FalcoError
     from falco.ui.startup import start_app  # after argparse: --help answers without importing torch
     try:

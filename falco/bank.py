@@ -142,37 +142,57 @@ def build_bank(out: str | Path, n: int, generator, mean_w: torch.Tensor, farl,
     parts_dir.mkdir(parents=True, exist_ok=True)
     while count < n:
         stop = min(count + config.chunk_rows, n)
-        seeds = torch.tensor([row_seed(config.seed, i) for i in range(count, stop)], dtype=torch.int64)
+        seeds = row_seeds(config.seed, count, stop)
         w, emb = sample_rows(generator, mean_w, farl, seeds, config.truncation_psi, config.render_batch)
         part = FakeBank(w.cpu(), emb.cpu(), seeds, meta)
-        part.save(parts_dir / f"{count:010d}.safetensors")
+        part.save(parts_dir / part_name(count))
         done.append(part)
         bar.update(stop - count)
         count = stop
         if rows_done:
             rows_done(count)
     bar.close()
-    bank = FakeBank(torch.cat([b.w for b in done])[:n], torch.cat([b.embeddings for b in done])[:n],
-                    torch.cat([b.seeds for b in done])[:n], meta)
+    bank = joined(done, meta).slice(n)
     bank.save(out)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return bank
 
 
-def _existing_rows(out: Path, parts_dir: Path) -> list[FakeBank]:
-    # Parts are named by their first row; an existing final file holds rows 0.. already.
-    rows = [FakeBank.load(out)] if out.exists() else []
-    start = len(rows[0]) if rows else 0
+def row_seeds(base_seed: int, start: int, stop: int) -> torch.Tensor:
+    """The seeds of rows ``start`` to ``stop`` (excluded) of a bank with this base seed."""
+    return torch.tensor([row_seed(base_seed, i) for i in range(start, stop)], dtype=torch.int64)
+
+
+def joined(banks: list[FakeBank], config: dict) -> FakeBank:
+    """The rows of ``banks``, one after the other, as one bank."""
+    return FakeBank(torch.cat([b.w for b in banks]), torch.cat([b.embeddings for b in banks]),
+                    torch.cat([b.seeds for b in banks]), config)
+
+
+def part_name(first_row: int) -> str:
+    return f"{first_row:010d}.safetensors"
+
+
+def contiguous_parts(parts_dir: Path, start: int) -> list[FakeBank]:
+    """The part files of ``parts_dir`` (named by their first row) that continue a bank of ``start`` rows, up to the
+    first gap (what follows one is recomputed).  A part whose rows a later, longer part holds is skipped."""
+    rows: list[FakeBank] = []
     for part in sorted(parts_dir.glob("*.safetensors")) if parts_dir.is_dir() else []:
         first = int(part.stem)
         bank = FakeBank.load(part)
         if first + len(bank) <= start:
             continue
         if first != start:
-            break   # a gap: what follows is recomputed
+            break
         rows.append(bank)
         start += len(bank)
     return rows
+
+
+def _existing_rows(out: Path, parts_dir: Path) -> list[FakeBank]:
+    # An existing final file holds rows 0.. already.
+    rows = [FakeBank.load(out)] if out.exists() else []
+    return rows + contiguous_parts(parts_dir, len(rows[0]) if rows else 0)
 
 
 def _check_compatible(done: list[FakeBank], meta: dict, generator, mean_w, farl, config: BankConfig) -> None:

@@ -1,6 +1,7 @@
 """The command line: ``falco`` (or ``python -m falco.cli``).
 
     falco anonymize IN_DIR OUT_DIR [--margin 0 0.5] [--aligned] [--batch N] [--weights SRC]
+    falco anonymize IN_DIR OUT_DIR --method blur|pixelate|mask|nearest-fake   # the baselines (falco.baselines)
     falco anonymize CLIP.mp4 OUT_DIR [--margin 0] [--refine-steps K]   (clips in IN_DIR are done too)
     falco anonymize --dataset NAME_OR_PATH [--split S] [--image-column C] [--streaming] OUT_DIR [--push-to-hub REPO]
     accelerate launch -m falco.cli anonymize ...          # one process per GPU, on one or several machines
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from falco import photo_folders
 from falco.checks import check_batch_size, check_fake_k, check_refine_steps, check_run_settings
-from falco.config import DEFAULT_MARGIN, BankConfig, CliConfig, OptimConfig
+from falco.config import CLASSICAL_METHODS, DEFAULT_MARGIN, METHODS, BankConfig, CliConfig, OptimConfig
 from falco.errors import FalcoError
 from falco.video import clip_folders
 
@@ -52,8 +53,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("in_dir", type=Path, nargs="?", help="a folder tree of photos and clips, or one clip "
                                                           "(or give --dataset)")
     run.add_argument("out_dir", type=Path)
-    run.add_argument("--margin", type=float, nargs="+", default=[DEFAULT_MARGIN],
-                     help="m values (several run as one batch per photo, and per person of a clip)")
+    run.add_argument("--margin", type=float, nargs="+", default=None,
+                     help=f"m values (several run as one batch per photo, and per person of a clip; default "
+                          f"{DEFAULT_MARGIN:g}); FALCO's alone")
+    run.add_argument("--method", choices=METHODS, default=METHODS[0],
+                     help="falco; or a baseline for the comparison table, photos only, one image per photo: blur, "
+                          "pixelate, mask (the face region, with FALCO's detection, alignment and paste-back; no "
+                          "network loads), nearest-fake (FALCO's paired fake, not optimised)")
     run.add_argument("--shard", help=argparse.SUPPRESS)   # gone (SHARD_GONE), refused with a pointer
     run.add_argument("--aligned", action="store_true",
                      help="inputs are FFHQ-aligned crops (FFHQ, CelebA-HQ): no detection, alignment or paste-back")
@@ -73,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fake-k", type=int, default=bank.k_nearest,
                      help="draw the fake among the k nearest (with --seed)")
     run.add_argument("--loss-on-skip256", action="store_true", help="losses on the generator's 256 output")
+    run.add_argument("--lambda-id", type=float, default=defaults.lambda_id, help="weight of the ArcFace identity loss")
+    run.add_argument("--lambda-attr", type=float, default=defaults.lambda_attr,
+                     help="weight of the FaRL attribute loss (0: identity loss only, an ablation)")
     run.add_argument("--refine-steps", type=int, default=0,
                      help="clips: optimisation steps per frame, warm-started from the person's identity")
     run.add_argument("--retry-failed", action="store_true", help="run again the images whose record is a failure")
@@ -115,9 +124,18 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             usage.error("--streaming reads a --dataset as it streams: give --dataset, or leave out --streaming")
         if args.in_dir is not None and not args.in_dir.is_dir() and not clip_folders.is_clip(args.in_dir):
             usage.error(f"{args.in_dir} is neither a folder nor a clip")
-        optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256)
+        baseline = args.method != "falco"
+        if baseline and args.margin is not None:
+            usage.error(f"--margin is FALCO's m; --method {args.method} has none: leave out --margin")
+        if baseline and args.in_dir is not None and args.in_dir.is_file():
+            usage.error(f"--method {args.method} does photos; clips are FALCO's alone")
+        optim = replace(OptimConfig(), steps=args.steps, seed=args.seed, loss_on_skip256=args.loss_on_skip256,
+                        lambda_id=args.lambda_id, lambda_attr=args.lambda_attr)
         try:   # before the networks load, so a typo costs no load
-            margins = check_run_settings(args.margin, optim, args.fake_k)
+            margins = check_run_settings(args.margin or [DEFAULT_MARGIN], optim, args.fake_k)
+            if baseline:
+                from falco.baselines import NO_MARGIN
+                margins = NO_MARGIN
             check_batch_size(args.batch)
             check_refine_steps(args.refine_steps)
             local = args.in_dir or (Path(args.dataset) if Path(args.dataset).is_dir() else None)
@@ -129,11 +147,12 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
         except FalcoError as err:
             usage.error(str(err))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        from falco.pipeline import FalcoPipeline  # imports torch, open_clip, dlib: after the usage checks
+        from falco.baselines import load_method  # imports torch, open_clip, dlib: after the usage checks
         state = photo_folders.process_state(args.device)   # accelerate's: this process's rank, device and share
         device = args.device or (state.device if state.device.type == "cuda" else None)
-        pipeline = FalcoPipeline.from_pretrained(args.weights, device=device, progress=not args.no_progress)
-        check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
+        pipeline = load_method(args.method, args.weights, device, progress=not args.no_progress)
+        if args.method not in CLASSICAL_METHODS:
+            check_fake_k(args.fake_k, len(pipeline.bank))   # the one rule that needs the bank
         shard = photo_folders.Shard(state.process_index, state.num_processes)
         run = {"margins": margins, "optim": optim, "fake_k": args.fake_k, "retry_failed": args.retry_failed,
                "progress": not args.no_progress, "aligned": args.aligned, "batch_size": args.batch, "shard": shard}
@@ -143,16 +162,17 @@ def anonymize(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
             summary = photo_folders.Summary()
             if args.in_dir.is_dir():
                 summary = photo_folders.anonymize_tree(pipeline, args.in_dir, args.out_dir, **run)
-            summary = summary + clip_folders.anonymize_clips(   # a clip, or the tree's clips
-                pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
-                not args.no_progress, args.refine_steps)
+            if not baseline:
+                summary = summary + clip_folders.anonymize_clips(   # a clip, or the tree's clips
+                    pipeline, args.in_dir, args.out_dir, margins, optim, args.fake_k, shard, args.retry_failed,
+                    not args.no_progress, args.refine_steps)
         summary = photo_folders.merge_summaries(state, summary)   # waits for every process
         finished = True
         code = EXIT_IMAGES_FAILED if summary.failed or summary.failed_before else 0
         if not state.is_main_process:
             return code
         photo_folders.warn_not_aligned(summary)
-        line = {"out_dir": str(args.out_dir), **asdict(summary)}
+        line = {"out_dir": str(args.out_dir), "method": args.method, **asdict(summary)}
         if args.dataset is not None:
             line.update(datasets_io.write_dataset(pipeline, dataset, args.out_dir, margins, optim, args.fake_k,
                                                   args.aligned, args.push_to_hub, not args.no_progress))

@@ -17,6 +17,16 @@ WEIGHTS_REPO_ENV = "FALCO_WEIGHTS_REPO"
 # Where a set prepared from the official checkpoints is cached when no published set exists
 # (default: a folder under HF_HOME, see falco.weights.prepare).
 PREPARED_WEIGHTS_ENV = "FALCO_PREPARED_WEIGHTS"
+# A Space's persistent storage: when this folder is writable, the Hugging Face cache (HF_HOME) and the prepared set
+# are kept there unless the environment names other places, so a restart finds them (falco.weights.storage).
+# FALCO_PERSISTENT_ROOT moves it (tests use a temporary folder).
+DEFAULT_PERSISTENT_ROOT = "/data"
+PERSISTENT_ROOT_ENV = "FALCO_PERSISTENT_ROOT"
+# Set on a Hugging Face Space, whose disk (but persistent storage) is wiped on every restart.
+SPACE_ID_ENV = "SPACE_ID"
+# Fakes the app's bank grows to while the server is idle (falco.ui.grower; 0: it does not grow); default
+# BankConfig.size.
+BANK_GROW_TO_ENV = "FALCO_BANK_GROW_TO"
 
 
 def weights_source() -> str:
@@ -124,6 +134,9 @@ class BankConfig:
     chunk_rows: int = 256              # rows per resumable part file while building
     cpu_chunk_rows: int = 8            # ... on a CPU, where a fake takes seconds (a part every minute or so)
     render_batch: int | None = None    # images per generator call while building; None: the device's (above)
+    # Growing a bank beyond a prepared set's rows (falco.weights.growth): the last part file is rewritten every
+    # chunk (cpu_chunk_rows on a CPU), and a new one starts at this many rows, so 60,000 fakes are some 60 files.
+    growth_part_rows: int = 1024
 
 
 # PNG files written (downloads, outputs, dataset rows): zlib level 3 writes a 1024 px face in about a third of the
@@ -144,11 +157,63 @@ class CliConfig:
     dataset_split: str = "train"                 # --split's default
 
 
+# --- Baselines: the other anonymizers of the comparison table (falco.baselines) ---------
+# The command line's --method: FALCO, three classical filters of the face region, and FALCO's pairing without its
+# optimisation.  The first is the default.
+METHODS = ("falco", "blur", "pixelate", "mask", "nearest-fake")
+CLASSICAL_METHODS = ("blur", "pixelate", "mask")   # dlib alone: no network of the weight set is built
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    # Sizes are fractions of the FFHQ-aligned crop's side (the face spans about half of it), so a filter hides a
+    # face the same at every photo size.  At 0.04 (41 px on a 1024 crop) eyes, nose and mouth blur into one blob.
+    blur_sigma: float = 0.04
+    pixelate_cells: int = 16                     # blocks across the crop: about 8 across the face
+    mask_fill: tuple[int, int, int] = (128, 128, 128)   # mid grey: no colour of its own in colour statistics
+
+
 # dlib's face-recognition model calls two faces the same person below this distance.
 DLIB_SAME_PERSON_DISTANCE = 0.6
 
 
 # --- Web app (app.py / falco/ui/) ------------------------------------------------------
+@dataclass(frozen=True)
+class ZeroGpuConfig:
+    """The GPU time a run asks ZeroGPU for (falco.ui.gpu_slots): its expected seconds x ``margin``, at least
+    ``floor_s``, never over ``cap_s``; a run expected to need more than ``cap_s`` is refused before it asks.
+
+    ZeroGPU refuses a visitor whose quota left is under the requested duration (even when the run would take
+    less) and serves short requests sooner, so each run asks for what its work needs.  The costs are for the
+    full-size networks on a ZeroGPU slice, half an H200 (60 of its 132 SMs: the `spaces` package's configs.json),
+    from the figures of README "Speed"; none was measured on ZeroGPU itself."""
+    # One call may ask for at most this: public Space discussions report 120 s for visitors who are not logged in
+    # (and refusals of 240-300 s requests even for paying ones); `spaces` refuses more as "larger than the maximum".
+    cap_s: int = 120
+    floor_s: int = 20             # start-up costs vary (a fresh worker, a busy host): no slot shorter than this
+    margin: float = 1.5           # the costs below are estimates
+    # The worker's start (`spaces` forks it and moves the ~2 GB of weights onto the GPU) and the CUDA graph's
+    # recording (about five steps): not measured, an estimate.
+    start_s: float = 10.0
+    # One optimisation step of one item (a face at an m): 71 ms on an H100 (eager fp32, batch 1), x2 for the slice.
+    step_s: float = 0.15
+    # Each further item of a step's batch: (120 - 71) / 4 = 12 ms on an H100 (batch 5: 120 ms), x2 for the slice.
+    step_item_s: float = 0.025
+    # Per face, outside the steps: e4e inversion, the bank's nearest fake, the result at 1024 and dlib's verdict
+    # (on the CPU): an estimate.
+    face_s: float = 1.0
+    # Faces a run is sized for when its photo's faces are not known yet (an API call with every face).
+    assumed_faces: int = 2
+    # Clips (one call, the whole clip: the Video tab says so and refuses what one call cannot do).  Per frame and
+    # megapixel, the work on the CPU: dlib's detection and tracking (3.4-3.7 frames/s at 512x512, README "Clips")
+    # and decoding, alignment, paste-back and encoding (0.2 s per 512x512 frame: 410 ms less the networks' 204 ms).
+    frame_megapixel_s: float = 1.9
+    # Per frame and person: e4e + the generator at batch 1 on the GPU, about a step's forward (an estimate).
+    frame_face_s: float = 0.1
+    clip_persons: int = 1         # persons a clip's slot is sized for: each further one makes it longer
+    clip_reference_size: tuple[int, int] = (640, 360)   # the frame size the Video tab states its limit for
+
+
 @dataclass(frozen=True)
 class AppConfig:
     queue_max_size: int = 16                     # runs waiting beyond this are refused ("queue full")
@@ -159,10 +224,24 @@ class AppConfig:
     max_margins: int = 8                         # m values in one batch (GPU memory grows with it)
     cpu_optim: OptimConfig = OptimConfig(steps=10, preview_every=1, loss_on_skip256=True)
     another_fake_k: int = 8                      # "another fake" draws among this many nearest fakes
-    zerogpu_duration_s: int = 120                # ZeroGPU time slot asked for per run
+    zerogpu: ZeroGpuConfig = ZeroGpuConfig()     # the GPU time each run asks for on a ZeroGPU Space
     max_upload_bytes: int = 25 * 1024 * 1024
     max_steps: int = 200                         # the Steps slider's top, and the API's limit
     cache_sweep_s: tuple[int, int] = (600, 3600)  # every 10 min, delete served files older than 1 h
+
+
+# --- A shared Space (python -m falco.space deploy | check; README "Deploy as a Space") -----------------------
+@dataclass(frozen=True)
+class SpaceConfig:
+    # Waiting for the Space to run: a first build installs torch, dlib and Gradio (minutes), a restart less.
+    runtime_timeout_s: float = 1800.0
+    # Then for its models: a first start without a published set prepares one (3 to 8 min on a 2-core CPU).
+    ready_timeout_s: float = 1200.0
+    poll_s: float = 5.0
+    http_timeout_s: float = 60.0
+    # The check's run of the example photo: few steps, so that it says "works" in seconds on a GPU, a minute on a CPU.
+    check_steps: int = 3
+    check_margins: str = "0"
 
 
 # --- Evaluation (python -m falco.evaluate; README "Evaluation") ---------------------------
@@ -182,7 +261,8 @@ class PaperFigures:
 PAPER_CELEBAHQ: tuple[PaperFigures, ...] = (
     PaperFigures(margin=0.0, fid=29.93, detection_dlib=100.0, detection_mtcnn=100.0, reid_casia=2.80,
                  reid_vgg=1.67, attribute_accuracy=0.8181),
-    PaperFigures(margin=0.9, fid=27.58, reid_casia=3.41, reid_vgg=1.76),
+    PaperFigures(margin=0.9, fid=27.58, detection_mtcnn=100.0, reid_casia=3.41, reid_vgg=1.76,
+                 attribute_accuracy=0.83),
 )
 
 
@@ -204,6 +284,12 @@ class EvaluationConfig:
     fid_features: int = 2048
     examples: int = 6                  # originals shown, with each m, in report.html's grid
     example_side: int = 160            # their side in pixels
+    # Clips (falco.evaluate.clips): a tracked face whose box, both shrunk to clip_unchanged_side pixels square (which
+    # averages a codec's fine noise away), differs from the original's by at most clip_unchanged_difference levels
+    # (mean absolute, 0-255) was left unanonymized.  Measured: re-encoding alone (H.264, CRF 18 / 28) moves the shrunk
+    # box by at most 1.4 / 2.0 levels (2.9 / 4.7 unshrunk); another face there (the original mirrored) by 41.
+    clip_unchanged_side: int = 16
+    clip_unchanged_difference: float = 4.0
 
 
 # --- Video (falco/video/) ----------------------------------------------------------------
@@ -214,7 +300,6 @@ class VideoConfig:
     max_seconds: float | None = None          # the library and the command line take any length
     app_max_seconds: float = 20.0             # a shared Space: longer clips are refused, as the page says
     app_cpu_max_seconds: float = 3.0          # on a CPU a frame takes seconds
-    zerogpu_duration_s: int = 300             # ZeroGPU time slot asked for per clip (tracking, identities, frames)
     max_frame_pixels: int = 3840 * 2160       # 4K: larger frames are refused
     # Tracking: detect on every k-th frame; between detections dlib's correlation tracker follows each face.
     detect_every: int = 1

@@ -27,7 +27,7 @@ from falco.checks import check_dataset_columns
 from falco.config import CliConfig, OptimConfig
 from falco.errors import FalcoError, InputImageError, first_line
 from falco.names import output_paths
-from falco.photo_folders import Item, Shard, Summary, anonymize_items, read_record, run_settings
+from falco.photo_folders import Item, Shard, Summary, anonymize_items, method_settings, read_record, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def write_dataset(pipeline, source: SourceDataset, out_dir: Path, margins: Seque
     if not progress:   # process-wide: the command line asked for no bars
         from datasets import disable_progress_bars
         disable_progress_bars()
-    settings = run_settings(margins, optim, fake_k, pipeline.source, aligned)
+    settings = run_settings(margins, optim, fake_k, pipeline.source, aligned, method_settings(pipeline))
     write = assemble_streamed if source.streaming else assemble
     path = write(source.rows, Path(out_dir), margins, settings, config.dataset_image_suffix)
     if push_to is not None:
@@ -190,10 +190,11 @@ def row_outputs(index: int, out_dir: Path, margins: Sequence[float], settings: d
     for j, m in enumerate(margins):
         image = out_dir / record["outputs"][j]
         faces = [face for face in record["faces"] if face["margin"] == m]
+        # A classical baseline's faces (falco.baselines) have no cosine, distance or fake: None for each face.
         added.append({"anonymized": {"bytes": image.read_bytes(), "path": image.name}, "margin": m,
-                      "identity_cosine": [face["identity_cosine"] for face in faces],
-                      "recognizer_distance": [face["recognizer_distance"] for face in faces],
-                      "fake_index": [face["fake_index"] for face in faces], "error": None})
+                      "identity_cosine": [face.get("identity_cosine") for face in faces],
+                      "recognizer_distance": [face.get("recognizer_distance") for face in faces],
+                      "fake_index": [face.get("fake_index") for face in faces], "error": None})
     return added
 
 

@@ -13,6 +13,8 @@ of one photo at a time).  Under ``accelerate launch`` (one process per GPU, on o
 or several sharing the output folder) each process takes the files whose path hashes to
 its rank modulo the process count, and the main process prints the merged summary.
 A Hugging Face dataset (--dataset) runs the same way, row by row (falco.datasets_io).
+--method blur, pixelate, mask or nearest-fake runs a baseline of falco.baselines instead:
+one image per photo (no m), no W+ file; every record names its method ("method").
 """
 
 from __future__ import annotations
@@ -95,12 +97,24 @@ def list_images(root: Path, extensions: Sequence[str], exclude: Path | None = No
     return sorted(found)
 
 
-def run_settings(margins: Sequence[float], optim: OptimConfig, fake_k: int, weights: str,
-                 aligned: bool = False) -> dict:
+def run_settings(margins: Sequence[float | None], optim: OptimConfig, fake_k: int, weights: str,
+                 aligned: bool = False, method: dict | None = None) -> dict:
     """What decides an image's outputs, as its record keeps it (JSON types): the device and --batch do not.
-    ``aligned`` only when set, so that the records of earlier runs keep matching."""
+    ``aligned`` only when set, and ``method`` (a baseline's ``method_settings``, falco.baselines) only for a method
+    other than FALCO, so that the records of earlier runs keep matching."""
     settings = {"margins": list(margins), "optim": asdict(optim), "fake_k": fake_k, "weights": weights}
-    return json.loads(json.dumps({**settings, "aligned": True} if aligned else settings))
+    settings.update({"aligned": True} if aligned else {}, **({"method": method} if method else {}))
+    return json.loads(json.dumps(settings))
+
+
+def method_settings(pipeline) -> dict | None:
+    """The method a run's anonymizer names for its records: a baseline's (falco.baselines); None for FALCO."""
+    return getattr(pipeline, "method_settings", None)
+
+
+def method_name(settings: dict) -> str:
+    """The method that made an image recorded with ``settings`` (each record says it as ``method``)."""
+    return (settings.get("method") or {}).get("name", "falco")
 
 
 def read_record(record: Path) -> dict | None:
@@ -179,9 +193,11 @@ def write_result(result, relative: str, out_dir: Path, margins: Sequence[float],
     record.parent.mkdir(parents=True, exist_ok=True)
     for photo, path in zip(result.photos, images):
         save_image(photo, path, config.jpeg_quality)
-    result.save_latents(latents)
-    entry = {"source": relative, "status": "ok",
-             "outputs": [p.relative_to(out_dir).as_posix() for p in (*images, latents)],
+    written = images
+    if hasattr(result, "save_latents"):   # a baseline's result has no W+ codes (falco.baselines)
+        written = [*images, result.save_latents(latents)]
+    entry = {"source": relative, "status": "ok", "method": method_name(settings or {}),
+             "outputs": [p.relative_to(out_dir).as_posix() for p in written],
              "faces": result.face_records(), "settings": settings,
              "params": result.params, "seconds": round(seconds, 3)}
     if result.alignment is not None:
@@ -193,7 +209,8 @@ def write_result(result, relative: str, out_dir: Path, margins: Sequence[float],
 def record_failure(out_dir: Path, relative: str, settings: dict, err: Exception) -> dict:
     _, _, record = output_paths(out_dir, relative, settings["margins"])
     record.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"source": relative, "status": "failed", "error": str(err) or type(err).__name__,
+    entry = {"source": relative, "status": "failed", "method": method_name(settings),
+             "error": str(err) or type(err).__name__,
              "error_type": type(err).__name__, "settings": settings}
     save_json(record, entry)
     return entry
@@ -227,7 +244,7 @@ def anonymize_items(pipeline, items: Iterable[Item], out_dir: Path, margins: Seq
                     config: CliConfig = CliConfig(), aligned: bool = False, batch_size: int = 1) -> Summary:
     """Every item not done yet with these settings, ``batch_size`` photos per optimisation; counts in the Summary.
     ``items`` without a length (a streamed dataset's rows) are counted as they come."""
-    settings = run_settings(margins, optim, fake_k, pipeline.source, aligned)
+    settings = run_settings(margins, optim, fake_k, pipeline.source, aligned, method_settings(pipeline))
     streamed = not isinstance(items, Sized)
     summary = Summary(total=0 if streamed else len(items))
     if shard.count > 1 and not streamed:

@@ -21,7 +21,6 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -34,7 +33,6 @@ from falco.config import DEFAULT_MARGIN, BankConfig, FaceConfig, OptimConfig
 from falco.device import render_batch, resolve_device
 from falco.errors import WeightsError
 from falco.faces import AlignedFace, DetectedFace, FaceAnalyzer, align_face, load_photo, paste_faces
-from falco.faces.align import alignment_offset, crop_square, photo_to_quad
 from falco.faces.io import PhotoSource
 from falco.faces.recognize import FaceRecognizer
 from falco.loss import FalcoLoss, RealFeatures
@@ -43,6 +41,7 @@ from falco.optimize import optimize_latents, start_wplus
 from falco.pixels import preview_images, to_image, to_tensor
 from falco.results import AlignmentCheck, AnonymizationResult, FaceResult, StepEvent
 from falco.weights import WeightPaths, fetch_weights
+from falco.weights.hub import weights_label
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,6 @@ class _Prepared:
     w_fake: torch.Tensor                # [F, D]
     fake_k: int
     alignment: AlignmentCheck | None    # aligned inputs: the photo is the one face
-
-
-def weights_label(source: str) -> str:
-    """How records name the weights: a Hub repo as given (user/name[@revision]), a local folder by its name only,
-    so that no record (the app's downloads included) shows a server path.  Resumes compare ``source`` itself."""
-    return f"local folder {Path(source).name}" if Path(source).is_absolute() else source
 
 
 class FalcoPipeline:
@@ -204,6 +197,19 @@ class FalcoPipeline:
                         results = iter(event)
         yield [p if isinstance(p, Exception) else next(results) for p in outcomes]
 
+    def paired(self, photo: PhotoSource, optim: OptimConfig | None = None, fake_k: int | None = None,
+               aligned: bool = False) -> AnonymizationResult:
+        """FALCO without its optimisation: where ``anonymize`` starts (each usable face's paired fake's w in the
+        trained rows, its inversion elsewhere), rendered, judged and pasted back as ``anonymize`` does, so that
+        the difference between the two is what the optimisation adds (falco.baselines' nearest-fake).  The same
+        at every m, the result has none: its ``margins`` are (None,), and it has no W+ file."""
+        run = self.settings(None, optim, fake_k)
+        loss = self.loss(run.optim)
+        prepared = self._prepare(photo, None, None, aligned, loss, run.fake_k, run.optim.seed)
+        wplus = start_wplus(prepared.wplus_inversion, prepared.w_fake, run.optim.trained_rows)
+        with allocator.reusing():
+            return self._result(prepared, (None,), wplus, loss, run.optim)
+
     def refine(self, crops: Sequence[Image.Image], wplus: torch.Tensor, w_fake: torch.Tensor,
                margins: torch.Tensor, optim: OptimConfig, loss: FalcoLoss | None = None) -> torch.Tensor:
         """``optim.steps`` optimisation steps for aligned faces whose W+ [B, num_ws, D] is known already (a clip's
@@ -276,20 +282,8 @@ class FalcoPipeline:
     def _aligned_input(self, photo: Image.Image) -> tuple[AlignedFace, AlignmentCheck]:
         """The photo as its own aligned face, and whether it looks aligned: dlib's landmarks on a small copy
         against the FFHQ template (falco.faces.alignment_offset)."""
-        config = self.face_config
-        scale = min(config.aligned_check_size / max(photo.size), 1.0)
-        small = photo.resize((max(round(photo.width * scale), 1), max(round(photo.height * scale), 1)),
-                             Image.Resampling.BILINEAR) if scale < 1 else photo
-        found = self.analyzer.detect(small)   # usable faces first, largest first
-        square, size = crop_square(*photo.size), config.aligned_size
-        landmarks, check = None, AlignmentCheck(False, None)
-        if found:
-            in_photo = (found[0].landmarks + 0.5) * [photo.width / small.width, photo.height / small.height] - 0.5
-            offset = alignment_offset(in_photo, photo.size)
-            landmarks, check = photo_to_quad(square, size, in_photo), AlignmentCheck(
-                offset <= config.aligned_max_offset, round(offset, 4))
-        image = photo if photo.size == (size, size) else photo.resize((size, size), Image.Resampling.LANCZOS)
-        return AlignedFace(image, square, landmarks, photo.size, padded=False), check
+        face, offset = self.analyzer.as_aligned_face(photo)
+        return face, AlignmentCheck.from_offset(offset, self.face_config.aligned_max_offset)
 
     @torch.no_grad()
     def _result(self, prepared: _Prepared, margins: tuple[float, ...], wplus: torch.Tensor, loss: FalcoLoss,

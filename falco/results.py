@@ -53,6 +53,11 @@ class AlignmentCheck:
     looks_aligned: bool
     offset: float | None               # falco.faces.alignment_offset; None: dlib found no face on the crop
 
+    @classmethod
+    def from_offset(cls, offset: float | None, max_offset: float) -> AlignmentCheck:
+        """The check of a crop ``offset`` away from its face's FFHQ crop (FaceAnalyzer.as_aligned_face)."""
+        return cls(False, None) if offset is None else cls(offset <= max_offset, round(offset, 4))
+
 
 def face_record(face: FaceResult) -> dict:
     """What a record says about one anonymized face at one m (JSON-ready): a photo's faces and a clip's persons

@@ -23,6 +23,8 @@ atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
 # (and the full-size goldens slower too).  On two idle cores the other core is left to the subprocesses that tests
 # start (app.py, the command lines, accelerate's processes).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# An app started on a prepared set grows its bank in the background (falco.ui.grower): only in the tests that ask.
+os.environ.setdefault("FALCO_BANK_GROW_TO", "0")
 
 import pytest  # noqa: E402  (after the temp folder is set: see above)
 
@@ -32,6 +34,30 @@ pytest_plugins = ["tests.browser_support"]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+# The suite runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadscope).  Each module's tests
+# stay on one worker, so a module's fixtures (a served app, a browser, a pipeline) are made once and its tests run in
+# order.  The modules that need gigabytes (full-size networks; a browser with the app it drives; several processes)
+# share one worker and run one after another, so two of them never add their peaks: the suite's peak is one of them
+# beside one light module.  (Scopes by module name rather than xdist_group marks: pytest 9.2 renamed the node id
+# attribute that xdist 3.8's loadgroup rewrites.)
+HEAVY_MODULES = frozenset({"test_stylegan2", "test_e4e", "test_arcface", "test_farl", "test_io",   # full-size
+                           "test_app_browser", "test_evaluate_browser",                            # a browser
+                           "test_datasets", "test_first_start"})                                   # processes
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "heavy" if Path(module).stem in HEAVY_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

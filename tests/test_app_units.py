@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from falco import device, photo_folders
 from falco.checks import check_face_picks
-from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, CliConfig, OptimConfig
+from falco.config import DLIB_SAME_PERSON_DISTANCE, AppConfig, CliConfig, OptimConfig, ZeroGpuConfig
 from falco.errors import FalcoError, NoFaceError, WeightsError
 from falco.results import (
     WPLUS_FILE_METADATA,
@@ -27,7 +27,7 @@ from falco.results import (
     FaceResult,
     StepEvent,
 )
-from falco.ui import downloads, engine, form, messages, page, render, sessions
+from falco.ui import downloads, engine, form, gpu_slots, messages, page, render, sessions
 
 
 def test_parse_faces():
@@ -309,13 +309,13 @@ def test_a_photo_gone_is_a_message_without_its_path(tmp_path):
     assert str(caught.value) == messages.PHOTO_GONE
 
 
-def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
+def test_zerogpu_wraps_only_the_gpu_work_for_the_time_its_settings_need(monkeypatch):
     calls = []
 
-    def gpu(duration):
+    def gpu(duration):   # as spaces.GPU: the duration callable gets the wrapped function's own arguments
         def wrap(fn):
             def wrapped(*args, **kwargs):
-                calls.append(duration)
+                calls.append(duration(*args, **kwargs))
                 yield from fn(*args, **kwargs)
             return wrapped
         return wrap
@@ -324,11 +324,16 @@ def test_zerogpu_wraps_only_the_gpu_work(monkeypatch):
     monkeypatch.setenv(device.ZEROGPU_ENV, "true")
     pipeline = SimpleNamespace(anonymize=lambda photo, **kw: iter(["event"]))
     loader = engine.EngineLoader(lambda: pipeline)
-    demo, app = page.build_app(loader=loader, config=AppConfig(zerogpu_duration_s=77), load_now=False)
+    zerogpu = ZeroGpuConfig(floor_s=1, cap_s=1000)
+    demo, app = page.build_app(loader=loader, config=AppConfig(zerogpu=zerogpu), load_now=False)
     assert app.on_gpu   # ZeroGPU means CUDA even though this machine has none
-    settings = form.RunSettings(None, (0.0,), OptimConfig(), False)
-    assert list(app._device_run(Image.new("RGB", (8, 8)), settings)) == ["event"]
-    assert calls == [77]
+    short = form.RunSettings((0,), (0.0,), OptimConfig(steps=10), False)
+    long = form.RunSettings((0, 1), (0.0, 0.5), OptimConfig(steps=100), False)
+    for settings in (short, long):
+        assert list(app._device_run(Image.new("RGB", (8, 8)), settings)) == ["event"]
+    assert calls == [gpu_slots.slot_seconds(zerogpu, gpu_slots.photo_work_seconds(zerogpu, 10, 1, 1)),
+                     gpu_slots.slot_seconds(zerogpu, gpu_slots.photo_work_seconds(zerogpu, 100, 2, 2))]
+    assert calls[0] < calls[1]
 
 
 def test_spaces_package_alone_is_not_zerogpu(monkeypatch):
@@ -341,7 +346,7 @@ def test_spaces_package_alone_is_not_zerogpu(monkeypatch):
 
 def test_cpu_notice_and_defaults(monkeypatch):
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
-    monkeypatch.setattr(page, "zerogpu_decorator", lambda duration: None)
+    monkeypatch.setattr(page, "zerogpu_slots", lambda config: None)
     config = AppConfig(cpu_optim=OptimConfig(steps=6))
     demo, app = page.build_app(loader=engine.EngineLoader(object), device="cpu", config=config, load_now=False)
     assert not app.on_gpu and app.default_optim.steps == 6

@@ -15,9 +15,16 @@ from PIL import Image, ImageOps
 from falco.config import PAPER_CELEBAHQ, EvaluationConfig
 from falco.errors import FalcoError
 from falco.evaluate.__main__ import main
-from falco.evaluate.data import Labels, load_evaluation_set
-from falco.evaluate.metrics import IDENTITY_JUDGES, landmark_error, nearest_match_rate, probe_accuracy, split_held_out
-from falco.evaluate.report import format_table, table_rows, write_html, write_metrics
+from falco.evaluate.data import Labels, combine_sets, load_evaluation_set, summarise_settings
+from falco.evaluate.metrics import (
+    IDENTITY_JUDGES,
+    chance_rate,
+    landmark_error,
+    nearest_match_rate,
+    probe_accuracy,
+    split_held_out,
+)
+from falco.evaluate.report import format_table, random_warning, table_rows, write_html, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +41,13 @@ def test_nearest_match_rate_by_hand():
     far = np.array([[1.0, 0.0], [10.0, 1.0]])
     assert nearest_match_rate(far, ["a", "b"], np.array([[9.0, 0.0]]), ["a"]) == 100.0
     assert nearest_match_rate(far, ["a", "b"], np.array([[9.0, 0.0]]), ["a"], euclidean=True) == 0.0
+
+
+def test_chance_rate_is_the_share_of_the_gallery_with_the_probes_label():
+    assert chance_rate(["a", "b", "c", "d"], ["a", "b"]) == 25.0            # sources: 1 / originals
+    # Identity labels: p has 3 photos of 4, q one; probes of p hit 3 in 4 at random, of q 1 in 4.
+    assert chance_rate(["p", "p", "p", "q"], ["p", "q"]) == pytest.approx(50.0)
+    assert math.isnan(chance_rate([], ["a"]))
 
 
 def test_landmark_error_is_normalised_by_the_outer_eye_corners():
@@ -179,7 +193,39 @@ def figures_for(margins) -> dict:
             "margins": [{"margin": m, "images": 2, "fid": 12.345 + i, "detection_percent": {"dlib": 50.0, "mtcnn": 0.0},
                          "reid_percent": {judge: 10.0 * i for judge in IDENTITY_JUDGES}, "attribute_accuracy": 0.75,
                          "attribute_accuracy_per_attribute": {"Smiling": 0.75}, "landmark_error": 0.0625,
-                         "landmark_faces": 2} for i, m in enumerate(margins)]}
+                         "landmark_faces": 2, "reid_chance_percent": 50.0} for i, m in enumerate(margins)]}
+
+
+def test_records_settings_are_summarised_per_name_without_server_paths():
+    falco = {"margins": [0.0, 0.9], "optim": {"steps": 100, "lambda_id": 10.0, "lambda_attr": 0.1}, "fake_k": 1,
+             "weights": "/srv/private/weights"}
+    baseline = {**falco, "margins": [None], "method": {"name": "blur", "blur_sigma": 0.04}}
+    assert summarise_settings([falco, {**falco, "optim": {**falco["optim"], "steps": 50}}]) == {
+        "method": ["falco"], "margins": [[0.0, 0.9]], "steps": [100, 50], "lambda_id": [10.0], "lambda_attr": [0.1],
+        "fake_k": [1], "weights": ["local folder weights"]}
+    # A baseline's records keep the optimisation's defaults, which it never used: its own settings instead.
+    assert summarise_settings([baseline]) == {"method": ["blur"], "weights": ["local folder weights"],
+                                              "blur_sigma": [0.04]}
+
+
+def test_compared_sets_become_one_set_with_a_row_per_method_and_m(tmp_path, face):
+    from falco.names import output_paths
+    originals = make_tree(tmp_path / "o", {"x.png": face, "y.png": ImageOps.mirror(face)})
+    blurred = make_tree(tmp_path / "blur", {"x.png": face})               # a plain folder: no m, y.png missing
+    out = tmp_path / "falco"
+    for name in ("x.png", "y.png"):
+        images, _, record = output_paths(out, name, [0.9, 0.0])
+        make_tree(out, {p.relative_to(out).as_posix(): face for p in images})
+        record.write_text(json.dumps({"status": "ok", "settings": {"margins": [0.9, 0.0], "optim": {"steps": 7}}}))
+    data = combine_sets({"blur": load_evaluation_set(originals, blurred),
+                         "falco": load_evaluation_set(originals, out)})
+    assert data.variants == [("blur", None), ("falco", 0.0), ("falco", 0.9)]
+    assert [o.key for o in data.originals] == ["x.png", "y.png"] and len(data.anonymized) == 1 + 4
+    assert data.skipped == {"blur: missing": 1}
+    assert data.settings == {"falco": {"method": ["falco"], "margins": [[0.9, 0.0]], "steps": [7]}}
+    elsewhere = [make_tree(tmp_path / name, {"z.png": face}) for name in ("other", "other-anonymized")]
+    with pytest.raises(FalcoError, match="none of the originals"):
+        combine_sets({"a": data, "b": load_evaluation_set(*elsewhere)})
 
 
 def test_table_lays_out_ours_then_the_papers():
@@ -192,9 +238,94 @@ def test_table_lays_out_ours_then_the_papers():
     assert rows[3][fid] == f"{paper[0.0].fid:.2f}" and rows[3][vgg] == f"{paper[0.0].reid_vgg:.2f} %"
     assert rows[4][casia] == f"{paper[0.9].reid_casia:.2f} %"
     assert rows[3][headings.index("Attr. acc.")] == f"{paper[0.0].attribute_accuracy:.4f}"
+    # The paper's m = 0.9 row: MTCNN finds every face, the attributes are kept at 0.83.
+    assert rows[4][headings.index("Det. MTCNN")] == "100.00 %" and rows[4][headings.index("Attr. acc.")] == "0.8300"
     text = format_table(figures_for([None]))
     assert "FID (64-d)" in format_table({**figures_for([0.0]), "input": {"fid_features": 64}})
-    assert "m = ?" in text and "29.93" in text and len(text.splitlines()) == 2 + 2 + 1 + len(PAPER_CELEBAHQ) + 1
+    assert "m = ?" in text and "29.93" in text
+    assert len(text.splitlines()) == 2 + 2 + 1 + len(PAPER_CELEBAHQ) + 3     # notes: chance, FID's bias, ArcFace
+    assert "Re-ID at chance: 50.00 % (a judge blind to faces, picking one of 2 originals" in text
+    assert "FID on 2 originals and 2 anonymized images a row is biased upwards" in text
+    # A FID of noise is no 0.00: its digits show.
+    tiny = figures_for([0.0])
+    tiny["margins"][0]["fid"] = 4.216e-6
+    assert table_rows(tiny)[1][1][1] == "4.2e-06"
+
+
+def test_compared_methods_get_their_own_rows_and_the_reference_fid_its_column():
+    figures = figures_for([None, 0.0, 0.9])
+    for row, method in zip(figures["margins"], ["blur", "falco", "falco"]):
+        row.update(method=method, fid_reference=2 * row["fid"])
+    headings, rows = table_rows(figures)
+    assert [row[0] for row in rows[:4]] == ["Original", "blur", "falco m = 0", "falco m = 0.9"]
+    assert rows[2][headings.index("FID (ref.)")] == "26.69" and rows[0][headings.index("FID (ref.)")] == "-"
+
+
+@pytest.mark.slow
+def test_random_judges_are_said_loudly_everywhere(tmp_path, face):
+    figures = figures_for([0.0])
+    real = {"origin": "https://example/real.pt", "file": "real.pt", "sha256": "ab" * 32}
+    figures["judges"] = {"facenet_casia": {**real, "origin": "random"}, "fid_inception": {**real, "origin": "random"},
+                         "facenet_vgg": real}
+    warning = random_warning(figures)
+    assert "RANDOM JUDGES" in warning and "facenet_casia, fid_inception" in warning
+    assert "Re-ID CASIA, FID measure nothing" in warning and "facenet_vgg" not in warning
+    text = format_table(figures)
+    assert text.splitlines()[1] == warning and text.splitlines()[-2] == warning        # above and below
+    headings = table_rows(figures)[0]
+    assert "Re-ID CASIA (RANDOM)" in headings and "FID (RANDOM)" in headings and "Re-ID VGG" in headings
+    assert json.loads(write_metrics(figures, tmp_path).read_text())["random_judges"] == ["facenet_casia",
+                                                                                        "fid_inception"]
+    data = load_evaluation_set(make_tree(tmp_path / "o", {"x.png": face}), make_tree(tmp_path / "n", {"x.png": face}))
+    page = write_html(figures, data, tmp_path, EvaluationConfig(examples=1)).read_text()
+    assert page.count("<div class='random' role='alert'>") == 2 and "RANDOM NOISE" in page
+    figures["judges"] = {"facenet_vgg": real}
+    assert random_warning(figures) is None and "RANDOM" not in format_table(figures)
+    assert json.loads(write_metrics(figures, tmp_path).read_text())["random_judges"] == []
+
+
+@pytest.mark.slow
+def test_judges_provenance_says_random_or_names_the_file_and_its_hash(tiny_weights_with_judges):
+    from dataclasses import replace
+
+    from falco.evaluate.judges import RANDOM, fetch_evaluation_weights, weight_set_provenance
+    from falco.weights import fetch_weights
+    from falco.weights.manifest import sha256_file
+    from falco.weights.official import Source
+    paths = fetch_evaluation_weights(tiny_weights_with_judges, progress=False)
+    provenance = paths.provenance()
+    assert set(provenance) == {"facenet_casia", "facenet_vgg", "pnet", "rnet", "onet", "fid_inception", "probe"}
+    assert all(entry["origin"] == RANDOM for entry in provenance.values())
+    assert provenance["pnet"]["sha256"] == sha256_file(paths.pnet) and provenance["pnet"]["file"] == "pnet.pt"
+    # A public file: where it came from, and the pinned hash it was verified against.
+    served = replace(paths, origins={"pnet": Source("url", "https://example/pnet.pt", sha256="0" * 64)})
+    assert served.provenance()["pnet"] == {**provenance["pnet"], "origin": "https://example/pnet.pt",
+                                           "sha256": "0" * 64}
+    names = ("arcface", "dlib_landmarks", "dlib_recognition")
+    own = weight_set_provenance(fetch_weights(str(tiny_weights_with_judges), names=names, progress=False), names)
+    # A random set's ArcFace is noise; its dlib files are dlib's real models.
+    assert own["arcface"]["origin"] == RANDOM and own["dlib_recognition"]["origin"].startswith("local folder")
+
+
+@pytest.mark.slow
+def test_plots_draw_what_has_data_without_offsets_or_titles_as_captions():
+    from matplotlib.figure import Figure
+
+    from falco.evaluate.plots import _plain_axis_from_zero, plots
+    figures = figures_for([0.0, 0.9])
+    titles = [title for title, _, _ in plots(figures)]
+    assert titles == ["Re-identification rate", "FID", "Attribute preservation", "Landmark error",
+                      "Face detection rate", "Privacy against utility"]
+    for row in figures["margins"]:
+        row.update(attribute_accuracy=None, landmark_error=None)
+    made = plots(figures)
+    assert [title for title, _, _ in made] == ["Re-identification rate", "FID", "Face detection rate"]
+    assert all(len(caption) > len(title) and not caption.startswith(title) for title, caption, _ in made)
+    ax = Figure().add_subplot()
+    ax.plot([0, 1], [4.216e-6, 4.2161e-6])
+    _plain_axis_from_zero(ax)
+    ax.figure.canvas.draw()
+    assert ax.yaxis.get_offset_text().get_text() == "" and ax.get_ylim()[0] == 0
 
 
 def test_metrics_json_and_a_self_contained_html(tmp_path, face):
@@ -206,7 +337,7 @@ def test_metrics_json_and_a_self_contained_html(tmp_path, face):
     assert stored["margins"] == figures["margins"] and stored["paper_celebahq"][0]["fid"] == PAPER_CELEBAHQ[0].fid
     page = write_html(figures, data, tmp_path, EvaluationConfig(examples=1)).read_text()
     sources = [part.split("'", 1)[0] for part in page.split("src='")[1:]]
-    assert len(sources) == 4 + 2                                  # four plots, one original and its m
+    assert len(sources) == 6 + 2                                  # six plots, one original and its m
     assert all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in sources)
     assert "http" not in page and "12.35" in page and "29.93" in page
     assert not list(tmp_path.glob("*.tmp"))
@@ -261,6 +392,12 @@ def test_usage_errors_exit_2_and_bad_input_exits_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         main([str(tmp_path), str(tmp_path), "--limit", "0"])
     assert usage.value.code == 2
+    for wrong, message in ((["--compare", "blur"], "NAME=PATH pairs"), (["--compare", "a=x", "a=y"], "names a twice"),
+                           ([str(tmp_path), str(tmp_path), "--compare", "a=x"], "give ORIGINALS alone"),
+                           ([], "ORIGINALS")):
+        with pytest.raises(SystemExit) as usage:
+            main(wrong)
+        assert usage.value.code == 2 and message in capsys.readouterr().err
     out = tmp_path / "report"
     assert main([str(tmp_path / "nowhere"), str(tmp_path), "--out", str(out), "--no-progress"]) == 1
     assert "is not a folder" in capsys.readouterr().err
@@ -293,7 +430,38 @@ def test_anonymize_then_evaluate_end_to_end(tmp_path, face, tiny_weights_with_ju
         assert all(value in (0.0, 50.0, 100.0) for value in row["reid_percent"].values())   # two faces
         assert row["fid"] is not None and math.isfinite(row["fid"])
     assert "paper m = 0.9" in run.stdout and "m = 0.5" in run.stdout
-    assert (report / "report.html").read_text().count("data:image/jpeg;base64,") == 2 * 3
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 2 * 3
+    # Random judges: said before the measuring and around the table; the records' settings are in the report.
+    assert "WARNING: RANDOM JUDGES" in run.stderr and run.stdout.count("WARNING: RANDOM JUDGES") == 2
+    assert "fid_inception" in figures["random_judges"] and "dlib_recognition" not in figures["random_judges"]
+    assert figures["settings"] == [{"set": None, "method": ["falco"], "margins": [[0.0, 0.5]], "steps": [1],
+                                    "lambda_id": [10.0], "lambda_attr": [0.1], "fake_k": [1],
+                                    "weights": [f"local folder {tiny_weights_with_judges.name}"]}]
+    assert "steps 1; lambda_id 10" in page and "class='random'" in page
+
+
+@pytest.mark.slow
+def test_compared_sets_are_measured_in_one_pass_with_a_reference_fid(tmp_path, face, evaluator):
+    """Two methods of the same originals: a row per method and m; the reference set being the originals
+    themselves, each row's reference FID is its FID."""
+    from falco.evaluate.data import reference_images
+    images = {"x.png": face, "y.png": ImageOps.mirror(face)}
+    originals = make_tree(tmp_path / "o", images)
+    same = load_evaluation_set(originals, make_tree(tmp_path / "same", images), margin=0.0)
+    swapped = load_evaluation_set(originals, make_tree(tmp_path / "swap", {"x.png": images["y.png"],
+                                                                             "y.png": images["x.png"]}))
+    figures = evaluator.evaluate(combine_sets({"copy": same, "swap": swapped}), progress=False,
+                                 fid_reference=reference_images(originals))
+    copy, swap = figures["margins"]
+    assert (copy["method"], copy["margin"], swap["method"], swap["margin"]) == ("copy", 0.0, "swap", None)
+    assert copy["reid_percent"] == {judge: 100.0 for judge in IDENTITY_JUDGES}   # each image its own original
+    assert copy["images"] == swap["images"] == 2 and set(swap["reid_percent"]) == set(IDENTITY_JUDGES)
+    assert copy["reid_chance_percent"] == swap["reid_chance_percent"] == 50.0
+    assert figures["input"]["fid_reference_images"] == 2
+    assert copy["fid_reference"] == pytest.approx(copy["fid"], rel=1e-4, abs=1e-6)
+    assert swap["fid_reference"] == pytest.approx(swap["fid"], rel=1e-4, abs=1e-6)
+    assert set(figures["judges"]) >= {"facenet_casia", "fid_inception", "arcface", "dlib_recognition"}
 
 
 @pytest.mark.slow

@@ -2,19 +2,23 @@
 models) come from a local server that answers like the Hub and like GitHub's release downloads.  A dead source,
 bytes other than the pinned ones and a file of the wrong layout each give way to the next source; the app
 prepares the set, serves, anonymizes; a second start uses the prepared set without the network.  The banner
-reads forward and the prepared set records the source that served each file."""
+reads forward and the prepared set records the source that served each file.  With persistent storage (a
+writable "/data": a temporary folder here) the set goes there by itself, the bank grows beside it while the app is
+idle, and a restart that lost everything else finds both."""
 
 import functools
+import shutil
 from dataclasses import replace
 
 import pytest
 import torch
 from gradio_client import Client, handle_file
 
-from falco.config import PREPARED_WEIGHTS_ENV, WEIGHTS_REPO_ENV
+from falco.config import BANK_GROW_TO_ENV, PERSISTENT_ROOT_ENV, PREPARED_WEIGHTS_ENV, WEIGHTS_REPO_ENV
 from falco.models.random_weights import TINY_CONFIGS
 from falco.ui import startup
 from falco.weights import ARTIFACTS, MANIFEST_NAME, Manifest, official, prepare
+from falco.weights.growth import growth_folder
 from falco.weights.manifest import MODEL_CARD_NAME, sha256_file
 from falco.weights.official import Source
 from tests.fake_hub import COMMIT, FakeHub
@@ -61,32 +65,49 @@ def test_a_first_start_prepares_serves_anonymizes_and_the_second_needs_no_networ
     monkeypatch.delenv(WEIGHTS_REPO_ENV, raising=False)   # the project's repo, which nothing pins yet
     monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv(PREPARED_WEIGHTS_ENV, str(tmp_path / "prepared"))
+    data = tmp_path / "data"   # a Space's persistent storage
+    data.mkdir()
+    monkeypatch.setenv(PERSISTENT_ROOT_ENV, str(data))
+    monkeypatch.setenv(PREPARED_WEIGHTS_ENV, "")   # unset (and set back after the test): the app chooses
+    monkeypatch.setenv(BANK_GROW_TO_ENV, "12")
     monkeypatch.setattr(startup, "prepare_weights",
                         functools.partial(prepare.prepare_weights, configs=TINY_CONFIGS, bank_size=8))
+    prepared = data / "falco" / "prepared-weights"
 
     demo, app = startup.start_app(weights=None, device="cpu", host="127.0.0.1", quiet=True, prevent_thread_lock=True)
     try:
         pipeline = app.loader.get()
-        assert pipeline.source == str(tmp_path / "prepared") and len(pipeline.bank) == 8
+        assert pipeline.source == str(prepared)
         asked_for = {path.split("/resolve/")[0] for _, _, path in server.requests}
         assert {"/gone/e4e", "/mirror/e4e", "/wrong-layout/arcface"} <= asked_for   # tried, then refused
-        assert not (tmp_path / "prepared.partial").exists()
+        assert not prepared.with_name("prepared-weights.partial").exists()
+        assert app.loader.grower.done.wait(60) and len(pipeline.bank) == 12   # grown while idle, beside the set
+        assert "The fake bank holds 12 fakes." in app.status_text()
         photo, _, record, _ = Client(demo.local_url, verbose=False).predict(
             handle_file(str(astronaut)), "all", "0", 1, 0.01, 10.0, 0.1, 0, False, api_name="/anonymize")
-        assert [f["face"] for f in record["faces"]] == [1] and record["params"]["weights"] == "local folder prepared"
+        assert [f["face"] for f in record["faces"]] == [1]
+        assert record["params"]["weights"] == "local folder prepared-weights"
     finally:
+        app.loader.grower.stop()
         demo.close()
-    assert prepare.find_prepared(tmp_path / "prepared") == tmp_path / "prepared"
+    assert prepare.find_prepared(prepared) == prepared
 
+    # A restart: the Space's disk is wiped but /data; nothing is asked of the network.
+    shutil.rmtree(tmp_path / "hf", ignore_errors=True)
+    parts = sorted(growth_folder(prepared).glob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in parts]
     asked = len(server.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     demo, app = startup.start_app(weights=None, device="cpu", host="127.0.0.1", quiet=True, prevent_thread_lock=True)
     try:
-        assert app.loader.get().source == str(tmp_path / "prepared")
+        pipeline = app.loader.get()
+        assert pipeline.source == str(prepared)
+        assert app.loader.grower.done.wait(60) and len(pipeline.bank) == 12   # the grown rows, found again
     finally:
+        app.loader.grower.stop()
         demo.close()
     assert len(server.requests) == asked   # the second start asked the network nothing
+    assert [p.stat().st_mtime_ns for p in parts] == stamps   # and made no fake again
 
 
 def test_a_first_start_banner_reads_forward_and_the_set_names_each_source(

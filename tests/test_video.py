@@ -442,7 +442,7 @@ def test_live_webcam_blurs_then_anonymizes(tiny_pipeline, frames):
 
 
 @pytest.mark.slow
-def test_stop_ends_a_clip_run_of_the_video_tab_with_nothing_written(tiny_pipeline, frames, tmp_path):
+def test_stop_ends_a_video_tab_run_with_nothing_written_and_its_example_runs(tiny_pipeline, frames, tmp_path):
     from falco.ui import engine, page, sessions
     demo, app = page.build_app(loader=engine.EngineLoader(lambda: tiny_pipeline), device="cpu", load_now=False)
     tab = app.video_tab
@@ -455,11 +455,17 @@ def test_stop_ends_a_clip_run_of_the_video_tab_with_nothing_written(tiny_pipelin
     rest = list(updates)
     assert rest == [{tab.progress: video_tab.video_box("Stopped: nothing was written."), tab.session: session}]
     assert not list(Path(session.folder).rglob("*"))   # no clip, no temporary file, no empty folder
-    # A Stop clicked before the next request does not stop that run.
+    # A Stop clicked before the next request does not stop that run; that run is the tab's example, as its click
+    # runs it.
+    from falco.video.synthetic import EXAMPLE_CLIP
+    assert tab.example.examples == [[str(EXAMPLE_CLIP)]]
     app.stop(session)
     session.ask_run()
-    *_, done = tab.run(str(clip), 0.0, session)
-    assert Path(done[tab.result]).name == "anonymized.mp4" and Path(done[tab.result]).exists()
+    *_, done = tab.run(str(EXAMPLE_CLIP), 0.0, session)
+    assert Path(done[tab.result]).name == "anonymized.mp4"
+    out = probe_video(done[tab.result])
+    assert (out.frames, out.audio_codec) == (probe_video(EXAMPLE_CLIP).frames, "aac")   # every frame, and the sound
+    assert json.loads(Path(done[tab.downloads][1]).read_text())["tracks"]   # its person was found and anonymized
     session.forget()
 
 
@@ -500,3 +506,14 @@ def test_live_webcam_covers_a_face_missed_in_the_first_frame_after_building(tiny
     assert list(live.results) == [1] and not np.array_equal(out, frames[1])
     outside = outside_face(live.shown[1], out.shape)
     assert np.array_equal(out[outside], frames[1][outside])
+
+
+def test_the_video_tabs_example_is_the_projects_own_short_clip_with_sound(tmp_path):
+    from falco.video.synthetic import EXAMPLE_CLIP, write_example_clip
+    assert EXAMPLE_CLIP.stat().st_size < 300_000
+    shipped = probe_video(EXAMPLE_CLIP, max_seconds=VideoConfig().app_cpu_max_seconds)   # within the CPU limit
+    assert (shipped.codec, shipped.audio_codec) == ("h264", "aac")   # what browsers play
+    remade = probe_video(write_example_clip(tmp_path / "example.mp4"))   # the shipped clip is what the code makes
+    assert (remade.frames, remade.fps, remade.width, remade.height, remade.seconds, remade.audio_codec) == (
+        shipped.frames, shipped.fps, shipped.width, shipped.height, shipped.seconds, shipped.audio_codec)
+

@@ -5,8 +5,11 @@
 
 The resident set of the command and every process below it is summed and sampled every ``--every``
 seconds (0.25 by default): the peak printed is what the machine had to hold at once, the figure that
-decides whether a 16 GB laptop runs the command beside a browser.  A peak shorter than one interval
-can be missed.  The command's exit status is passed on.
+decides whether a 16 GB laptop runs the command beside a browser.  A page that several processes map
+(a shared library such as libtorch, loaded by every Python process that imports torch) counts once per
+process in that sum, so the proportional set size (PSS: each shared page split among the processes
+that map it) is printed beside it: the memory the command takes from the machine.  A peak shorter
+than one interval can be missed.  The command's exit status is passed on.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import time
 import psutil
 
 
-def tree_resident_bytes(root: psutil.Process) -> int:
+def tree_resident_bytes(root: psutil.Process, proportional: bool = False) -> int:
+    """The resident set (RSS) of ``root`` and its descendants, summed; ``proportional``: their PSS."""
     total = 0
     for process in [root, *root.children(recursive=True)]:
         try:
-            total += process.memory_info().rss
+            total += process.memory_full_info().pss if proportional else process.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass   # ended between the listing and the reading
     return total
@@ -33,8 +37,9 @@ def tree_resident_bytes(root: psutil.Process) -> int:
 class TreeSampler:
     """Samples a process tree's resident memory in a thread until stopped; ``peak`` in bytes."""
 
-    def __init__(self, pid: int, every: float = 0.25):
+    def __init__(self, pid: int, every: float = 0.25, proportional: bool = False):
         self.root, self.every, self.peak = psutil.Process(pid), every, 0
+        self.proportional, self.peak_proportional = proportional, 0   # PSS as well (Linux), when asked
         self.now = self.phase_peak = 0   # the last reading; the peak of the current phase
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="falco-tree-memory", daemon=True)
@@ -46,6 +51,11 @@ class TreeSampler:
             except psutil.NoSuchProcess:
                 return
             self.peak, self.phase_peak = max(self.peak, self.now), max(self.phase_peak, self.now)
+            if self.proportional:
+                try:
+                    self.peak_proportional = max(self.peak_proportional, tree_resident_bytes(self.root, True))
+                except psutil.NoSuchProcess:
+                    return
             self._stop.wait(self.every)
 
     def phase(self) -> int:
@@ -73,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the command to measure after --")
     started = time.monotonic()
     process = subprocess.Popen(command)
-    with TreeSampler(process.pid, args.every) as sampler:
+    with TreeSampler(process.pid, args.every, proportional=True) as sampler:
         status = process.wait()
     seconds = time.monotonic() - started
     print(f"tree_memory: {' '.join(command)}\n  exit status {status}, wall {seconds:.1f} s "
           f"({seconds / 60:.2f} min), peak resident memory of the process tree {sampler.peak / 2**30:.2f} GiB "
-          f"(sampled every {args.every} s)", file=sys.stderr)
+          f"summed per process (RSS), {sampler.peak_proportional / 2**30:.2f} GiB with shared pages counted "
+          f"once (PSS) (sampled every {args.every} s)", file=sys.stderr)
     return status
 
 

@@ -6,8 +6,9 @@
     dataset      a ``datasets`` dataset (load_from_disk folder or Hub name) with a row per input row and per m:
                  the original image column, ``anonymized``, ``margin`` and ``error``
 
-Identity labels and attribute labels come from the dataset's columns, or for folders from a CSV.
-Images are read when a metric needs them, never all at once.
+Identity labels and attribute labels come from the dataset's columns, or for folders from a CSV.  Several
+anonymized sets of the same originals, each named (``--compare blur=DIR falco=DIR``), combine into one set whose
+images carry their method.  Images are read when a metric needs them, never all at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from falco.config import CliConfig
 from falco.errors import FalcoError, first_line
 from falco.faces.io import load_photo
 from falco.names import output_paths
-from falco.photo_folders import list_images, read_record
+from falco.photo_folders import list_images, method_name, read_record
 
 # CelebA's 40 binary attributes, as its annotation file names them: found among a dataset's columns (any case)
 # when no --attribute-columns are given.
@@ -39,6 +40,12 @@ CELEBA_ATTRIBUTES = (
 )
 DATASET_COLUMNS = {"anonymized": "anonymized", "margin": "margin", "error": "error"}
 LABELS_PATH_COLUMNS = ("path", "file", "filename", "image")   # the CSV column naming an original's relative path
+# What the report says of a run's settings, as a record keeps them (falco.photo_folders.run_settings): name -> path.
+RECORD_SETTINGS = {"method": None, "margins": ("margins",), "steps": ("optim", "steps"),
+                   "lambda_id": ("optim", "lambda_id"), "lambda_attr": ("optim", "lambda_attr"),
+                   "fake_k": ("fake_k",), "weights": ("weights",), "aligned": ("aligned",)}
+# What only FALCO's optimisation uses: a baseline's records keep the defaults, which would say nothing of it.
+OPTIMISATION_SETTINGS = ("margins", "steps", "lambda_id", "lambda_attr", "fake_k")
 
 ImageLoader = Callable[[], Image.Image]
 
@@ -54,8 +61,14 @@ class Original:
 @dataclass(frozen=True)
 class Anonymized:
     key: str                                 # its original's
-    margin: float | None                     # None: two plain folders, which do not say
+    margin: float | None                     # None: two plain folders, which do not say, or a method without m
     load: ImageLoader
+    method: str | None = None                # its set's name in a comparison (--compare NAME=PATH)
+
+    @property
+    def variant(self) -> tuple[str | None, float | None]:
+        """What the table gives a row: the method and the m."""
+        return self.method, self.margin
 
 
 @dataclass
@@ -65,11 +78,21 @@ class EvaluationSet:
     anonymized: list[Anonymized]
     attribute_names: tuple[str, ...] = ()
     skipped: dict[str, int] = field(default_factory=dict)   # why some inputs have no anonymized image
+    # What the records say of the runs (RECORD_SETTINGS' names -> the distinct values found), per method (None:
+    # the one set of a run without --compare); empty where the input keeps no records (plain folders, datasets).
+    settings: dict[str | None, dict[str, list]] = field(default_factory=dict)
 
     @property
     def margins(self) -> list[float | None]:
         found = {a.margin for a in self.anonymized}
-        return sorted(found, key=lambda m: -1.0 if m is None else m)
+        return sorted(found, key=_margin_order)
+
+    @property
+    def variants(self) -> list[tuple[str | None, float | None]]:
+        """(method, m) of the rows: the methods in the order given, each one's m in increasing order."""
+        methods = list(dict.fromkeys(a.method for a in self.anonymized))
+        found = set(a.variant for a in self.anonymized)
+        return sorted(found, key=lambda v: (methods.index(v[0]), _margin_order(v[1])))
 
     @property
     def has_identities(self) -> bool:
@@ -110,16 +133,83 @@ def load_evaluation_set(originals: str | Path, anonymized: str | Path | None = N
     names = _attribute_names(list(next(iter(table.values()), {})), labels) if table else ()
     found = [_original_from_row(f, partial(load_photo, originals / f), table.get(f), labels.identity_column, names)
              for f in files]
+    settings = {}
     if any(anonymized.joinpath(f + ".json").is_file() for f in files):
-        paired, skipped = _cli_output(anonymized, files)
-        kind = "cli output"
+        paired, skipped, recorded = _cli_output(anonymized, files)
+        kind, settings = "cli output", {None: summarise_settings(recorded)}
     else:
         paired, skipped = _mirror(anonymized, files, margin)
         kind = "folders"
     if not paired:
         raise FalcoError(f"{anonymized} holds no anonymized image for the images of {originals}"
                          f" ({_describe(skipped)}).")
-    return EvaluationSet(kind, found, paired, names, skipped)
+    return EvaluationSet(kind, found, paired, names, skipped, settings)
+
+
+def combine_sets(named: dict[str, EvaluationSet]) -> EvaluationSet:
+    """Several anonymized sets of the same originals as one, each image carrying its set's name as its method.
+    The originals are the first set's (with those only the others have); a set that shares none of them is
+    refused, since its rows would compare nothing."""
+    if not named:
+        raise FalcoError("--compare names no anonymized set.")
+    first = next(iter(named.values()))
+    originals = {o.key: o for o in first.originals}
+    anonymized, skipped, settings = [], {}, {}
+    for name, part in named.items():
+        keys = {o.key for o in part.originals}
+        if not keys & set(originals):
+            raise FalcoError(f"The set {name} has none of the originals of {next(iter(named))}: a comparison needs "
+                             "anonymized sets of the same originals.")
+        originals.update((o.key, o) for o in part.originals if o.key not in originals)
+        anonymized += [replace(a, method=name) for a in part.anonymized]
+        skipped.update({f"{name}: {reason}": count for reason, count in part.skipped.items()})
+        if part.settings:
+            settings[name] = next(iter(part.settings.values()))
+    kinds = ", ".join(dict.fromkeys(part.kind for part in named.values()))
+    return EvaluationSet(kinds, sorted(originals.values(), key=lambda o: o.key), anonymized, first.attribute_names,
+                         skipped, settings)
+
+
+def summarise_settings(recorded: Sequence[dict]) -> dict[str, list]:
+    """RECORD_SETTINGS' values over a run's records: for each name, the distinct values, in the order found."""
+    summary: dict[str, list] = {}
+    for settings in recorded:
+        method = method_name(settings)
+        own = {k: (k,) for k in settings.get("method") or {} if k != "name"}   # a baseline's own, e.g. blur_sigma
+        for name, path in {**RECORD_SETTINGS, **own}.items():
+            if method != "falco" and name in OPTIMISATION_SETTINGS:
+                continue
+            value = method if path is None else _lookup(settings.get("method") or {} if name in own else settings,
+                                                        path)
+            if name == "weights" and isinstance(value, str) and Path(value).is_absolute():
+                value = f"local folder {Path(value).name}"   # a report is sent around: no server paths in it
+            if value is None:
+                continue
+            seen = summary.setdefault(name, [])
+            if value not in seen:
+                seen.append(value)
+    return summary
+
+
+def _lookup(settings: dict, path: Sequence[str]):
+    for part in path:
+        settings = settings.get(part) if isinstance(settings, dict) else None
+    return settings
+
+
+def reference_images(folder: str | Path, config: CliConfig = CliConfig()) -> list[ImageLoader]:
+    """The images of a folder tree (--fid-reference: another set FID measures the anonymized images against)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FalcoError(f"The FID reference {folder} is not a folder.")
+    files = list_images(folder, config.image_extensions)
+    if len(files) < 2:
+        raise FalcoError(f"The FID reference {folder} holds {len(files)} image; FID needs two at least.")
+    return [partial(load_photo, folder / f) for f in files]
+
+
+def _margin_order(margin: float | None) -> float:
+    return -1.0 if margin is None else margin
 
 
 def _mirror(anonymized: Path, files: Sequence[str], margin: float | None) -> tuple[list[Anonymized], dict]:
@@ -133,9 +223,10 @@ def _mirror(anonymized: Path, files: Sequence[str], margin: float | None) -> tup
     return paired, skipped
 
 
-def _cli_output(out_dir: Path, files: Sequence[str]) -> tuple[list[Anonymized], dict]:
-    """The images a ``falco anonymize`` run recorded as done, with their m (falco.photo_folders's naming)."""
-    paired, skipped = [], {}
+def _cli_output(out_dir: Path, files: Sequence[str]) -> tuple[list[Anonymized], dict, list[dict]]:
+    """The images a ``falco anonymize`` run recorded as done, with their m (falco.photo_folders's naming), and
+    the settings of those records."""
+    paired, skipped, recorded = [], {}, []
     for relative in files:
         record = read_record(out_dir / (relative + ".json"))
         if record is None:
@@ -146,11 +237,14 @@ def _cli_output(out_dir: Path, files: Sequence[str]) -> tuple[list[Anonymized], 
             margins = (record.get("settings") or {}).get("margins") or (record.get("params") or {}).get("margins")
             images = output_paths(out_dir, relative, margins)[0] if margins else []
             if images and all(p.is_file() for p in images):
-                paired += [Anonymized(relative, float(m), partial(load_photo, p)) for m, p in zip(margins, images)]
+                # m None: a baseline's one image (falco.baselines), which has no m
+                paired += [Anonymized(relative, None if m is None else float(m), partial(load_photo, p))
+                           for m, p in zip(margins, images)]
+                recorded.append(record.get("settings") or {})
                 continue
             reason = "missing"
         skipped[reason] = skipped.get(reason, 0) + 1
-    return paired, skipped
+    return paired, skipped, recorded
 
 
 def _read_labels_csv(path: Path) -> dict[str, dict[str, str]]:

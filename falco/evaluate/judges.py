@@ -10,7 +10,8 @@ Each file is fetched like the official checkpoints (falco.weights.official: sour
 where known, resumable, a verified copy used offline) and checked strictly: its keys and shapes must be the
 network's, read with ``torch.load(weights_only=True)`` or safetensors only.  A weights folder with random
 judges in the same layouts under ``evaluation/`` (falco.evaluate.random_judges) uses those instead, so a whole
-run works offline.
+run works offline.  Every judge's provenance (its file, sha256 and origin, or "random") goes into metrics.json, so
+that a report can never pass noise off as a result.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from falco.evaluate.facenet import CASIA_CLASSES, VGGFACE2_CLASSES, InceptionRes
 from falco.evaluate.mtcnn import MTCNN, NETS
 from falco.models.io import build_strict, check_layout
 from falco.weights.hub import progress_bars
+from falco.weights.manifest import MANIFEST_NAME, Manifest, sha256_file
 from falco.weights.official import OfficialFile, Source, fetch_file
 
 EVALUATION_WEIGHTS_ENV = "FALCO_EVALUATION_WEIGHTS"
@@ -38,6 +40,14 @@ RANDOM_SUBFOLDER = "evaluation"        # random judges' folder inside a weights 
 PROBE_MODEL = "ViT-B-32"               # open_clip's built-in config of the probe's checkpoint
 PROBE_FOLDER = "probe"                 # open_clip "local-dir:" folder of a random set's probe
 PUBLIC = "public sources"
+RANDOM = "random"                      # a provenance's origin when the network is noise
+# The networks each judge name stands for, as metrics.json's "judges" lists them.
+JUDGE_NETWORKS = {
+    "facenet_casia": "FaceNet InceptionResnetV1, CASIA-WebFace", "facenet_vgg": "FaceNet InceptionResnetV1, VGGFace2",
+    "pnet": "MTCNN P-Net", "rnet": "MTCNN R-Net", "onet": "MTCNN O-Net", "fid_inception": "FID InceptionV3",
+    "probe": f"attribute probe encoder, open_clip {PROBE_MODEL}", "arcface": "ArcFace IR-SE50 (the loss's own)",
+    "dlib_landmarks": "dlib 68 landmarks", "dlib_recognition": "dlib face recogniser",
+}
 
 FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 FACENET_DATA = "https://raw.githubusercontent.com/timesler/facenet-pytorch/master/data/"
@@ -106,6 +116,21 @@ class EvaluationPaths:
     fid_inception: Path               # torch-fidelity's weights-inception-2015-12-05-6726825d.pth layout
     probe_model: str                  # open_clip model name (PROBE_MODEL) or "local-dir:<folder>"
     probe_weights: Path | None        # its open_clip_model.safetensors (None: inside the local-dir folder)
+    origins: dict[str, Source] | None = None   # the source that served each file; none: random judges
+
+    def provenance(self) -> dict[str, dict]:
+        """Per judge file: the network, its file name, sha256 and origin (the URL, Hub file or package it came
+        from, verified against the pinned hash where one is known; or RANDOM)."""
+        folder = Path(self.probe_model.removeprefix("local-dir:"))
+        files = {name: getattr(self, name) for name in EVALUATION_FILES if name != "probe"}
+        files["probe"] = self.probe_weights or folder / EVALUATION_FILES["probe"].filename
+        result = {}
+        for name, path in files.items():
+            source = (self.origins or {}).get(name)
+            result[name] = {"network": JUDGE_NETWORKS[name], "file": EVALUATION_FILES[name].filename,
+                            "sha256": (source.sha256 if source is not None else None) or sha256_file(path),
+                            "origin": RANDOM if source is None else source.location}
+        return result
 
 
 @dataclass
@@ -115,6 +140,7 @@ class Judges:
     fid_weights: Path                       # torchmetrics' FrechetInceptionDistance(feature_extractor_weights_path=)
     probe_encoder: ProbeEncoder
     device: torch.device
+    provenance: dict[str, dict] | None = None   # EvaluationPaths.provenance()
 
 
 def evaluation_folder() -> Path:
@@ -146,13 +172,16 @@ def fetch_evaluation_weights(source: str | Path | None = None, progress: bool = 
                                "make it again with python -m falco.evaluate.random_judges.")
         for name, path in fetched.items():
             CHECKS[name](path, None)
-        probe_model, probe_weights = f"local-dir:{folder / PROBE_FOLDER}", None
+        probe_model, probe_weights, origins = f"local-dir:{folder / PROBE_FOLDER}", None, {}
     else:
         with progress_bars(progress):
-            fetched = {name: fetch_file(entry, evaluation_folder(), check=CHECKS[name])[0]
-                       for name, entry in EVALUATION_FILES.items()}
+            served = {name: fetch_file(entry, evaluation_folder(), check=CHECKS[name])
+                      for name, entry in EVALUATION_FILES.items()}
+        fetched = {name: path for name, (path, _) in served.items()}
+        origins = {name: source for name, (_, source) in served.items()}
         probe_model, probe_weights = PROBE_MODEL, fetched.pop("probe")
-    return EvaluationPaths(str(folder or PUBLIC), **fetched, probe_model=probe_model, probe_weights=probe_weights)
+    return EvaluationPaths(str(folder or PUBLIC), **fetched, probe_model=probe_model, probe_weights=probe_weights,
+                           origins=origins)
 
 
 def load_judges(source: str | Path | None = None, device: str | torch.device = "cpu",
@@ -163,7 +192,29 @@ def load_judges(source: str | Path | None = None, device: str | torch.device = "
     facenet = {"casia": load_facenet(paths.facenet_casia, device), "vgg": load_facenet(paths.facenet_vgg, device)}
     mtcnn = MTCNN(**{name: _build(NETS[name], {}, read_state(getattr(paths, name)), getattr(paths, name))
                      for name in NETS}).to(device)
-    return Judges(facenet, mtcnn, paths.fid_inception, load_probe_encoder(paths, device), device)
+    return Judges(facenet, mtcnn, paths.fid_inception, load_probe_encoder(paths, device), device,
+                  paths.provenance())
+
+
+def weight_set_provenance(paths, names: Sequence[str]) -> dict[str, dict]:
+    """Provenance of the judges a weight set gives (ArcFace, dlib's models: falco.weights.WeightPaths): RANDOM for
+    the networks of a random set (its manifest says so: Manifest.random), whose dlib files are dlib's real ones."""
+    # The manifest beside the files: a local folder's, or the Hub snapshot's.
+    manifest = next((folder / MANIFEST_NAME for folder in (Path(paths[names[0]]).parent, Path(paths.source))
+                     if (folder / MANIFEST_NAME).is_file()), None) if names else None
+    random_set = manifest is not None and Manifest.load(manifest).random
+    where = f"local folder {Path(paths.source).name}" if Path(paths.source).is_dir() else f"weight set {paths.source}"
+    result = {}
+    for name in names:
+        path = paths[name]
+        result[name] = {"network": JUDGE_NETWORKS[name], "file": path.name, "sha256": sha256_file(path),
+                        "origin": RANDOM if random_set and not name.startswith("dlib_") else where}
+    return result
+
+
+def random_judges(provenance: Mapping[str, dict] | None) -> list[str]:
+    """The judges of a provenance whose networks are noise."""
+    return [name for name, entry in (provenance or {}).items() if entry.get("origin") == RANDOM]
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:

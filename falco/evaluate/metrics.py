@@ -3,8 +3,9 @@
     evaluator = Evaluator.from_pretrained(weights, device)     # every network loads once
     figures = evaluator.evaluate(load_evaluation_set(originals, anonymized))
 
-``figures`` is what metrics.json holds.  Rates are percentages (as the paper prints them); the attribute
-accuracy is a fraction (as the paper's).  README "Evaluation" defines each measure and the re-ID protocol.
+``figures`` is what metrics.json holds: a row per method and m (``margins``), the originals' figures, what the
+input was, the runs' settings and every judge's provenance.  Rates are percentages (as the paper prints them); the
+attribute accuracy is a fraction (as the paper's).  README "Evaluation" defines each measure and the re-ID protocol.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from falco.config import EvaluationConfig, FaceConfig
 from falco.device import resolve_device
-from falco.evaluate.data import EvaluationSet, Original
+from falco.evaluate.data import EvaluationSet, ImageLoader, Original
 from falco.faces import DetectedFace, FaceAnalyzer, align_face
 from falco.faces.recognize import FaceRecognizer
 from falco.models.arcface import ArcFace, identity_preprocess
@@ -51,6 +52,18 @@ def nearest_match_rate(gallery: np.ndarray, gallery_labels: Sequence, probes: np
         nearest = (unit(probes) @ unit(gallery).T).argmax(1)
     hits = [gallery_labels[j] == label for j, label in zip(nearest, probe_labels)]
     return 100.0 * float(np.mean(hits))
+
+
+def chance_rate(gallery_labels: Sequence, probe_labels: Sequence) -> float:
+    """% of probes a judge blind to faces re-identifies: its nearest original is drawn at random from the
+    gallery, so a probe hits with the share of the gallery that carries its label (1 / originals without
+    identity labels)."""
+    if not len(gallery_labels) or not len(probe_labels):
+        return float("nan")
+    counts = defaultdict(int)
+    for label in gallery_labels:
+        counts[label] += 1
+    return 100.0 * float(np.mean([counts[label] for label in probe_labels])) / len(gallery_labels)
 
 
 def landmark_error(landmarks: np.ndarray, reference: np.ndarray) -> float:
@@ -96,7 +109,8 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, tests: Mapping[str,
 # --- The evaluator ------------------------------------------------------------------------------------------------
 @dataclass
 class _Tally:
-    """What the pass over the images collects, per m (ORIGINAL: the originals)."""
+    """What the pass over the images collects, per row: a (method, m) variant, or ORIGINAL for the originals
+    (m below stands for either)."""
     detected: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))   # m -> detector -> bools
     gallery: dict = field(default_factory=lambda: defaultdict(list))                        # judge -> [(label, vec)]
     probes: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))     # m -> judge -> [...]
@@ -110,51 +124,72 @@ class Evaluator:
     and the project's own ArcFace, dlib detector and dlib recogniser."""
 
     def __init__(self, judges, arcface: ArcFace, analyzer: FaceAnalyzer, recognizer: FaceRecognizer,
-                 device: torch.device, config: EvaluationConfig = EvaluationConfig()):
+                 device: torch.device, config: EvaluationConfig = EvaluationConfig(),
+                 provenance: dict[str, dict] | None = None):
         self.judges, self.arcface, self.analyzer, self.recognizer = judges, arcface, analyzer, recognizer
         self.device, self.config = device, config
+        # judge -> file, sha256, origin (falco.evaluate.judges): what metrics.json says the figures rest on
+        self.provenance = provenance if provenance is not None else dict(getattr(judges, "provenance", None) or {})
 
     @classmethod
     def from_pretrained(cls, source: str | None = None, device: str | torch.device | None = None,
                         config: EvaluationConfig = EvaluationConfig(), progress: bool = True) -> Evaluator:
         """``source``: a weight set (Hub repo or folder, as the CLI's --weights) for ArcFace and dlib's models; the
         judges come from its evaluation files when it has them, else from their public sources."""
-        from falco.evaluate.judges import load_judges
+        from falco.evaluate.judges import load_judges, weight_set_provenance
         from falco.models.networks import load_networks
         from falco.weights import fetch_weights
 
         device = resolve_device(device)
-        paths = fetch_weights(source, names=("arcface", "dlib_landmarks", "dlib_recognition"), progress=progress)
+        names = ("arcface", "dlib_landmarks", "dlib_recognition")
+        paths = fetch_weights(source, names=names, progress=progress)
         arcface = load_networks(paths, device, names=("arcface",)).arcface
         analyzer = FaceAnalyzer(paths.dlib_landmarks, FaceConfig(detect_max_side=config.detect_max_side))
-        return cls(load_judges(source, device, progress=progress), arcface, analyzer,
-                   FaceRecognizer(paths.dlib_recognition), device, config)
+        judges = load_judges(source, device, progress=progress)
+        return cls(judges, arcface, analyzer, FaceRecognizer(paths.dlib_recognition), device, config,
+                   {**(judges.provenance or {}), **weight_set_provenance(paths, names)})
 
     @torch.no_grad()
-    def evaluate(self, data: EvaluationSet, aligned: bool = False, progress: bool = True) -> dict:
-        """metrics.json's figures for every m of ``data``.  ``aligned``: the images are FFHQ-aligned face crops
-        (CelebA-HQ, FFHQ), seen whole by the identity judges; else each original's largest face is found and
-        aligned, and its anonymized images are cropped at the same place (the run keeps the face where it was)."""
+    def evaluate(self, data: EvaluationSet, aligned: bool = False, progress: bool = True,
+                 fid_reference: Sequence[ImageLoader] = ()) -> dict:
+        """metrics.json's figures for every method and m of ``data``.  ``aligned``: the images are FFHQ-aligned
+        face crops (CelebA-HQ, FFHQ), seen whole by the identity judges; else each original's largest face is
+        found and aligned, and its anonymized images are cropped at the same place (the run keeps the face where it
+        was).  ``fid_reference``: the images of another set (the paper's "FID (C-HQ)": LFW's anonymized images
+        against CelebA-HQ), each row's second FID."""
         by_key = defaultdict(list)
         for item in data.anonymized:
             by_key[item.key].append(item)
         originals = [o for o in data.originals if o.key in by_key]
-        margins = data.margins
+        variants = data.variants
         inception = _fid_inception(self.judges.fid_weights, self.config.fid_features, self.device)
-        real_fid, fake_fid = _fid_metric(inception, self.device), {m: _fid_metric(inception, self.device)
-                                                                   for m in margins}
+        real_fid, fake_fid = _fid_metric(inception, self.device), {v: _fid_metric(inception, self.device)
+                                                                   for v in variants}
+        reference = None
+        if fid_reference:
+            reference = (_fid_metric(inception, self.device), {v: _fid_metric(inception, self.device)
+                                                               for v in variants})
         tally = _Tally()
-        total = len(originals) + sum(len(by_key[o.key]) for o in originals)
+        total = len(fid_reference) + len(originals) + sum(len(by_key[o.key]) for o in originals)
         with tqdm(total=total, unit="image", desc="evaluating", disable=not progress) as bar:
+            for load in fid_reference:
+                _fid_update(reference[0], [load()], True, self.device)
+                bar.update(1)
             for original in originals:
-                self._measure(original, by_key[original.key], aligned, tally, real_fid, fake_fid)
+                self._measure(original, by_key[original.key], aligned, tally, real_fid, fake_fid, reference)
                 bar.update(1 + len(by_key[original.key]))
-        return self._figures(data, originals, margins, aligned, tally, real_fid, fake_fid)
+        figures = self._figures(data, originals, variants, aligned, tally, real_fid, fake_fid)
+        if reference is not None:
+            figures["input"]["fid_reference_images"] = len(fid_reference)
+            for row, variant in zip(figures["margins"], variants):
+                row["fid_reference"] = _fid_value(reference[0], reference[1][variant])
+        return figures
 
-    def _measure(self, original: Original, anonymized: list, aligned: bool, tally: _Tally, real_fid, fake_fid):
+    def _measure(self, original: Original, anonymized: list, aligned: bool, tally: _Tally, real_fid, fake_fid,
+                 reference=None):
         photo = original.load()
         images = [item.load() for item in anonymized]
-        labels = [ORIGINAL, *(item.margin for item in anonymized)]
+        labels = [ORIGINAL, *(item.variant for item in anonymized)]
         found = [self.analyzer.detect(image) for image in (photo, *images)]
         for label, faces, boxes in zip(labels, found, self.judges.mtcnn.detect([photo, *images])):
             boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
@@ -163,6 +198,8 @@ class Evaluator:
         _fid_update(real_fid, [photo], True, self.device)
         for m, image in zip(labels[1:], images):
             _fid_update(fake_fid[m], [image], False, self.device)
+            if reference is not None:
+                _fid_update(reference[1][m], [image], False, self.device)
 
         face = _largest(self._confident(found[0]))
         if face is None and not aligned:
@@ -211,26 +248,30 @@ class Evaluator:
                                        for image, points in zip(images, landmarks)])
         return result
 
-    def _figures(self, data: EvaluationSet, originals: list[Original], margins: list, aligned: bool,
+    def _figures(self, data: EvaluationSet, originals: list[Original], variants: list, aligned: bool,
                  tally: _Tally, real_fid, fake_fid) -> dict:
         rows = []
-        probe = self._probe(data, originals, tally, margins)
+        probe = self._probe(data, originals, tally, variants)
         gallery = {judge: list(zip(*entries)) for judge, entries in tally.gallery.items()}
-        for m in margins:
-            reid = {}
+        for m in variants:
+            reid, chance = {}, None
             for judge in IDENTITY_JUDGES:
                 found = tally.probes[m].get(judge)
                 if found and judge in gallery:
                     labels, vectors = zip(*found)
                     reid[judge] = nearest_match_rate(np.stack(gallery[judge][1]), gallery[judge][0],
                                                      np.stack(vectors), labels, judge in EUCLIDEAN_JUDGES)
+                    if chance is None:   # FaceNet's gallery and probes: every face the judges saw
+                        chance = chance_rate(gallery[judge][0], labels)
             errors = tally.landmark_errors.get(m, [])
             rows.append({
-                "margin": m,
+                "method": m[0],
+                "margin": m[1],
                 "images": len(tally.detected[m]["dlib"]),
                 "fid": _fid_value(real_fid, fake_fid[m]),
                 "detection_percent": {d: 100.0 * float(np.mean(v)) for d, v in tally.detected[m].items()},
                 "reid_percent": reid,
+                "reid_chance_percent": chance,
                 "attribute_accuracy": probe.get(m, {}).get("mean"),
                 "attribute_accuracy_per_attribute": probe.get(m, {}).get("per_attribute"),
                 "landmark_error": float(np.mean(errors)) if errors else None,
@@ -245,12 +286,15 @@ class Evaluator:
                           "anonymized": sum(r["images"] for r in rows), "skipped": dict(data.skipped),
                           "no_face_in_original": tally.no_face, "identity_labels": data.has_identities,
                           "attributes": list(data.attribute_names),
-                          "probe_held_out": probe.get(ORIGINAL, {}).get("images", 0)},
-                "original": original, "margins": rows}
+                          "probe_held_out": probe.get(ORIGINAL, {}).get("images", 0),
+                          "identities": len(set(gallery[IDENTITY_JUDGES[0]][0])) if IDENTITY_JUDGES[0] in gallery
+                          else 0},
+                "settings": [{"set": name, **summary} for name, summary in data.settings.items()],
+                "judges": self.provenance, "original": original, "margins": rows}
 
-    def _probe(self, data: EvaluationSet, originals: list[Original], tally: _Tally, margins: list) -> dict:
+    def _probe(self, data: EvaluationSet, originals: list[Original], tally: _Tally, variants: list) -> dict:
         """The linear probe trained on the originals left in training, tested on the held-out originals (the upper
-        bound, the paper's "Original" row) and on those originals' anonymized images, per m."""
+        bound, the paper's "Original" row) and on those originals' anonymized images, per method and m."""
         encoded = tally.encodings.get(ORIGINAL, {})
         if not data.attribute_names or len(encoded) < 2:
             return {}
@@ -263,7 +307,7 @@ class Evaluator:
             return (np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, 1)),
                     np.stack([labels[k] for k in keys]) if keys else np.zeros((0, width)))
 
-        tests = {m: stack(tally.encodings.get(m, {}), held_out) for m in (ORIGINAL, *margins)}
+        tests = {m: stack(tally.encodings.get(m, {}), held_out) for m in (ORIGINAL, *variants)}
         return probe_accuracy(*stack(encoded, train), tests, data.attribute_names, self.config.probe_max_iter)
 
 
@@ -305,11 +349,15 @@ FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
 def _fid_inception(weights, features: int, device: torch.device):
+    """torch-fidelity's InceptionV3 as torch-fidelity and pytorch-fid run it, so that the FID compares with
+    published ones (tests/test_fid.py holds it to torch_fidelity.calculate_metrics)."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     with _weights_only_loads():
+        # antialias=False: TensorFlow 1's bilinear resize to 299 px, which the published FIDs used.  torchmetrics'
+        # default, antialiased, put 512 px sets' FIDs 18 to 23 % off torch-fidelity's (issue 22).
         inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
-                                       feature_extractor_weights_path=str(weights)).to(device)
+                                       feature_extractor_weights_path=str(weights), antialias=False).to(device)
     inception.num_features = features   # torchmetrics reads it instead of probing with a CPU image
     return inception
 

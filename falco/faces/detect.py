@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..config import FaceConfig
 from ..errors import NoFaceError, WeightsError
-from .align import ffhq_quad
+from .align import AlignedFace, alignment_offset, crop_square, ffhq_quad, photo_to_quad
 
 # dlib detectors and predictors are not thread-safe and loaded models are shared between
 # analyzers, so every dlib call holds this lock (a Gradio app may serve requests at once).
@@ -73,6 +73,25 @@ class FaceAnalyzer:
         quad, as ``detect`` reports them.  A video tracker's box between two detections comes in here."""
         with _DLIB_LOCK:
             return self._describe(np.asarray(photo), rect, score)
+
+    def as_aligned_face(self, photo: Image.Image) -> tuple[AlignedFace, float | None]:
+        """An RGB photo given as an FFHQ-aligned crop (FFHQ, CelebA-HQ), as the face itself at ``aligned_size``,
+        and how far it lies from the FFHQ crop of the face dlib finds on it (``alignment_offset``; None with its
+        landmarks, when dlib finds no face).  dlib scans a copy of at most ``aligned_check_size``: an aligned face
+        fills the crop, and a smaller scan finds it as well, faster."""
+        config = self.config
+        scale = min(config.aligned_check_size / max(photo.size), 1.0)
+        small = photo.resize((max(round(photo.width * scale), 1), max(round(photo.height * scale), 1)),
+                             Image.Resampling.BILINEAR) if scale < 1 else photo
+        found = self.detect(small)   # usable faces first, largest first
+        square, size = crop_square(*photo.size), config.aligned_size
+        landmarks, offset = None, None
+        if found:
+            in_photo = (found[0].landmarks + 0.5) * [photo.width / small.width, photo.height / small.height] - 0.5
+            offset = alignment_offset(in_photo, photo.size)
+            landmarks = photo_to_quad(square, size, in_photo)
+        image = photo if photo.size == (size, size) else photo.resize((size, size), Image.Resampling.LANCZOS)
+        return AlignedFace(image, square, landmarks, photo.size, padded=False), offset
 
     def _scan_plan(self, size: tuple[int, int]) -> tuple[tuple[int, int], int]:
         """Resolution to scan at and dlib upsampling steps, bounded by detect_max_side (the CNN's:

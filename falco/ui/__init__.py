@@ -2,6 +2,7 @@
 
     startup    what ``python app.py`` does, in order: device, weights, page, networks
     engine     the device; the pipeline, built once per process in the background; what a failed load means
+    grower     a prepared set's fake bank grown in the background while no run goes
     page       the page put together over the engine (``build_app``) and served (``launch_app``)
     layout     the page's texts, components, element ids, and which handler each event calls
     handlers   the banner's and the Photo tab's handlers, and the GPU line for photos

@@ -22,6 +22,7 @@ from falco.errors import FalcoError, HubUnavailableError
 from falco.pipeline import FalcoPipeline
 from falco.ui.messages import LOAD_FAILED_MESSAGE, describe_error
 from falco.weights import WeightPaths
+from falco.weights.growth import RunGate
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class EngineLoader:
         self._start_lock = threading.Lock()   # not self._lock: get() holds that for the whole load
         self._started = False
         self.progress = progress or LoadProgress()
+        # Held by every visitor's run while it goes: the bank grows in the background only while none does.
+        self.runs = RunGate()
+        self.grower: Any = None   # the falco.ui.grower.BankGrower growing the engine's bank, where one does
 
     def start(self) -> None:
         """Load in a background thread; calling it again does nothing."""
@@ -85,6 +89,20 @@ class EngineLoader:
                     raise FalcoError(LOAD_FAILED_MESSAGE) from err
             return self._engine
 
+    def running(self):
+        """Held around a visitor's run (a context manager): background work waits while one goes."""
+        return self.runs.hold()
+
+    def _bank_line(self) -> str:
+        bank = getattr(self._engine, "bank", None)
+        if bank is None:
+            return ""
+        line = f" The fake bank holds {len(bank):,} fakes"
+        grower = self.grower
+        if grower is not None and not grower.done.is_set() and len(bank) < grower.target:
+            line += f"; more are made while no run is going, up to {grower.target:,}"
+        return line + "."
+
     def _load_quietly(self) -> None:
         try:
             self.get()
@@ -96,7 +114,7 @@ class EngineLoader:
     def status(self) -> tuple[str, str]:
         """(state, one line for the page); state is "ready", "loading" or "failed"."""
         if self._engine is not None:
-            return "ready", "The networks are loaded."
+            return "ready", f"The networks are loaded.{self._bank_line()}"
         if self._failed:
             return "failed", LOAD_FAILED_MESSAGE
         return "loading", self.progress.line or "Loading the networks; the first run starts when they are ready."

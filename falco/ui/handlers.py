@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +34,15 @@ from falco.ui import uploads
 from falco.ui.downloads import run_record, write_downloads
 from falco.ui.engine import EngineLoader
 from falco.ui.form import RunForm, RunSettings, settings_from_form
-from falco.ui.messages import PHOTO_NOT_UPLOADED, RUN_GOING, STOPPED_EARLY, STOPPED_WAITING, describe_error
+from falco.ui.gpu_slots import ZeroGpuSlots
+from falco.ui.messages import (
+    PHOTO_NOT_UPLOADED,
+    RUN_GOING,
+    STOPPED_EARLY,
+    STOPPED_WAITING,
+    describe_error,
+    zerogpu_refusal,
+)
 from falco.ui.queue_state import RunClock, has_events, place_in_line
 from falco.ui.render import (
     PHOTO_VIEW,
@@ -114,16 +122,17 @@ class PageHandlers:
     demo: gr.Blocks
 
     def __init__(self, loader: EngineLoader, config: AppConfig = AppConfig(), on_gpu: bool = True,
-                 gpu: Callable | None = None, video_gpu: Callable | None = None):
-        self.loader, self.config, self.on_gpu = loader, config, on_gpu
+                 slots: ZeroGpuSlots | None = None):
+        self.loader, self.config, self.on_gpu, self.slots = loader, config, on_gpu, slots
         self.default_optim = OptimConfig() if on_gpu else config.cpu_optim
         self.cache = Path(gr.utils.get_upload_folder())   # Gradio's cache: files there are served as they are
         self.clock = RunClock()   # the pace of the photo run holding the GPU line, for the expected waits
-        # On ZeroGPU only this part holds a GPU; loading, detection and files stay outside.
-        self._device_run = gpu(self._anonymize) if gpu is not None else self._anonymize
+        # On ZeroGPU only this part holds a GPU, for the seconds its work needs; loading, detection and files stay
+        # outside.
+        self._device_run = slots.for_photos(self._anonymize) if slots is not None else self._anonymize
         # The Video tab's own handlers, over what they need of these.
         self.video_tab = VideoTab(VideoHost(loader=loader, cache=self.cache, deletable=self.deletable, stop=self.stop,
-                                            video_gpu=video_gpu, default_optim=self.default_optim, on_gpu=on_gpu))
+                                            slots=slots, default_optim=self.default_optim, on_gpu=on_gpu))
 
     # The GPU work.  Arguments cross a process boundary on ZeroGPU, so: a photo and settings.
     def _anonymize(self, photo: Image.Image, settings: RunSettings) -> Iterator[StepEvent | AnonymizationResult]:
@@ -141,15 +150,21 @@ class PageHandlers:
             raise as_gr_error(err) from err
 
     def stream(self, photo: Image.Image, settings: RunSettings) -> Iterator[StepEvent | AnonymizationResult]:
-        """A photo run in the GPU line: StepEvents then the AnonymizationResult; every error becomes a gr.Error."""
+        """A photo run in the GPU line: StepEvents then the AnonymizationResult; every error becomes a gr.Error
+        (ZeroGPU's refusals the page's own line)."""
         try:
+            if self.slots is not None:
+                self.slots.check_photo(settings)   # before asking ZeroGPU for a slot it would refuse
             self.loader.get()   # wait for the networks here, not inside the GPU slot
             self.clock.start()
-            for event in self._device_run(photo, settings):
-                if isinstance(event, StepEvent):
-                    self.clock.tick(event.step, event.total_steps)
-                yield event
-        except gr.Error:
+            with self.loader.running():   # the bank grows only while no run goes (falco.ui.grower)
+                for event in self._device_run(photo, settings):
+                    if isinstance(event, StepEvent):
+                        self.clock.tick(event.step, event.total_steps)
+                    yield event
+        except gr.Error as err:
+            if (refusal := zerogpu_refusal(err)) is not None:
+                raise gr.Error(refusal, print_exception=False) from err
             raise
         except Exception as err:
             raise as_gr_error(err) from err

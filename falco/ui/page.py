@@ -7,26 +7,26 @@ handlers of falco.ui.handlers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 import torch
 
-from falco.config import AppConfig, VideoConfig
+from falco.config import AppConfig, ZeroGpuConfig
 from falco.device import zerogpu_available
 from falco.ui.engine import EngineLoader, decide_device, weights_loader
+from falco.ui.gpu_slots import ZeroGpuSlots
 from falco.ui.handlers import PageHandlers
 from falco.ui.layout import PAGE_CSS, build_page
 from falco.weights import fetch_weights
 
 
-def zerogpu_decorator(duration_s: int) -> Callable | None:
-    """``spaces.GPU(duration=...)`` on a ZeroGPU Space; None elsewhere."""
+def zerogpu_slots(config: ZeroGpuConfig) -> ZeroGpuSlots | None:
+    """``spaces.GPU`` with a duration sized to each run's work, on a ZeroGPU Space; None elsewhere."""
     if not zerogpu_available():
         return None
     import spaces
-    return spaces.GPU(duration=duration_s)
+    return ZeroGpuSlots(spaces.GPU, config)
 
 
 def build_app(weights: str | None = None, device: str | torch.device | None = None,
@@ -38,11 +38,10 @@ def build_app(weights: str | None = None, device: str | torch.device | None = No
     device: a torch.device already decided, or a name to decide from: "cuda", "cpu", ... (default: CUDA when
     there is one, or on ZeroGPU).
     """
-    gpu = zerogpu_decorator(config.zerogpu_duration_s)   # ZeroGPU: each decorated call gets a GPU
-    video_gpu = zerogpu_decorator(VideoConfig().zerogpu_duration_s)
+    slots = zerogpu_slots(config.zerogpu)   # ZeroGPU: each wrapped call gets a GPU for the time its work needs
     device = decide_device(device)   # start_app decides it before the fetch
     loader = loader or weights_loader(lambda: fetch_weights(weights), device)
-    app = PageHandlers(loader, config, on_gpu=device.type == "cuda", gpu=gpu, video_gpu=video_gpu)
+    app = PageHandlers(loader, config, on_gpu=device.type == "cuda", slots=slots)
     demo = build_page(app)
     if load_now:
         loader.start()

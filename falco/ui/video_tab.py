@@ -4,6 +4,9 @@
 what it needs of the page (``VideoHost``): its engine, defaults, Gradio cache, upload rule and Stop.
 A clip's files (previews, the result, its record) live in the visitor's session folder and go when
 the session ends, as the upload does (falco.ui.sessions).  Clips are written as H.264 MP4, which browsers play.
+On ZeroGPU a clip runs in one GPU call sized to its frames (falco.ui.gpu_slots): the tab says how long a clip
+that is, and refuses a longer one before asking.  The tab's example is the project's own clip, made from the
+example photo (falco.video.synthetic) and shipped beside it; clicking it runs it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import gradio as gr
 from falco.config import OptimConfig, VideoConfig
 from falco.output_files import save_json
 from falco.ui.engine import EngineLoader
-from falco.ui.messages import describe_error
+from falco.ui.gpu_slots import ClipSize, ZeroGpuSlots
+from falco.ui.messages import describe_error, zerogpu_refusal
 from falco.ui.render import preview_grid, warning
 from falco.ui.sessions import Session, end_session
 from falco.video.anonymize import VideoProgress, VideoResult, anonymize_video
+from falco.video.io import probe_video
 from falco.video.live import LiveAnonymizer
+from falco.video.synthetic import EXAMPLE_CLIP
 
 STAGE_LABELS = {"tracking": "Finding and tracking the faces", "identity": "New identity",
                 "rendering": "Rendering the frames"}
@@ -38,7 +44,7 @@ class VideoHost:
     cache: Path                            # Gradio's cache: the session folders go there
     deletable: Callable[[str], bool]       # whether an upload is one its holders may delete (falco.ui.uploads)
     stop: Callable[[Session], None]        # the page's Stop: asks the visitor's run to stop
-    video_gpu: Callable | None             # spaces.GPU for a clip's slot on ZeroGPU; None elsewhere
+    slots: ZeroGpuSlots | None             # ZeroGPU's slots, each sized to its work; None elsewhere
     default_optim: OptimConfig             # the server's optimisation defaults (lower on a CPU)
     on_gpu: bool
 
@@ -65,10 +71,11 @@ class VideoTab:
 
     def __init__(self, app: VideoHost, config: VideoConfig = VideoConfig()):
         self.app, self.config = app, config
-        # On ZeroGPU only the clip's GPU work holds a GPU (its own, longer slot); loading stays outside.
-        self._device_run = app.video_gpu(self._anonymize) if app.video_gpu is not None else self._anonymize
+        # On ZeroGPU only the clip's GPU work holds a GPU, for the time its frames need; loading stays outside.
+        self._device_run = app.slots.for_clips(self._anonymize) if app.slots is not None else self._anonymize
 
-    def _anonymize(self, clip: str, out, margin: float, optim, max_seconds: float):
+    def _anonymize(self, clip: str, out, margin: float, optim, max_seconds: float, size: ClipSize):
+        """The clip's GPU work; ``size`` is what its ZeroGPU slot is sized from (falco.ui.gpu_slots)."""
         yield from anonymize_video(self.app.loader.get(), clip, out, margin=margin, optim=optim,
                                    codec=self.config.app_video_codec, config=self.config, max_seconds=max_seconds)
 
@@ -83,13 +90,20 @@ class VideoTab:
                 raise gr.Error("Upload a clip first.", print_exception=False)
             if app.deletable(clip):   # an upload of this session: deleted with it
                 session.hold(clip)
+            optim = app.default_optim   # m travels on its own (anonymize_video's margin)
+            limit = clip_limit(app, self.config)
+            info = probe_video(clip, self.config, limit)   # an unusable clip is refused before any wait
+            size = ClipSize(info.frames, info.width, info.height, optim.steps)
+            if app.slots is not None:
+                app.slots.check_clip(size)   # before asking ZeroGPU for a slot it would refuse
             folder = session.new_folder(app.cache, "video")
             out = folder / "anonymized.mp4"
-            optim = app.default_optim   # m travels on its own (anonymize_video's margin)
             started = time.monotonic()
             app.loader.get()   # wait for the networks here, not inside the GPU slot
             result = None
-            with closing(self._device_run(clip, out, float(margin), optim, clip_limit(app, self.config))) as events:
+            # The bank grows only while no run goes (falco.ui.grower).
+            with app.loader.running(), closing(
+                    self._device_run(clip, out, float(margin), optim, limit, size)) as events:
                 for event in events:
                     if session.stops != stops:
                         break
@@ -109,10 +123,11 @@ class VideoTab:
             yield {self.progress: stage_bars(stages), self.result: str(out), self.downloads: [str(out), str(record)],
                    self.session: session}
         except Exception as err:
-            message = err.message if isinstance(err, gr.Error) else describe_error(err)
+            ours = isinstance(err, gr.Error) and zerogpu_refusal(err) is None   # the tab's own, or ZeroGPU's
+            message = err.message if ours else describe_error(err)
             yield {self.progress: video_box(warning(html.escape(message))), self.result: None,
                    self.downloads: None, self.session: session}
-            raise (err if isinstance(err, gr.Error) else gr.Error(message, print_exception=False)) from err
+            raise (err if ours else gr.Error(message, print_exception=False)) from err
 
     def _progress(self, event: VideoProgress, stages: dict, folder) -> dict:
         label = STAGE_LABELS[event.stage]
@@ -143,14 +158,19 @@ class VideoTab:
         cfg, app = self.config, self.app
         limit = clip_limit(app, cfg)
         with gr.Tab("Video", elem_id="falco-video-tab"):
+            zerogpu = "" if app.slots is None else f" {app.slots.clip_limit_text(app.default_optim.steps)}"
             gr.Markdown(f"Upload a clip of at most **{limit:g} s** (the limit of this server"
-                        f"{'' if app.on_gpu else ', which runs on a CPU: each frame takes seconds'}). Each person is "
-                        "tracked through the clip and gets one new identity, kept in every frame; frame rate, "
-                        "frames and sound are kept.", elem_id="falco-video-limit")
+                        f"{'' if app.on_gpu else ', which runs on a CPU: each frame takes seconds'}).{zerogpu} Each "
+                        "person is tracked through the clip and gets one new identity, kept in every frame; frame "
+                        "rate, frames and sound are kept. Or click the example: it runs at once.",
+                        elem_id="falco-video-limit")
             self.session = gr.State(Session(), delete_callback=end_session)
             with gr.Row():
                 with gr.Column():
                     clip = gr.Video(label="Clip", sources=["upload"], elem_id="falco-video-in")
+                    self.example = gr.Examples([[str(EXAMPLE_CLIP)]], inputs=[clip], cache_examples=False,
+                                               label="Example (made from the example photo)",
+                                               elem_id="falco-video-example", api_visibility="private")
                     margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Identity margin m",
                                        elem_id="falco-video-margin")
                     with gr.Row():
@@ -162,10 +182,12 @@ class VideoTab:
                     self.result = gr.Video(label="Anonymized clip", interactive=False, elem_id="falco-video-out")
                     self.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                              elem_id="falco-video-downloads")
-            requested = run.click(Session.ask_run, inputs=[self.session], queue=False, api_visibility="private")
-            requested.then(self.run, inputs=[clip, margin, self.session],
-                           outputs=[self.progress, self.live, self.result, self.downloads, self.session],
-                           concurrency_id="gpu", api_visibility="private")
+            # Run, and a click on the example once it is in the clip's box.
+            for clicked in (run.click, self.example.load_input_event.then):
+                requested = clicked(Session.ask_run, inputs=[self.session], queue=False, api_visibility="private")
+                requested.then(self.run, inputs=[clip, margin, self.session],
+                               outputs=[self.progress, self.live, self.result, self.downloads, self.session],
+                               concurrency_id="gpu", api_visibility="private")
             stop.click(app.stop, inputs=[self.session], queue=False, api_visibility="private")
             with gr.Accordion("Live webcam", open=False):
                 if app.on_gpu:

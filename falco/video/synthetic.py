@@ -1,7 +1,13 @@
-"""A clip made from a photo, for tests and benchmarks: a slow pan and zoom over it, with a sine tone."""
+"""A clip made from a photo, for tests, benchmarks and the Video tab's example: a slow pan and zoom over it, with a
+sine tone.
+
+The example clip (``falco/assets/example-clip.mp4``) is made from the example photo by
+``python -m falco.video.synthetic falco/assets/example-clip.mp4``.
+"""
 
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -63,3 +69,21 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: int = 12, codec: str =
                 out.mux(audio.encode(frame))
             out.mux(audio.encode(None))
     return path
+
+
+# The Video tab's example: short and small enough for the tab's CPU limit (VideoConfig.app_cpu_max_seconds) and a
+# CPU's seconds per frame, in what browsers play (H.264 and AAC in MP4).
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
+EXAMPLE_CLIP = EXAMPLE_PHOTO.with_name("example-clip.mp4")
+EXAMPLE_FRAMES, EXAMPLE_FPS, EXAMPLE_SIZE = 10, 5, (320, 320)
+
+
+def write_example_clip(path: Path = EXAMPLE_CLIP, photo: Path = EXAMPLE_PHOTO) -> Path:
+    """The Video tab's example clip: 2 s over the example photo, with a tone."""
+    with Image.open(photo) as image:
+        frames = pan_zoom_frames(image, EXAMPLE_FRAMES, EXAMPLE_SIZE)
+    return write_clip(Path(path), frames, fps=EXAMPLE_FPS, codec="libx264", pix_fmt="yuv420p", audio_codec="aac")
+
+
+if __name__ == "__main__":
+    print(write_example_clip(Path(sys.argv[1]) if len(sys.argv) > 1 else EXAMPLE_CLIP))

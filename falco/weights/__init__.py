@@ -7,6 +7,8 @@
     official    where each official checkpoint is downloaded from
     assemble    steps shared by publish and prepare: dlib files, the bank, manifest and model card
     prepare     a set built on this machine from the official checkpoints when none is published
+    growth      a prepared set's fake bank grown beside it, in resumable parts, yielding to visitors' runs
+    storage     the cache and the prepared set kept on a Space's persistent storage (/data)
     licences    each file's origin and licence, the one definition
     publish     the official checkpoints converted, checked and uploaded
     __main__    the command line: python -m falco.weights fetch | random | prepare | publish

@@ -2,7 +2,7 @@
 
     python -m falco.weights fetch  [--weights REPO[@REV]|FOLDER]
     python -m falco.weights random --out DIR [--tiny]
-    python -m falco.weights prepare [--out DIR] [--bank-size N] [--device D]
+    python -m falco.weights prepare [--out DIR] [--bank-size N] [--device D] [--grow-to N]
     python -m falco.weights publish --repo user/name --e4e ... --arcface ... --farl ... \\
         --landmarks ... --recognition ... --bank ... [--generator ...] [--out DIR --dry-run]
     python -m falco.weights publish --repo user/name --from-official [--bank-size N] [--device D] [--out DIR]
@@ -20,6 +20,7 @@ from falco.errors import FalcoError
 from falco.weights.hub import check_names, fetch_weights
 from falco.weights.manifest import ARTIFACTS, PROJECT_MANIFEST
 from falco.weights.prepare import PREPARE_COMMAND, PUBLISH_COMMAND, PrepareProgress, prepare_weights, prepared_folder
+from falco.weights.storage import keep_on_persistent_storage
 
 # random_set and publish import torch where their commands run: fetch (a first download, a CI step, a Space's
 # build) answers without torch's seconds of import.
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"fakes in the bank (default {BankConfig().size} on a GPU, "
                            f"{BankConfig().cpu_size} on a CPU)")
     prep.add_argument("--device", default=None, help="device building the bank (default cuda where there is one)")
+    prep.add_argument("--grow-to", type=int, default=None, metavar="N",
+                      help="then grow the bank to N fakes beside the set, as the app does while idle (resumable: "
+                           "the same command goes on where it stopped)")
 
     pub = sub.add_parser("publish", help="convert the official files to the Hub layout and upload them")
     pub.add_argument("--repo", required=True, help="Hub repo id to upload to (user/name)")
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--manifest", type=Path, default=PROJECT_MANIFEST,
                      help="where to write the pinned manifest after the upload")
     args = parser.parse_args(argv)
+    if getattr(args, "grow_to", None) is not None and args.grow_to < 1:
+        parser.error("--grow-to must be at least 1")
+    keep_on_persistent_storage()   # before huggingface_hub is imported: it reads HF_HOME once
 
     try:
         if args.command == "fetch":
@@ -88,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             make_random_weights(args.out, args.tiny, args.names, args.bank_size, progress=True)
             print(f"random {'tiny' if args.tiny else 'full-size'} weights (noise) in {args.out}")
         elif args.command == "prepare":
-            print(f"weights prepared in {_prepare(args.out, args.bank_size, args.device, PREPARE_COMMAND)}")
+            folder = _prepare(args.out, args.bank_size, args.device, PREPARE_COMMAND)
+            print(f"weights prepared in {folder}")
+            if args.grow_to is not None:
+                return _grow(folder, args.grow_to, args.device)
         else:
             from falco.weights.publish import publish, upload_weights
             folder = args.out
@@ -132,6 +142,26 @@ def _prepare(out: Path | None, bank_size: int | None, device: str | None, built_
             print(line, file=sys.stderr, flush=True)
 
     return prepare_weights(out, bank_size, device, progress=show, built_by=built_by)
+
+
+def _grow(folder: Path, n: int, device: str | None) -> int:
+    """The set's bank grown to ``n`` fakes beside it (falco.weights.growth); Ctrl-C keeps the parts saved so far."""
+    from falco.device import resolve_device
+    from falco.models import io
+    from falco.weights.growth import grow_bank, growth_folder
+    device = resolve_device(device)
+    generator, mean_w = io.load_generator(folder / ARTIFACTS["generator"], device)
+    farl = io.load_farl(folder / ARTIFACTS["farl"], device)
+
+    def saved(bank) -> None:
+        print(f"fake bank: {len(bank)} of {n} fakes", file=sys.stderr, flush=True)
+    try:
+        bank = grow_bank(folder, n, generator, mean_w, farl, on_saved=saved)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to go on growing the bank", file=sys.stderr)
+        return 130
+    print(f"the fake bank holds {len(bank)} fakes (rows after the set's own in {growth_folder(folder)})")
+    return 0
 
 
 if __name__ == "__main__":

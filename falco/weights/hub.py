@@ -87,6 +87,12 @@ class WeightPaths:
         return path
 
 
+def weights_label(source: str) -> str:
+    """How records name the weights: a Hub repo as given (user/name[@revision]), a local folder by its name only,
+    so that no record (the app's downloads included) shows a server path.  Resumes compare ``source`` itself."""
+    return f"local folder {Path(source).name}" if Path(source).is_absolute() else source
+
+
 def check_names(names: Iterable[str] | None) -> tuple[str, ...]:
     names = tuple(ARTIFACTS if names is None else names)
     unknown = [n for n in names if n not in ARTIFACTS]

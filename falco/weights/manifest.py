@@ -93,6 +93,10 @@ class Origin:
         return cls(**{**data, "artifacts": tuple(data["artifacts"])})
 
 
+# Build.by of a random-noise set (falco.weights.random_set): its networks judge nothing (falco.evaluate says so).
+RANDOM_BUILD = "`python -m falco.weights random`"
+
+
 @dataclass(frozen=True)
 class Build:
     """What built a set from the official checkpoints: the app's first start or a command, and where."""
@@ -119,6 +123,11 @@ class Manifest:
     note: str = ""
     sources: dict[str, Origin] = field(default_factory=dict)   # official file name -> its origin
     built: Build | None = None
+
+    @property
+    def random(self) -> bool:
+        """A random-noise set: built by ``python -m falco.weights random`` (older ones say so in their note)."""
+        return (self.built is not None and self.built.by == RANDOM_BUILD) or "RANDOM NOISE" in self.note
 
     @classmethod
     def unpublished(cls, repo_id: str | None = DEFAULT_WEIGHTS_REPO) -> Manifest:

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from falco import __version__
 from falco.bank import build_bank
 from falco.config import BankConfig
 from falco.models import io
 from falco.models.random_weights import random_network
 from falco.weights.hub import check_names
-from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, MODEL_CARD_NAME, NETWORKS, Manifest, describe_folder
+from falco.weights.manifest import (
+    ARTIFACTS,
+    MANIFEST_NAME,
+    MODEL_CARD_NAME,
+    NETWORKS,
+    RANDOM_BUILD,
+    Build,
+    Manifest,
+    describe_folder,
+)
 from falco.weights.model_card import model_card
 from falco.weights.official import installed_file
 
@@ -62,8 +73,11 @@ def make_random_weights(out_dir: str | Path, tiny: bool, names: Iterable[str] | 
         n = bank_size or RANDOM_BANK_SIZE[tiny]
         build_bank(out / ARTIFACTS["fake_bank"], n, models["generator"], mean_w, models["farl"],
                    BankConfig(size=n, chunk_rows=n), progress=progress)
-    manifest = describe_folder(out, None, names, note=f"RANDOM NOISE weights ({'tiny' if tiny else 'full-size'}) "
-                                                      "for tests and offline smoke runs; outputs are noise.")
+    bank_rows = (bank_size or RANDOM_BANK_SIZE[tiny]) if "fake_bank" in names else None
+    built = Build(RANDOM_BUILD, __version__, "cpu" if bank_rows else None, bank_rows)
+    size = "tiny" if tiny else "full-size"
+    note = f"RANDOM NOISE weights ({size}) for tests and offline smoke runs; outputs are noise."
+    manifest = replace(describe_folder(out, None, names, note=note), built=built)
     manifest.write(out / MANIFEST_NAME)
     (out / MODEL_CARD_NAME).write_text(model_card(manifest, random_set=True, tiny=tiny))
     return manifest
