@@ -135,7 +135,8 @@ table.figures td { white-space: nowrap; }
 table.figures td:first-child, table.figures th:first-child { text-align: left; }
 tr.original td { color: #555; }
 div.random { background: #b00020; color: #fff; padding: 0.8em 1em; font-size: 1.2em; margin: 1em 0; }
-figure { display: inline-block; margin: 0.5em; }
+figure { display: inline-block; vertical-align: top; margin: 0.5em; width: 480px; }
+figcaption { font-size: 0.85em; color: #444; }
 table.examples td, table.examples th { padding: 2px; text-align: center; font-size: 0.8em; }
 """
 
@@ -153,7 +154,8 @@ def write_html(figures: dict, clips: ClipSet, out_dir: Path, config: EvaluationC
     """report.html: the tables, the plots and face crops of a few frames, every picture embedded (one file)."""
     per_track = _html_table(*track_rows(figures)) if figures["input"]["tracks"] > 1 else ""
     plots = "".join(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
-                    f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, png in _plots(figures))
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                    for title, caption, png in _plots(figures))
     warning = random_warning(figures)
     banner = "" if warning is None else \
         f"<div class='random' role='alert'><strong>{html.escape(warning)}</strong></div>"
@@ -185,11 +187,13 @@ def _series_axes(title: str, ylabel: str):
     ax.set_title(title)
     ax.set_xlabel("frame")
     ax.set_ylabel(ylabel)
+    ax.ticklabel_format(axis="y", useOffset=False)   # cosines near 1 read as themselves, not "1e-5 + 0.9999"
     return figure, ax
 
 
-def _plots(figures: dict) -> list[tuple[str, str]]:
-    """(title, base64 PNG) per plot: the frame-by-frame series of every track and clip; the detection rates."""
+def _plots(figures: dict) -> list[tuple[str, str, str]]:
+    """(title, caption: how to read it, base64 PNG) per plot: the frame-by-frame series of every track and clip;
+    the detection rates."""
     import matplotlib
 
     matplotlib.use("Agg")   # files only, no display
@@ -201,7 +205,7 @@ def _plots(figures: dict) -> list[tuple[str, str]]:
              for row in figures["clips"] for track in row["tracks"]]
     made = []
 
-    def plot(title: str, ylabel: str, key, reference=None, level: float | None = None):
+    def plot(title: str, caption: str, ylabel: str, key, reference=None, level: float | None = None):
         figure, ax = _series_axes(title, ylabel)
         for label, series in lines:
             values = key(series)
@@ -214,16 +218,25 @@ def _plots(figures: dict) -> list[tuple[str, str]]:
         if level is not None:
             ax.axhline(level, linestyle=":", color="red", label="unchanged below")
         ax.legend(fontsize="small")
-        made.append((title, _png(figure)))
+        made.append((title, caption, _png(figure)))
 
     judge = JUDGE_NAMES[TABLE_JUDGE]
-    plot(f"Similarity to the original person ({judge})", "cosine",
+    plot(f"Similarity to the original person ({judge})",
+         "Lower is better anonymization: each frame's new face against the person's identity in the original; the "
+         "dashed line is the original's own frames (the similarity of a face left as it was).", "cosine",
          lambda s: s["identity_similarity"].get(TABLE_JUDGE, []),
          lambda s: s["identity_similarity"].get(TABLE_JUDGE, []))
-    plot("Change from the original in the face box", "levels", lambda s: s["change"],
+    plot("Change from the original in the face box",
+         "A frame under the dotted line is a face left as it was (it must have none): mean difference of the face "
+         "box, shrunk so that a codec's noise averages out.", "levels", lambda s: s["change"],
          level=figures["input"]["unchanged_difference"])
-    plot("Landmark error / inter-ocular distance", "error", lambda s: s["landmark_error"])
-    plot("Flicker in the face box", "levels", lambda s: s["flicker"], lambda s: s["flicker"])
+    plot("Landmark error / inter-ocular distance",
+         "Lower keeps more of pose and expression: dlib's 68 landmarks on the new face against the original's, in "
+         "frames where dlib finds both.", "error", lambda s: s["landmark_error"])
+    plot("Flicker in the face box",
+         "Nearer the dashed original is steadier: the mean change of the face box from the frame before; above it, "
+         "the new face flickers more than the original moves.", "levels", lambda s: s["flicker"],
+         lambda s: s["flicker"])
 
     figure = Figure(figsize=(4.6, 3.2), dpi=100, layout="constrained")
     ax = figure.add_subplot()
@@ -238,7 +251,8 @@ def _plots(figures: dict) -> list[tuple[str, str]]:
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.legend()
-    made.append(("Detection rates", _png(figure)))
+    made.append(("Face detection rate", "Share of the tracked faces each detector still finds: the original first, "
+                 "then each clip.", _png(figure)))
     return made
 
 
