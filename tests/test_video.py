@@ -332,8 +332,11 @@ def test_a_clip_at_two_m_is_tracked_once_and_each_person_optimised_once(tiny_pip
 
 
 def test_one_output_path_per_m(tiny_pipeline, clip, tmp_path):
-    with pytest.raises(ValueError, match="2 value.* of m need as many output paths, not 1"):
+    with pytest.raises(FalcoError, match="2 value.* of m need as many output paths, not 1"):
         next(anonymize_video(tiny_pipeline, clip, tmp_path / "out.mkv", margins=(0.0, 0.5), optim=OPTIM))
+    with pytest.raises(FalcoError, match="an output path of its own"):
+        next(anonymize_video(tiny_pipeline, clip, [tmp_path / "out.mkv", tmp_path / "out.mkv"], margins=(0.0, 0.5),
+                             optim=OPTIM))
     with pytest.raises(FalcoError, match="cannot replace its source"):
         next(anonymize_video(tiny_pipeline, clip, [tmp_path / "out.mkv", clip], margins=(0.0, 0.5), optim=OPTIM))
     with pytest.raises(FalcoError, match="Refine steps must not be negative, not -1"):

@@ -169,12 +169,12 @@ def clip_paths(out_path: str | Path | Sequence[str | Path], margins: tuple[float
     """One output path per m (``out_path``: a path alone for one m), none of them the source nor another's."""
     paths = [Path(out_path)] if isinstance(out_path, (str, Path)) else [Path(p) for p in out_path]
     if len(paths) != len(margins):
-        raise ValueError(f"{len(margins)} value(s) of m need as many output paths, not {len(paths)}")
+        raise FalcoError(f"{len(margins)} value(s) of m need as many output paths, not {len(paths)}.")
     resolved = [p.resolve() for p in paths]
     if source.resolve() in resolved:
         raise FalcoError("The anonymized clip cannot replace its source: give another output name.")
     if len(set(resolved)) != len(resolved):
-        raise ValueError("each m needs an output path of its own")
+        raise FalcoError("Each m needs an output path of its own: two of them name the same file.")
     return paths
 
 
