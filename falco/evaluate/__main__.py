@@ -17,13 +17,12 @@ Exit status: 0 done; 1 an error stopped it; 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from falco.config import EvaluationConfig
-from falco.errors import FalcoError
+from falco.evaluate.command import check_out, finish, output_folder, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,17 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.labels is not None and datasets:
         usage.error("--labels is for folders; a dataset's labels are its columns (--identity-column, "
                     "--attribute-columns)")
-    if args.out.exists() and not args.out.is_dir():
-        usage.error(f"--out {args.out} is a file, not a folder")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return evaluate(args)
-    except FalcoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    check_out(usage, args.out)
+    return run(evaluate, args)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -122,15 +112,9 @@ def evaluate(args: argparse.Namespace) -> int:
     if (warning := random_warning({"judges": evaluator.provenance})) is not None:
         print(warning, file=sys.stderr)   # before the minutes of measuring, and again with the table
     figures = evaluator.evaluate(data, aligned=args.aligned, progress=not args.no_progress, fid_reference=reference)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FalcoError(f"Cannot create the output folder {args.out}: {err.strerror or err}.") from None
-    write_metrics(figures, args.out)
+    write_metrics(figures, output_folder(args.out))
     write_html(figures, data, args.out, config)
-    print(format_table(figures))
-    print(f"\nmetrics.json and report.html written to {args.out}")
-    return 0
+    return finish(format_table(figures), args.out)
 
 
 def compared_sets(pairs: Sequence[str]) -> dict[str, str]:

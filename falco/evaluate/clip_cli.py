@@ -10,13 +10,12 @@ Exit status: 0 done; 1 an error stopped it; 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from falco.config import EvaluationConfig
-from falco.errors import FalcoError
+from falco.evaluate.command import check_out, finish, output_folder, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,17 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage.error("give the original clip and at least one anonymized clip (or folder)")
     if args.max_frames is not None and args.max_frames < 1:
         usage.error("--max-frames must be at least 1")
-    if args.out.exists() and not args.out.is_dir():
-        usage.error(f"--out {args.out} is a file, not a folder")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return evaluate(args)
-    except FalcoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    check_out(usage, args.out)
+    return run(evaluate, args)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -70,12 +60,6 @@ def evaluate(args: argparse.Namespace) -> int:
                                               if n not in UNUSED_JUDGES}})) is not None:
         print(warning, file=sys.stderr)   # before the measuring, and again with the table
     figures = ClipEvaluator(evaluator).evaluate(clips, args.max_frames, progress=not args.no_progress)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FalcoError(f"Cannot create the output folder {args.out}: {err.strerror or err}.") from None
-    write_metrics(figures, args.out)
+    write_metrics(figures, output_folder(args.out))
     write_html(figures, clips, args.out, config)
-    print(format_table(figures))
-    print(f"\nmetrics.json and report.html written to {args.out}")
-    return 0
+    return finish(format_table(figures), args.out)

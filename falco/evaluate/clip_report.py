@@ -15,14 +15,14 @@ from PIL import Image
 from falco.config import EvaluationConfig
 from falco.evaluate.clip_inputs import ClipSet
 from falco.evaluate.judges import random_judges
-from falco.evaluate.plots import JUDGE_NAMES, _png
+from falco.evaluate.plots import JUDGE_NAMES, png_base64
 from falco.evaluate.report import (  # the photo report's names, cells and thumbnails
     ARCFACE_NOTE,
     METRICS_NAME,
     REPORT_NAME,
-    _number,
-    _thumbnail,
     margin_label,
+    number_cell,
+    thumbnail_base64,
 )
 from falco.output_files import save_json, write_atomic
 from falco.video.io import read_frames
@@ -57,12 +57,12 @@ def _cells(label: str, row: dict, original: bool) -> list[str]:
     if original:
         anonymized = ["-"] * (1 + len(JUDGE_NAMES))
     else:
-        anonymized = [_number(row["unanonymized_percent"], 2, " %"),
-                      *(_number(row["reid_percent"].get(judge), 2, " %") for judge in JUDGE_NAMES)]
-    return [label, *anonymized, _number(consistency and consistency["mean"], 3), _worst(consistency),
-            "-" if original else _number(row["landmark_error"], 4), _number(row["flicker"], 2),
-            "-" if original else _number(row["flicker_ratio"], 2),
-            _number(detection.get("dlib"), 2, " %"), _number(detection.get("mtcnn"), 2, " %")]
+        anonymized = [number_cell(row["unanonymized_percent"], 2, " %"),
+                      *(number_cell(row["reid_percent"].get(judge), 2, " %") for judge in JUDGE_NAMES)]
+    return [label, *anonymized, number_cell(consistency and consistency["mean"], 3), _worst(consistency),
+            "-" if original else number_cell(row["landmark_error"], 4), number_cell(row["flicker"], 2),
+            "-" if original else number_cell(row["flicker_ratio"], 2),
+            number_cell(detection.get("dlib"), 2, " %"), number_cell(detection.get("mtcnn"), 2, " %")]
 
 
 def table_rows(figures: dict) -> tuple[list[str], list[list[str]]]:
@@ -218,7 +218,7 @@ def _plots(figures: dict) -> list[tuple[str, str, str]]:
         if level is not None:
             ax.axhline(level, linestyle=":", color="red", label="unchanged below")
         ax.legend(fontsize="small")
-        made.append((title, caption, _png(figure)))
+        made.append((title, caption, png_base64(figure)))
 
     judge = JUDGE_NAMES[TABLE_JUDGE]
     plot(f"Similarity to the original person ({judge})",
@@ -252,7 +252,7 @@ def _plots(figures: dict) -> list[tuple[str, str, str]]:
     ax.set_ylim(0, 105)
     ax.legend()
     made.append(("Face detection rate", "Share of the tracked faces each detector still finds: the original first, "
-                 "then each clip.", _png(figure)))
+                 "then each clip.", png_base64(figure)))
     return made
 
 
@@ -291,7 +291,7 @@ def _examples(figures: dict, clips: ClipSet, config: EvaluationConfig) -> str:
         finally:
             reader.close()
         for frame, track, box in chosen:   # a clip that ends early has no crop there
-            cells[(frame, track)].append(_thumbnail(_crop(frames[frame], box), config.example_side)
+            cells[(frame, track)].append(thumbnail_base64(_crop(frames[frame], box), config.example_side)
                                          if frame in frames else None)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
                    ["", "Original", *(clip_label(row) for row in figures["clips"])])

@@ -65,7 +65,7 @@ def plots(figures: dict) -> list[tuple[str, str, str]]:
             extra(ax)
         if len(ax.get_legend_handles_labels()[0]) > 1:   # one series: its title says what it is
             ax.legend(fontsize="small")
-        made.append((title, caption, _png(figure)))
+        made.append((title, caption, png_base64(figure)))
 
     def chance_line(ax) -> None:
         ax.set_ylim(0, 105)
@@ -147,7 +147,7 @@ def _detection(figures: dict, labels: list[str]) -> str:
                   ha="right" if len(rows) > 3 else "center")
     ax.set_ylim(0, 125)   # room for the legend above the bars
     ax.legend(fontsize="small", loc="upper right", ncol=2)
-    return _png(figure)
+    return png_base64(figure)
 
 
 def _privacy_utility(figures: dict, rows: Sequence[dict], labels: list[str],
@@ -184,10 +184,10 @@ def _privacy_utility(figures: dict, rows: Sequence[dict], labels: list[str],
     caption = ("One point per row of the table: lower is more private, "
                + ("further right keeps more attributes" if by_attributes else "further left keeps pose and expression")
                + "; the originals (star) are fully re-identified by definition.")
-    return "Privacy against utility", caption, _png(figure)
+    return "Privacy against utility", caption, png_base64(figure)
 
 
-def _png(figure) -> str:
+def png_base64(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -21,7 +21,7 @@ from PIL import Image
 from falco.config import PAPER_CELEBAHQ, EvaluationConfig, PaperFigures
 from falco.evaluate.data import EvaluationSet
 from falco.evaluate.judges import RANDOM, random_judges
-from falco.evaluate.plots import JUDGE_NAMES, _png, plots, variant_label  # noqa: F401  (_png: clip_report's)
+from falco.evaluate.plots import JUDGE_NAMES, plots, variant_label
 from falco.output_files import save_json, write_atomic
 
 METRICS_NAME, REPORT_NAME = "metrics.json", "report.html"
@@ -39,7 +39,7 @@ def margin_label(margin) -> str:
     return "Original" if margin == "original" else ("m = ?" if margin is None else f"m = {margin:g}")
 
 
-def _number(value, digits: int, suffix: str = "") -> str:
+def number_cell(value, digits: int, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}f}{suffix}"
@@ -50,7 +50,7 @@ def _fid(value) -> str:
     not as a 0.00 that looks like a perfect result."""
     if value is not None and 0 < value < 0.005:
         return f"{value:.2g}"
-    return _number(value, 2)
+    return number_cell(value, 2)
 
 
 def random_warning(figures: dict) -> str | None:
@@ -80,21 +80,21 @@ def table_rows(figures: dict, paper: Sequence[PaperFigures] = PAPER_CELEBAHQ) ->
     headings = ["", *(f"{h} (RANDOM)" if h.split(" (")[0] in noise or h in noise else h for h in headings)]
     original = figures["original"]
     rows = [["Original", "-", *(["-"] if with_reference else []),
-             _number(original["detection_percent"].get("dlib"), 2, " %"),
-             _number(original["detection_percent"].get("mtcnn"), 2, " %"), *["-"] * len(JUDGE_NAMES),
-             _number(original["attribute_accuracy"], 4), "-"]]
+             number_cell(original["detection_percent"].get("dlib"), 2, " %"),
+             number_cell(original["detection_percent"].get("mtcnn"), 2, " %"), *["-"] * len(JUDGE_NAMES),
+             number_cell(original["attribute_accuracy"], 4), "-"]]
     for row in rows_in:
         rows.append([variant_label(row.get("method"), row["margin"]), _fid(row["fid"]),
                      *([_fid(row.get("fid_reference"))] if with_reference else []),
-                     _number(row["detection_percent"].get("dlib"), 2, " %"),
-                     _number(row["detection_percent"].get("mtcnn"), 2, " %"),
-                     *(_number(row["reid_percent"].get(judge), 2, " %") for judge in JUDGE_NAMES),
-                     _number(row["attribute_accuracy"], 4), _number(row["landmark_error"], 4)])
+                     number_cell(row["detection_percent"].get("dlib"), 2, " %"),
+                     number_cell(row["detection_percent"].get("mtcnn"), 2, " %"),
+                     *(number_cell(row["reid_percent"].get(judge), 2, " %") for judge in JUDGE_NAMES),
+                     number_cell(row["attribute_accuracy"], 4), number_cell(row["landmark_error"], 4)])
     for ref in paper:
-        rows.append([f"paper {margin_label(ref.margin)}", _number(ref.fid, 2), *(["-"] if with_reference else []),
-                     _number(ref.detection_dlib, 2, " %"), _number(ref.detection_mtcnn, 2, " %"),
-                     _number(ref.reid_casia, 2, " %"), _number(ref.reid_vgg, 2, " %"), "-", "-",
-                     _number(ref.attribute_accuracy, 4), "-"])
+        rows.append([f"paper {margin_label(ref.margin)}", number_cell(ref.fid, 2), *(["-"] if with_reference else []),
+                     number_cell(ref.detection_dlib, 2, " %"), number_cell(ref.detection_mtcnn, 2, " %"),
+                     number_cell(ref.reid_casia, 2, " %"), number_cell(ref.reid_vgg, 2, " %"), "-", "-",
+                     number_cell(ref.attribute_accuracy, 4), "-"])
     return headings, rows
 
 
@@ -248,7 +248,7 @@ def _judges_table(figures: dict) -> str:
             f"</tr></thead><tbody>{body}</tbody></table>")
 
 
-def _thumbnail(image: Image.Image, side: int) -> str:
+def thumbnail_base64(image: Image.Image, side: int) -> str:
     """A JPEG ``side`` pixels high (a wide photo keeps its width, up to WIDE_THUMBNAILS times ``side``)."""
     image = image.convert("RGB")
     image.thumbnail((side * WIDE_THUMBNAILS, side), Image.Resampling.LANCZOS)
@@ -275,7 +275,7 @@ def _example_grid(data: EvaluationSet, config: EvaluationConfig) -> str:
         body += f"<tr><th scope='row'>{name}</th>" + "".join(
             "<td>-</td>" if image is None else
             f"<td><img alt='{name}, {html.escape(label)}' title='{name}, {html.escape(label)}' "
-            f"src='data:image/jpeg;base64,{_thumbnail(image, config.example_side)}'></td>"
+            f"src='data:image/jpeg;base64,{thumbnail_base64(image, config.example_side)}'></td>"
             for label, image in cells) + "</tr>"
     return (f"<div class='examples'><table class='examples'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
             "</table></div>")

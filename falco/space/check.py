@@ -17,7 +17,8 @@ from typing import Any
 
 from falco.config import OptimConfig, SpaceConfig
 from falco.errors import first_line
-from falco.space.folder import SpaceError, hub_errors
+from falco.space.folder import SpaceError, check_repo_id, hub_errors
+from falco.weights.hub import is_repo_id
 
 # The page's own example photo (falco.ui.layout.EXAMPLES), read here without importing Gradio.
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
@@ -52,13 +53,9 @@ def parse_target(target: str) -> Target:
         return Target(None, hub_page["id"])
     if target.startswith(("http://", "https://")):
         return Target(target.rstrip("/") + "/", None)
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-    try:
-        validate_repo_id(target)
-    except HFValidationError as err:
-        raise SpaceError(f"{target!r} is neither a Space id (user/name) nor a URL.") from err
-    if "/" not in target:
-        raise SpaceError(f"{target!r} is not a Space id: name its owner too (user/name).")
+    if not is_repo_id(target):
+        raise SpaceError(f"{target!r} is neither a Space id (user/name) nor a URL.")
+    check_repo_id(target, "Space")   # its owner named
     return Target(None, target)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from falco.config import DEFAULT_PERSISTENT_ROOT, WEIGHTS_REPO_ENV
 from falco.errors import first_line
-from falco.space.folder import PROJECT_ROOT, SpaceError, SpaceSettings, hub_errors, write_space_folder
+from falco.space.folder import PROJECT_ROOT, SpaceError, SpaceSettings, check_repo_id, hub_errors, write_space_folder
 
 NO_WEIGHTS = "none"   # --weights none: the Space uses the project's pinned set, or prepares one on its first start
 WEIGHTS_DESCRIPTION = "The weight set the app loads (Hub repo[@revision]); set by python -m falco.space deploy"
@@ -41,22 +41,12 @@ class DeployPlan:
         return lines
 
 
-def _check_repo_id(repo_id: str, what: str) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise SpaceError(f"{repo_id!r} is not a {what} id (user/name).") from err
-    if "/" not in repo_id:
-        raise SpaceError(f"{repo_id!r} is not a {what} id: name its owner too (user/name).")
-
-
 def plan_deploy(space_id: str, *, hardware: str | None = None, private: bool = False, weights: str | None = None,
                 storage: str | None = None) -> DeployPlan:
     """Every argument checked before anything is written or sent."""
     from huggingface_hub import SpaceHardware
 
-    _check_repo_id(space_id, "Space")
+    check_repo_id(space_id, "Space")
     choices = [flavor.value for flavor in SpaceHardware]
     if hardware is not None and hardware not in choices:
         raise SpaceError(f"Unknown hardware {hardware!r}; the Hub offers {', '.join(choices)}.")
@@ -66,12 +56,12 @@ def plan_deploy(space_id: str, *, hardware: str | None = None, private: bool = F
             raise SpaceError(f"A Space cannot read the folder {weights}: publish the set "
                              "(`python -m falco.weights publish`) and pass its repo.")
         repo_id, _, revision = weights.partition("@")
-        _check_repo_id(repo_id, "weights repo")
+        check_repo_id(repo_id, "weights repo")
         if "@" in weights and not revision:
             raise SpaceError(f"{weights!r} names no revision after '@'.")
         variables[WEIGHTS_REPO_ENV] = weights
     if storage is not None:
-        _check_repo_id(storage, "storage bucket")
+        check_repo_id(storage, "storage bucket")
     return DeployPlan(space_id, hardware, private, weights, storage, variables)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from falco.errors import FalcoError
+from falco.weights.hub import is_repo_id
 from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +25,14 @@ PACKAGE_DATA = ("assets",)
 
 class SpaceError(FalcoError):
     """The Space cannot be deployed or does not work: the message says which step failed and why."""
+
+
+def check_repo_id(repo_id: str, what: str) -> None:
+    """SpaceError unless ``repo_id`` is a Hub id with its owner (user/name); ``what`` names it in the message."""
+    if not is_repo_id(repo_id):
+        raise SpaceError(f"{repo_id!r} is not a {what} id (user/name).")
+    if "/" not in repo_id:
+        raise SpaceError(f"{repo_id!r} is not a {what} id: name its owner too (user/name).")
 
 
 def hub_errors() -> tuple[type[BaseException], ...]:

@@ -48,12 +48,19 @@ def parse_source(source: str | None = None) -> WeightSource:
     repo_id, _, revision = source.partition("@")
     if source.startswith((".", "/", "~")) or "\\" in source or source.endswith("/") or repo_id.count("/") > 1:
         raise WeightsError(f"The weights folder {source} does not exist.")
+    if not is_repo_id(repo_id):
+        raise WeightsError(f"{source!r} is neither a weights folder nor a Hub repo id (user/name).")
+    return WeightSource(repo_id=repo_id, revision=revision or None)
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether ``text`` is a Hub repo id by huggingface_hub's own rule (an owner is not required)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise WeightsError(f"{source!r} is neither a weights folder nor a Hub repo id (user/name).") from err
-    return WeightSource(repo_id=repo_id, revision=revision or None)
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def is_published(source: str | None = None, manifest: Manifest | str | Path | None = None) -> bool:

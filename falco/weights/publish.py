@@ -18,6 +18,7 @@ from falco.config import BankConfig
 from falco.errors import WeightsError, first_line
 from falco.models import io
 from falco.weights.assemble import build_bank_from_folder, check_dlib_model, copy_dlib_model, write_manifest
+from falco.weights.hub import is_repo_id
 from falco.weights.manifest import ARTIFACTS, MANIFEST_NAME, NETWORKS, PROJECT_MANIFEST, Build, Manifest, verify_file
 from falco.weights.prepare import PUBLISH_COMMAND
 
@@ -38,11 +39,8 @@ def _check_bank(bank_path: Path, generator_path: Path, farl_path: Path) -> None:
 
 
 def _check_repo_id(repo_id: str) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise WeightsError(f"{repo_id!r} is not a Hub repo id (user/name).") from err
+    if not is_repo_id(repo_id):
+        raise WeightsError(f"{repo_id!r} is not a Hub repo id (user/name).")
 
 
 def build_hub_folder(folder: str | Path, repo_id: str, *, e4e: str | Path, arcface: str | Path, farl: str | Path,
